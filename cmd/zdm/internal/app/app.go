@@ -1,0 +1,225 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/zdm-io/zdm/pkg/grpcserver"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/service"
+	"github.com/zdm-io/zdm/pkg/telemetry"
+	streamer "github.com/zdm-io/zdm/services/cdc-streamer"
+	"github.com/zdm-io/zdm/services/coordinator"
+	lagmonitor "github.com/zdm-io/zdm/services/lag-monitor"
+	copier "github.com/zdm-io/zdm/services/snapshot-copier"
+)
+
+// Version is the build's version, set by the Makefile through -ldflags.
+var Version = "dev"
+
+// Main parses args and runs until ctx is done. Logs go to logOut. It
+// returns nil after a clean shutdown, including after -h.
+func Main(ctx context.Context, args []string, logOut io.Writer) error {
+	cfg, err := Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return Run(ctx, cfg, logOut, nil)
+}
+
+// Ready reports the addresses a running process actually listens on (ports
+// given as 0 resolved); Run calls it once every service is SERVING.
+type Ready func(Addrs)
+
+// Addrs are the listen addresses of a running process.
+type Addrs struct {
+	GRPC    string
+	Metrics string
+	// NATS is the embedded server's client URL; empty when external or
+	// in-process only.
+	NATS string
+}
+
+// Run starts the configured services and blocks until ctx is done, then
+// shuts down within cfg.ShutdownTimeout. ready, if not nil, is called once
+// everything serves.
+func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err error) {
+	logger, err := telemetry.NewLogger(logOut, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	// Every step below registers its undo; they run in reverse on the way
+	// out, each bounded by the shutdown timeout.
+	var undo []func(context.Context) error
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](sctx); uerr != nil {
+				logger.Error("shutdown step failed", slog.Any("error", uerr))
+				err = errors.Join(err, uerr)
+			}
+		}
+		if err == nil {
+			logger.Info("zdm stopped")
+		}
+	}()
+
+	tp, err := telemetry.NewTracerProvider(ctx, "zdm", Version)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, tp.Shutdown)
+	reg := telemetry.NewRegistry()
+	mp, err := telemetry.NewMeterProvider(reg)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, mp.Shutdown)
+	prop := telemetry.Propagator()
+
+	var addrs Addrs
+	bus, embedded, err := connectBus(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if embedded != nil {
+		addrs.NATS = embedded.ClientURL()
+		undo = append(undo, func(context.Context) error { embedded.Shutdown(); return nil })
+	}
+	undo = append(undo, bus.Close)
+	if err := natsbus.EnsureStreams(ctx, bus.JS, cfg.StreamReplicas); err != nil {
+		return err
+	}
+
+	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("gRPC API on --grpc-addr %s: %w (another zdm running? choose another address)", cfg.GRPCAddr, err)
+	}
+	metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		grpcLis.Close()
+		return fmt.Errorf("metrics on --metrics-addr %s: %w (choose another address)", cfg.MetricsAddr, err)
+	}
+	addrs.GRPC, addrs.Metrics = grpcLis.Addr().String(), metricsLis.Addr().String()
+
+	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: tp, MeterProvider: mp, Propagator: prop})
+	metrics := &http.Server{Handler: metricsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+
+	services := newServices(cfg.Targets, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: reg}, logger)
+	for _, s := range services {
+		s.Register(srv.Registrar())
+	}
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- srv.Serve(grpcLis) }()
+	undo = append(undo, func(ctx context.Context) error { srv.Shutdown(ctx); return nil })
+	go func() {
+		if err := metrics.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- fmt.Errorf("metrics server: %w", err)
+		}
+	}()
+	undo = append(undo, metrics.Shutdown)
+
+	for _, s := range services {
+		if err := s.Start(ctx); err != nil {
+			return fmt.Errorf("start %s: %w", s.Name(), err)
+		}
+		undo = append(undo, func(ctx context.Context) error {
+			srv.SetServing(false, s.HealthNames()...)
+			if err := s.Stop(ctx); err != nil {
+				return fmt.Errorf("stop %s: %w", s.Name(), err)
+			}
+			return nil
+		})
+		srv.SetServing(true, s.HealthNames()...)
+	}
+	srv.SetServing(true, "")
+	logger.Info("zdm serving", slog.String("version", Version), slog.Any("targets", cfg.Targets),
+		slog.String("grpc_addr", addrs.GRPC), slog.String("metrics_addr", addrs.Metrics),
+		slog.String("nats", natsDescription(cfg, addrs)), slog.Bool("otlp_traces", telemetry.OTLPEnabled()))
+	if ready != nil {
+		ready(addrs)
+	}
+
+	select {
+	case <-ctx.Done():
+		logger.Info("zdm shutting down", slog.String("timeout", cfg.ShutdownTimeout.String()))
+		return nil
+	case err := <-serveErr:
+		return err
+	}
+}
+
+func connectBus(cfg Config, logger *slog.Logger) (*natsbus.Conn, *natsbus.Embedded, error) {
+	if cfg.NATSURL != "" {
+		bus, err := natsbus.Connect(cfg.NATSURL, nil, "zdm", logger)
+		return bus, nil, err
+	}
+	dir := filepath.Join(cfg.DataDir, "jetstream")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, nil, fmt.Errorf("--data-dir: %w", err)
+	}
+	embedded, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{
+		StoreDir: dir, Listen: cfg.NATSListen, SyncInterval: cfg.syncInterval,
+	}, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	bus, err := natsbus.Connect("", embedded.InProcess(), "zdm", logger)
+	if err != nil {
+		embedded.Shutdown()
+		return nil, nil, err
+	}
+	return bus, embedded, nil
+}
+
+func newServices(targets []string, deps service.Deps, logger *slog.Logger) []service.Service {
+	var out []service.Service
+	for _, t := range targets {
+		d := deps
+		d.Logger = logger.With(slog.String("service", t))
+		switch t {
+		case copier.Name:
+			out = append(out, copier.New(d))
+		case streamer.Name:
+			out = append(out, streamer.New(d))
+		case lagmonitor.Name:
+			out = append(out, lagmonitor.New(d))
+		case coordinator.Name:
+			out = append(out, coordinator.New(d))
+		}
+	}
+	return out
+}
+
+func metricsHandler(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
+func natsDescription(cfg Config, a Addrs) string {
+	switch {
+	case cfg.NATSURL != "":
+		return "external"
+	case a.NATS != "":
+		return "embedded, clients at " + a.NATS
+	default:
+		return "embedded, in-process only"
+	}
+}

@@ -1,0 +1,51 @@
+// Package service defines what the zdm binary needs from each of the four
+// services so it can run any set of them in one process: the dependencies it
+// hands them and the lifecycle it drives.
+package service
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+
+	"github.com/zdm-io/zdm/pkg/natsbus"
+)
+
+// Deps are the process-wide things a service uses. None of them is a global:
+// the binary builds them once and passes them to every service it runs.
+type Deps struct {
+	// Logger, already tagged with the service's name by the binary.
+	Logger *slog.Logger
+	// Bus is the NATS connection with JetStream, streams already created.
+	Bus *natsbus.Conn
+	// TracerProvider for spans the service starts itself (gRPC spans are
+	// made by the server).
+	TracerProvider trace.TracerProvider
+	// Propagator injects and extracts trace context in bus message headers.
+	Propagator propagation.TextMapPropagator
+	// Metrics is where the service registers its Prometheus collectors.
+	Metrics prometheus.Registerer
+}
+
+// Service is one zdm service's lifecycle as the binary drives it: Register
+// its gRPC APIs, Start it, report its health entries SERVING, and on
+// shutdown report them NOT_SERVING and Stop it, in reverse order of start.
+type Service interface {
+	// Name is the -target name, for example "coordinator".
+	Name() string
+	// Register adds the service's gRPC implementations. Called before Start.
+	Register(grpc.ServiceRegistrar)
+	// HealthNames are the grpc.health.v1 entries the service answers for,
+	// normally its fully qualified gRPC service names.
+	HealthNames() []string
+	// Start begins background work and returns once the service can serve.
+	// ctx bounds start-up only.
+	Start(ctx context.Context) error
+	// Stop ends background work, letting work in hand finish until ctx is
+	// done. It blocks until the service has stopped.
+	Stop(ctx context.Context) error
+}
