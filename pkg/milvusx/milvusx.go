@@ -1,0 +1,49 @@
+// Package milvusx holds raw Milvus calls for the places where
+// milvus-sdk-go v2.4.2 falls short, and the differences between Milvus
+// servers that zdm meets (standalone Milvus, milvus-lite 2.5 and 3.x).
+package milvusx
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
+)
+
+// Raw returns the generated Milvus service stub behind an SDK client; the
+// client's interceptors (database name, credentials) still apply.
+func Raw(c client.Client) (milvuspb.MilvusServiceClient, error) {
+	g, ok := c.(*client.GrpcClient)
+	if !ok || g.Service == nil {
+		return nil, fmt.Errorf("milvus client %T has no raw service stub", c)
+	}
+	return g.Service, nil
+}
+
+// CollectionNames lists the collections of the client's database. Unlike
+// the SDK's ListCollections it does not pair names with collection IDs,
+// which milvus-lite does not return (the SDK's list comes back empty there).
+func CollectionNames(ctx context.Context, c client.Client) ([]string, error) {
+	raw, err := Raw(c)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := raw.ShowCollections(ctx, &milvuspb.ShowCollectionsRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("show collections: %w", err)
+	}
+	if err := StatusError(resp.GetStatus()); err != nil {
+		return nil, fmt.Errorf("show collections: %w", err)
+	}
+	return resp.GetCollectionNames(), nil
+}
+
+// StatusError turns a failed Milvus status into an error; nil for success.
+func StatusError(s *commonpb.Status) error {
+	if s == nil || (s.GetCode() == 0 && s.GetErrorCode() == commonpb.ErrorCode_Success) {
+		return nil
+	}
+	return fmt.Errorf("milvus error %d (%s): %s", s.GetCode(), s.GetErrorCode(), s.GetReason())
+}
