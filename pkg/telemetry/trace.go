@@ -24,19 +24,24 @@ func OTLPEnabled() bool {
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
-// NewTracerProvider returns a tracer provider for serviceName. Spans are
-// always created, so logs carry trace IDs; they are exported over OTLP/gRPC
-// only when OTLPEnabled, configured by the standard OTEL_EXPORTER_OTLP_*
-// variables (for Jaeger: OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4317).
-// The caller must call Shutdown to flush.
-func NewTracerProvider(ctx context.Context, serviceName, version string) (*sdktrace.TracerProvider, error) {
-	// WithFromEnv honours OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+// NewResource describes this process to traces and metrics.
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override and extend it.
+func NewResource(ctx context.Context, serviceName, version string) (*resource.Resource, error) {
 	res, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithHost(),
 		resource.WithAttributes(semconv.ServiceName(serviceName), semconv.ServiceVersion(version)),
 		resource.WithFromEnv())
 	if err != nil {
-		return nil, fmt.Errorf("trace resource: %w", err)
+		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
+	return res, nil
+}
+
+// NewTracerProvider returns a tracer provider for res. Spans are always
+// created, so logs carry trace IDs; they are exported over OTLP/gRPC only
+// when OTLPEnabled, configured by the standard OTEL_EXPORTER_OTLP_*
+// variables (for Jaeger: OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4317).
+// The caller must call Shutdown to flush.
+func NewTracerProvider(ctx context.Context, res *resource.Resource) (*sdktrace.TracerProvider, error) {
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
 	if OTLPEnabled() {
 		exp, err := otlptracegrpc.New(ctx)

@@ -80,13 +80,17 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 		}
 	}()
 
-	tp, err := telemetry.NewTracerProvider(ctx, "zdm", Version)
+	res, err := telemetry.NewResource(ctx, "zdm", Version)
+	if err != nil {
+		return err
+	}
+	tp, err := telemetry.NewTracerProvider(ctx, res)
 	if err != nil {
 		return err
 	}
 	undo = append(undo, tp.Shutdown)
 	reg := telemetry.NewRegistry()
-	mp, err := telemetry.NewMeterProvider(reg)
+	mp, err := telemetry.NewMeterProvider(reg, res)
 	if err != nil {
 		return err
 	}
