@@ -41,9 +41,13 @@ func CollectionNames(ctx context.Context, c client.Client) ([]string, error) {
 }
 
 // StatusError turns a failed Milvus status into an error; nil for success.
+// Servers before Milvus 2.3 set only the deprecated error_code, newer ones
+// code as well, so both are read.
 func StatusError(s *commonpb.Status) error {
-	if s == nil || (s.GetCode() == 0 && s.GetErrorCode() == commonpb.ErrorCode_Success) {
+	//lint:ignore SA1019 older servers set only error_code.
+	legacy := s.GetErrorCode()
+	if s.GetCode() == 0 && legacy == commonpb.ErrorCode_Success {
 		return nil
 	}
-	return fmt.Errorf("milvus error %d (%s): %s", s.GetCode(), s.GetErrorCode(), s.GetReason())
+	return fmt.Errorf("milvus error %d (%s): %s", s.GetCode(), legacy, s.GetReason())
 }
