@@ -15,6 +15,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 STATICCHECK_VERSION        := v0.8.2
 GRPCURL_VERSION            := v1.9.3
+GOTESTSUM_VERSION          := v1.13.0
 
 # Go packages of every module in go.work.
 MODULES := $(shell sed -n 's/^\t\.\/\(.*\)$$/\1/p' go.work)
@@ -39,18 +40,23 @@ $(eval $(call tool,protoc-gen-go,$(PROTOC_GEN_GO_VERSION),google.golang.org/prot
 $(eval $(call tool,protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION),google.golang.org/grpc/cmd/protoc-gen-go-grpc))
 $(eval $(call tool,staticcheck,$(STATICCHECK_VERSION),honnef.co/go/tools/cmd/staticcheck))
 $(eval $(call tool,grpcurl,$(GRPCURL_VERSION),github.com/fullstorydev/grpcurl/cmd/grpcurl))
+$(eval $(call tool,gotestsum,$(GOTESTSUM_VERSION),gotest.tools/gotestsum))
 
 BUF         := $(call TOOL_STAMP,buf,$(BUF_VERSION))
 PROTOC_GENS := $(call TOOL_STAMP,protoc-gen-go,$(PROTOC_GEN_GO_VERSION)) $(call TOOL_STAMP,protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION))
 STATICCHECK := $(call TOOL_STAMP,staticcheck,$(STATICCHECK_VERSION))
 GRPCURL     := $(call TOOL_STAMP,grpcurl,$(GRPCURL_VERSION))
+GOTESTSUM   := $(call TOOL_STAMP,gotestsum,$(GOTESTSUM_VERSION))
+# gotestsum runs go test and closes with a count of tests run, skipped and
+# failed.
+GOTEST      := gotestsum --format pkgname --hide-summary=skipped --
 
 .PHONY: help
 help: ## List the targets.
 	@grep -hE '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: $(BUF) $(PROTOC_GENS) $(STATICCHECK) $(GRPCURL) ## Install the pinned tools into .bin/.
+tools: $(BUF) $(PROTOC_GENS) $(STATICCHECK) $(GRPCURL) $(GOTESTSUM) ## Install the pinned tools into .bin/.
 
 .PHONY: build
 build: ## Build every binary into bin/.
@@ -82,12 +88,18 @@ lint: $(BUF) $(STATICCHECK) ## buf lint, format and breaking check; gofmt, go ve
 test: testenv-up test-unit test-integration ## Unit, integration and end-to-end tests on real servers (starts the rig).
 
 .PHONY: test-unit
-test-unit: ## Unit tests only: fast, no server.
-	go test -short -race -count=1 $(PKGS)
+test-unit: $(GOTESTSUM) ## Unit tests only: fast, no server.
+	$(GOTEST) -short -race -count=1 $(PKGS)
 
 .PHONY: test-integration
-test-integration: ## Integration and end-to-end tests (needs the rig: make testenv-up).
-	$(WITH_TESTENV) go test -race -count=1 -timeout 20m -run '^Test(Integration|E2E)' $(PKGS)
+test-integration: $(GOTESTSUM) ## Integration and end-to-end tests (needs the rig: make testenv-up).
+	$(WITH_TESTENV) $(GOTEST) -race -count=1 -timeout 20m -run '^Test(Integration|E2E)' $(PKGS)
+
+.PHONY: bench
+bench: ## Benchmarks; each figure is also given as a ratio to its baseline from the same run.
+	go test -run '^$$' -bench . -benchmem -count 1 $(PKGS) | tee .bin/bench.txt
+	@awk '/^BenchmarkPublishChange\/sync=1s/ {base=$$3} /^BenchmarkPublishChange\/sync=always/ {cur=$$3} \
+	  END {if (base > 0) printf "publish_fsync_always_vs_1s_ratio=%.2f\n", cur/base}' .bin/bench.txt
 
 .PHONY: testenv-up
 testenv-up: ## Install and start the real Milvus servers of every tier (idempotent).
