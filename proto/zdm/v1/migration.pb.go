@@ -426,8 +426,11 @@ type Migration struct {
 	TargetEndpoint string `protobuf:"bytes,17,opt,name=target_endpoint,json=targetEndpoint,proto3" json:"target_endpoint,omitempty"`
 	// Measured write pause of a switchover; unset otherwise.
 	SwitchoverWritePause *durationpb.Duration `protobuf:"bytes,18,opt,name=switchover_write_pause,json=switchoverWritePause,proto3" json:"switchover_write_pause,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// State the migration was paused from, to which ResumeMigration returns
+	// it; unset unless PAUSED.
+	PausedFromState MigrationState `protobuf:"varint,19,opt,name=paused_from_state,json=pausedFromState,proto3,enum=zdm.v1.MigrationState" json:"paused_from_state,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
@@ -584,6 +587,13 @@ func (x *Migration) GetSwitchoverWritePause() *durationpb.Duration {
 		return x.SwitchoverWritePause
 	}
 	return nil
+}
+
+func (x *Migration) GetPausedFromState() MigrationState {
+	if x != nil {
+		return x.PausedFromState
+	}
+	return MigrationState_MIGRATION_STATE_UNSPECIFIED
 }
 
 // MigrationOptions tune a migration. Zero values take the defaults stated.
@@ -2201,7 +2211,7 @@ var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x06\n" +
+	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\a\n" +
 	"\tMigration\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12,\n" +
@@ -2224,7 +2234,8 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"updateTime\x125\n" +
 	"\bend_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
 	"\x0ftarget_endpoint\x18\x11 \x01(\tR\x0etargetEndpoint\x12O\n" +
-	"\x16switchover_write_pause\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\x14switchoverWritePause\"\xaa\x02\n" +
+	"\x16switchover_write_pause\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\x14switchoverWritePause\x12B\n" +
+	"\x11paused_from_state\x18\x13 \x01(\x0e2\x16.zdm.v1.MigrationStateR\x0fpausedFromState\"\xaa\x02\n" +
 	"\x10MigrationOptions\x12>\n" +
 	"\rlag_threshold\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\flagThreshold\x12E\n" +
 	"\x11max_sync_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0fmaxSyncDuration\x12,\n" +
@@ -2457,62 +2468,63 @@ var file_zdm_v1_migration_proto_depIdxs = []int32{
 	32, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
 	32, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
 	33, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
-	33, // 12: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
-	33, // 13: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
-	7,  // 14: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
-	8,  // 15: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
-	2,  // 16: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
-	3,  // 17: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
-	32, // 18: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
-	32, // 19: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
-	4,  // 20: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
-	33, // 21: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
-	33, // 22: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
-	33, // 23: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
-	32, // 24: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
-	32, // 25: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
-	32, // 26: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
-	1,  // 27: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
-	1,  // 28: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
-	32, // 29: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
-	2,  // 30: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
-	32, // 31: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
-	0,  // 32: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
-	6,  // 33: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
-	5,  // 34: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 35: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
-	1,  // 36: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
-	5,  // 37: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
-	5,  // 38: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 39: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
-	33, // 40: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
-	5,  // 41: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 42: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 43: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 44: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
-	14, // 45: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
-	16, // 46: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
-	18, // 47: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
-	20, // 48: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
-	22, // 49: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
-	24, // 50: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
-	26, // 51: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
-	28, // 52: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
-	30, // 53: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
-	15, // 54: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
-	17, // 55: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
-	19, // 56: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
-	21, // 57: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
-	23, // 58: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
-	25, // 59: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
-	27, // 60: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
-	29, // 61: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
-	31, // 62: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
-	54, // [54:63] is the sub-list for method output_type
-	45, // [45:54] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	1,  // 12: zdm.v1.Migration.paused_from_state:type_name -> zdm.v1.MigrationState
+	33, // 13: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
+	33, // 14: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
+	7,  // 15: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
+	8,  // 16: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
+	2,  // 17: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
+	3,  // 18: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
+	32, // 19: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
+	32, // 20: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 21: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
+	33, // 22: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
+	33, // 23: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
+	33, // 24: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
+	32, // 25: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
+	32, // 26: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
+	32, // 27: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
+	1,  // 28: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
+	1,  // 29: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
+	32, // 30: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	2,  // 31: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
+	32, // 32: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
+	0,  // 33: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
+	6,  // 34: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
+	5,  // 35: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
+	5,  // 36: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
+	1,  // 37: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
+	5,  // 38: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
+	5,  // 39: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
+	5,  // 40: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
+	33, // 41: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
+	5,  // 42: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
+	5,  // 43: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
+	5,  // 44: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
+	5,  // 45: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
+	14, // 46: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
+	16, // 47: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
+	18, // 48: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
+	20, // 49: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
+	22, // 50: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
+	24, // 51: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
+	26, // 52: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
+	28, // 53: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
+	30, // 54: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
+	15, // 55: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
+	17, // 56: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
+	19, // 57: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
+	21, // 58: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
+	23, // 59: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
+	25, // 60: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
+	27, // 61: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
+	29, // 62: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
+	31, // 63: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
+	55, // [55:64] is the sub-list for method output_type
+	46, // [46:55] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_zdm_v1_migration_proto_init() }
