@@ -138,11 +138,18 @@ func TestE2EAllInOne(t *testing.T) {
 		require.Equal(t, healthpb.HealthCheckResponse_SERVING, st, "health of %q", name)
 	}
 
-	// Logic that belongs to later work answers UNIMPLEMENTED, never a fake
-	// success.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := zdmpb.NewClusterServiceClient(conn).ListClusters(ctx, &zdmpb.ListClustersRequest{})
+	clusters, err := zdmpb.NewClusterServiceClient(conn).ListClusters(ctx, &zdmpb.ListClustersRequest{})
+	require.NoError(t, err)
+	require.Empty(t, clusters.GetClusters())
+	_, err = zdmpb.NewClusterServiceClient(conn).RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{
+		ClusterId: "src", Connection: &zdmpb.ClusterConnection{Endpoint: "no-port"},
+	})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "errors reach callers with their code: %v", err)
+	// Logic that belongs to later work answers UNIMPLEMENTED, never a fake
+	// success.
+	_, err = copierpb.NewSnapshotCopierServiceClient(conn).GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})
 	require.Equal(t, codes.Unimplemented, status.Code(err))
 
 	resp, err := http.Get("http://" + p.addrs.Metrics + "/metrics")

@@ -21,9 +21,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+
+	"github.com/zdm-io/zdm/pkg/apierr"
 )
 
-// Deps are what the server needs from the process.
+// Deps are what the server needs from the process. Options that the
+// caller adds (TLS, authentication) go to New.
 type Deps struct {
 	Logger         *slog.Logger
 	TracerProvider trace.TracerProvider
@@ -49,8 +52,9 @@ func New(deps Deps, opts ...grpc.ServerOption) *Server {
 			otelgrpc.WithMeterProvider(deps.MeterProvider),
 			otelgrpc.WithPropagators(deps.Propagator),
 		)),
-		grpc.ChainUnaryInterceptor(s.logUnary),
-		grpc.ChainStreamInterceptor(s.logStream),
+		// Errors are converted to gRPC status once, here, and logged after.
+		grpc.ChainUnaryInterceptor(s.logUnary, apierr.UnaryServerInterceptor(deps.Logger)),
+		grpc.ChainStreamInterceptor(s.logStream, apierr.StreamServerInterceptor(deps.Logger)),
 	}
 	s.grpc = grpc.NewServer(append(base, opts...)...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)

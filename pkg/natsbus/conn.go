@@ -15,6 +15,9 @@ import (
 type Conn struct {
 	NC *nats.Conn
 	JS jetstream.JetStream
+	// Replicas is how many copies streams and KV buckets keep: 1 on the
+	// embedded server, 3 or 5 on a NATS cluster.
+	Replicas int
 }
 
 // Connect dials url (or, when inProcess is not nil, connects in-process to
@@ -46,7 +49,7 @@ func Connect(url string, inProcess nats.InProcessConnProvider, name string, logg
 		nc.Close()
 		return nil, fmt.Errorf("JetStream context: %w", err)
 	}
-	return &Conn{NC: nc, JS: js}, nil
+	return &Conn{NC: nc, JS: js, Replicas: 1}, nil
 }
 
 // Close drains the connection, so acknowledgements and publishes in flight

@@ -1,12 +1,20 @@
 // Package coordinator owns zdm's public API (MigrationService,
 // ClusterService), the migration state machine, the cluster registry and
-// its locks. It advances migrations from stage events consumed from
-// JetStream and sends stage commands back on the bus.
+// its locks. State lives in JetStream KV buckets and every write is
+// revision-checked; the machine advances from API calls, from stage events
+// consumed from JetStream and from its own timer, and sends stage commands
+// back on the bus.
 package coordinator
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"sync"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 
 	"github.com/zdm-io/zdm/pkg/service"
@@ -16,20 +24,69 @@ import (
 // Name is the coordinator's -target name.
 const Name = "coordinator"
 
-// Coordinator serves the public API. Until the state machine lands, every
-// RPC answers UNIMPLEMENTED.
+// Config configures the coordinator.
+type Config struct {
+	// SweepInterval is how often running migrations are checked against
+	// their maximum sync duration. Default 30s.
+	SweepInterval time.Duration
+	// ProbeTimeout bounds each check that a cluster answers. Default 10s.
+	ProbeTimeout time.Duration
+	// Now is the clock; tests inject one to cross days in milliseconds.
+	// Default time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns the configuration with its defaults.
+func DefaultConfig() Config {
+	return Config{SweepInterval: 30 * time.Second, ProbeTimeout: 10 * time.Second, Now: time.Now}
+}
+
+// RegisterFlags defines the coordinator's flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	d := DefaultConfig()
+	fs.DurationVar(&c.SweepInterval, "coordinator-sweep-interval", d.SweepInterval, "how often running migrations are checked against their maximum sync duration")
+	fs.DurationVar(&c.ProbeTimeout, "cluster-probe-timeout", d.ProbeTimeout, "how long to wait for a Milvus cluster to answer when registering it or creating a migration")
+	c.Now = d.Now
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if c.SweepInterval < 10*time.Millisecond || c.SweepInterval > time.Hour {
+		errs = append(errs, fmt.Errorf("--coordinator-sweep-interval %s: want 10ms to 1h", c.SweepInterval))
+	}
+	if c.ProbeTimeout < 100*time.Millisecond || c.ProbeTimeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("--cluster-probe-timeout %s: want 100ms to 5m", c.ProbeTimeout))
+	}
+	if c.Now == nil {
+		errs = append(errs, errors.New("coordinator clock is not set"))
+	}
+	return errors.Join(errs...)
+}
+
+// Coordinator serves the public API and drives migrations.
 type Coordinator struct {
 	zdmpb.UnimplementedMigrationServiceServer
 	zdmpb.UnimplementedClusterServiceServer
 
-	deps service.Deps
+	cfg   Config
+	deps  service.Deps
+	store *store
+
+	// stop ends the background loops started by Start.
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+	cc   jetstream.ConsumeContext
 }
 
 var _ service.Service = (*Coordinator)(nil)
 
 // New returns a coordinator that is not yet started.
-func New(deps service.Deps) *Coordinator {
-	return &Coordinator{deps: deps}
+func New(cfg Config, deps service.Deps) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Coordinator{cfg: cfg, deps: deps}, nil
 }
 
 // Name implements service.Service.
@@ -46,9 +103,48 @@ func (c *Coordinator) HealthNames() []string {
 	return []string{zdmpb.MigrationService_ServiceDesc.ServiceName, zdmpb.ClusterService_ServiceDesc.ServiceName}
 }
 
-// Start implements service.Service. The coordinator has no background work
-// yet.
-func (c *Coordinator) Start(context.Context) error { return nil }
+// Start opens the state buckets, re-sends what a crash may have left
+// unsent, and starts consuming stage events and the maximum-sync timer.
+func (c *Coordinator) Start(ctx context.Context) error {
+	st, err := openStore(ctx, c.deps.Bus.JS, c.deps.Bus.Replicas)
+	if err != nil {
+		return err
+	}
+	c.store = st
+	if err := c.reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile after start: %w", err)
+	}
+	cc, err := c.consumeEvents(ctx)
+	if err != nil {
+		return err
+	}
+	c.cc = cc
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.stop = cancel
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.sweepLoop(loopCtx)
+	}()
+	return nil
+}
 
-// Stop implements service.Service.
-func (c *Coordinator) Stop(context.Context) error { return nil }
+// Stop ends event consumption (letting the event in hand finish) and the
+// timer.
+func (c *Coordinator) Stop(ctx context.Context) error {
+	if c.cc != nil {
+		c.cc.Drain()
+		select {
+		case <-c.cc.Closed():
+		case <-ctx.Done():
+			c.cc.Stop()
+		}
+	}
+	if c.stop != nil {
+		c.stop()
+	}
+	c.wg.Wait()
+	return nil
+}
+
+func (c *Coordinator) now() time.Time { return c.cfg.Now().UTC() }

@@ -107,7 +107,8 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 		undo = append(undo, func(context.Context) error { embedded.Shutdown(); return nil })
 	}
 	undo = append(undo, bus.Close)
-	if err := natsbus.EnsureStreams(ctx, bus.JS, cfg.StreamReplicas); err != nil {
+	bus.Replicas = cfg.StreamReplicas
+	if err := natsbus.EnsureStreams(ctx, bus.JS, bus.Replicas); err != nil {
 		return err
 	}
 
@@ -125,7 +126,12 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: tp, MeterProvider: mp, Propagator: prop})
 	metrics := &http.Server{Handler: metricsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 
-	services := newServices(cfg.Targets, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: reg}, logger)
+	services, err := newServices(cfg, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: reg}, logger)
+	if err != nil {
+		grpcLis.Close()
+		metricsLis.Close()
+		return err
+	}
 	for _, s := range services {
 		s.Register(srv.Registrar())
 	}
@@ -192,9 +198,9 @@ func connectBus(cfg Config, logger *slog.Logger) (*natsbus.Conn, *natsbus.Embedd
 	return bus, embedded, nil
 }
 
-func newServices(targets []string, deps service.Deps, logger *slog.Logger) []service.Service {
+func newServices(cfg Config, deps service.Deps, logger *slog.Logger) ([]service.Service, error) {
 	var out []service.Service
-	for _, t := range targets {
+	for _, t := range cfg.Targets {
 		d := deps
 		d.Logger = logger.With(slog.String("service", t))
 		switch t {
@@ -205,10 +211,14 @@ func newServices(targets []string, deps service.Deps, logger *slog.Logger) []ser
 		case lagmonitor.Name:
 			out = append(out, lagmonitor.New(d))
 		case coordinator.Name:
-			out = append(out, coordinator.New(d))
+			c, err := coordinator.New(cfg.Coordinator, d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
 		}
 	}
-	return out
+	return out, nil
 }
 
 func metricsHandler(reg *prometheus.Registry) http.Handler {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/peterbourgon/ff/v3"
+
+	"github.com/zdm-io/zdm/services/coordinator"
 )
 
 // Targets that -target accepts, in start-up order: the coordinator starts
@@ -35,6 +37,7 @@ type Config struct {
 	ShutdownTimeout  time.Duration
 	LogFormat        string
 	LogLevel         string
+	Coordinator      coordinator.Config
 	syncInterval     time.Duration
 	targetFlagString string
 }
@@ -61,6 +64,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 8*time.Second, "longest time in-flight work may take to finish on shutdown")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	c.Coordinator.RegisterFlags(fs)
 }
 
 // Parse parses args and the ZDM_* environment into a validated Config.
@@ -116,6 +120,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 || c.ShutdownTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %s: want more than 0 and at most 5m", c.ShutdownTimeout))
+	}
+	if slices.Contains(c.Targets, coordinator.Name) {
+		errs = append(errs, c.Coordinator.Validate())
 	}
 	return errors.Join(errs...)
 }

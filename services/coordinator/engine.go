@@ -1,0 +1,346 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/auth"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// eventsConsumer is the coordinator's durable consumer of stage events; all
+// coordinator replicas share it, so each event is handled once.
+const eventsConsumer = "coordinator"
+
+// transition applies ev to migration id in one revision-checked write,
+// then carries out its side effects. If another writer changed the
+// migration first, the event is re-applied to the new state, where it may
+// no longer be allowed: a retried event is never applied twice.
+func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdmpb.Migration, error) {
+	var from zdmpb.MigrationState
+	m, rev, err := c.store.migrations.update(ctx, id, func(m *zdmpb.Migration) error {
+		var err error
+		from, err = Apply(m, ev)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m = withRevision(m, rev)
+	c.deps.Logger.InfoContext(ctx, "migration transition", slog.String("migration", id),
+		slog.String("from", stateName(from)), slog.String("to", stateName(m.GetState())),
+		slog.String("trigger", ev.Trigger.String()), slog.String("actor", ev.Actor), slog.String("reason", ev.Reason))
+	if err := c.effects(ctx, m); err != nil {
+		// The state is written; reconcile re-sends effects after a restart
+		// and the next transition retries them.
+		return m, fmt.Errorf("migration %q is %s, but its side effects failed: %w", id, stateName(m.GetState()), err)
+	}
+	return m, nil
+}
+
+// effects does what entering m's state requires: the stage command for
+// the services, or releasing the clusters once the migration has ended.
+// It is idempotent: commands carry a message ID derived from the
+// migration's revision, so a repeat is dropped by JetStream.
+func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
+	if IsTerminal(m.GetState()) {
+		return errors.Join(c.unlock(ctx, m.GetSourceClusterId(), m.GetMigrationId()),
+			c.unlock(ctx, m.GetTargetClusterId(), m.GetMigrationId()))
+	}
+	stage, action := commandFor(m)
+	if action == eventspb.StageAction_STAGE_ACTION_UNSPECIFIED {
+		return nil
+	}
+	cmd := &eventspb.StageCommand{
+		EventId:           fmt.Sprintf("%s-%d-%s", m.GetMigrationId(), m.GetRevision(), action),
+		MigrationId:       m.GetMigrationId(),
+		Stage:             stage,
+		Action:            action,
+		MigrationRevision: m.GetRevision(),
+		Options:           m.GetOptions(),
+		Time:              m.GetUpdateTime(),
+	}
+	subject := fmt.Sprintf("zdm.cmd.%s.%s", m.GetMigrationId(), stageToken(stage))
+	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, subject, cmd.GetEventId(), cmd)
+	return err
+}
+
+// commandFor is the command a migration in its current state needs.
+func commandFor(m *zdmpb.Migration) (zdmpb.StageKind, eventspb.StageAction) {
+	switch s := m.GetState(); s {
+	case paused:
+		return stageOf(m.GetPausedFromState()), eventspb.StageAction_STAGE_ACTION_PAUSE
+	case cancelling:
+		return zdmpb.StageKind_STAGE_KIND_UNSPECIFIED, eventspb.StageAction_STAGE_ACTION_CANCEL
+	case ready:
+		return zdmpb.StageKind_STAGE_KIND_UNSPECIFIED, eventspb.StageAction_STAGE_ACTION_UNSPECIFIED
+	default:
+		if k := stageOf(s); k != zdmpb.StageKind_STAGE_KIND_UNSPECIFIED {
+			if last := lastTransition(m); last != nil && last.GetFromState() == paused {
+				return k, eventspb.StageAction_STAGE_ACTION_RESUME
+			}
+			return k, eventspb.StageAction_STAGE_ACTION_START
+		}
+	}
+	return zdmpb.StageKind_STAGE_KIND_UNSPECIFIED, eventspb.StageAction_STAGE_ACTION_UNSPECIFIED
+}
+
+func lastTransition(m *zdmpb.Migration) *zdmpb.Transition {
+	if h := m.GetHistory(); len(h) > 0 {
+		return h[len(h)-1]
+	}
+	return nil
+}
+
+// stageToken is a stage's subject token, for example "copy_data"; "all"
+// for a command to every stage.
+func stageToken(k zdmpb.StageKind) string {
+	const prefix = "STAGE_KIND_"
+	if k == zdmpb.StageKind_STAGE_KIND_UNSPECIFIED {
+		return "all"
+	}
+	n := k.String()
+	b := []byte(n[len(prefix):])
+	for i, ch := range b {
+		if ch >= 'A' && ch <= 'Z' {
+			b[i] = ch + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// reconcile re-does the side effects of every migration, for those a
+// crash interrupted between the state write and the effect.
+func (c *Coordinator) reconcile(ctx context.Context) error {
+	all, err := c.store.migrations.list(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range all {
+		errs = append(errs, c.effects(ctx, withRevision(e.val, e.rev)))
+	}
+	return errors.Join(errs...)
+}
+
+// consumeEvents starts handling stage and lag events from the bus.
+func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeContext, error) {
+	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
+		Durable:        eventsConsumer,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag"},
+		AckWait:        30 * time.Second,
+		MaxDeliver:     -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("events consumer: %w", err)
+	}
+	return cons.Consume(func(msg jetstream.Msg) { c.handleEvent(context.Background(), msg) })
+}
+
+// handleEvent applies one bus event and acks it. An event the current
+// state does not allow (a late duplicate, or one about a migration that
+// has moved on) is acked and dropped; a malformed one is terminated; a
+// failure to write is retried later.
+func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
+	var err error
+	switch subjectKind(msg.Subject()) {
+	case "stage":
+		var ev eventspb.StageCompleted
+		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
+			err = c.onStageCompleted(ctx, &ev)
+		} else {
+			c.terminate(ctx, msg, err)
+			return
+		}
+	case "lag":
+		var ev eventspb.LagReport
+		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
+			err = c.onLagReport(ctx, &ev)
+		} else {
+			c.terminate(ctx, msg, err)
+			return
+		}
+	}
+	switch {
+	case err == nil, errors.Is(err, ErrInvalidTransition), errors.Is(err, apierr.ErrNotFound):
+		if err != nil {
+			c.deps.Logger.DebugContext(ctx, "event dropped", slog.String("subject", msg.Subject()), slog.Any("reason", err))
+		}
+		if aerr := msg.DoubleAck(ctx); aerr != nil {
+			c.deps.Logger.WarnContext(ctx, "ack event", slog.Any("error", aerr))
+		}
+	default:
+		c.deps.Logger.ErrorContext(ctx, "event not applied; will retry", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.NakWithDelay(time.Second)
+	}
+}
+
+func (c *Coordinator) terminate(ctx context.Context, msg jetstream.Msg, err error) {
+	c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
+	_ = msg.Term()
+}
+
+// subjectKind is the last token of zdm.evt.<migration>.<kind>.
+func subjectKind(subject string) string {
+	for i := len(subject) - 1; i >= 0; i-- {
+		if subject[i] == '.' {
+			return subject[i+1:]
+		}
+	}
+	return subject
+}
+
+// onStageCompleted turns a stage's end into the transition it means.
+func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCompleted) error {
+	m, _, err := c.store.migrations.get(ctx, ev.GetMigrationId())
+	if err != nil {
+		return err
+	}
+	at := ev.GetTime().AsTime()
+	if ev.GetTime() == nil {
+		at = c.now()
+	}
+	e := Event{Time: at, Actor: auth.System}
+	stage := ev.GetStage()
+	switch {
+	case m.GetState() == cancelling && ev.GetSuccess():
+		e.Trigger, e.Reason = TriggerCancelled, "cleanup after cancellation finished"
+	case !ev.GetSuccess() && m.GetState() == switchingOver && ev.GetErrorCode() == "SWITCHOVER_ABORTED":
+		e.Trigger, e.Reason = TriggerSwitchoverAborted, ev.GetErrorMessage()
+	case !ev.GetSuccess():
+		e.Trigger, e.Reason = TriggerFail, fmt.Sprintf("stage %s failed: %s", stageToken(stage), ev.GetErrorMessage())
+		e.Error = &zdmpb.MigrationError{Code: ev.GetErrorCode(), Message: ev.GetErrorMessage(), Stage: stage, Time: ev.GetTime()}
+	case stage == zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET:
+		e.Trigger, e.Reason = TriggerPrepareDone, "target prepared"
+	case stage == zdmpb.StageKind_STAGE_KIND_COPY_DATA:
+		e.Trigger, e.Reason = TriggerCopyDone, "existing data copied"
+	case stage == zdmpb.StageKind_STAGE_KIND_FINALIZE && m.GetState() == switchingOver:
+		e.Trigger, e.Reason = TriggerSwitchedOver, "clients switched to the target"
+	case stage == zdmpb.StageKind_STAGE_KIND_FINALIZE:
+		e.Trigger, e.Reason = TriggerDrained, "remaining changes applied"
+	case stage == zdmpb.StageKind_STAGE_KIND_VERIFY:
+		e.Trigger, e.Reason = TriggerVerified, "source and target verified equal"
+	default:
+		return fmt.Errorf("%w: stage %s has no transition", ErrInvalidTransition, stage)
+	}
+	if stageOf(m.GetState()) != stage && e.Trigger != TriggerCancelled {
+		// The event is about a stage the migration is not in: a late
+		// duplicate, or a stage of a paused migration.
+		return fmt.Errorf("%w: %s event while %s", ErrInvalidTransition, stageToken(stage), stateName(m.GetState()))
+	}
+	m, err = c.transition(ctx, ev.GetMigrationId(), e)
+	if err == nil && m.GetState() == completed {
+		c.setTargetEndpoint(ctx, m)
+	}
+	return err
+}
+
+// setTargetEndpoint records where clients should now connect.
+func (c *Coordinator) setTargetEndpoint(ctx context.Context, m *zdmpb.Migration) {
+	rec, _, err := c.store.clusters.get(ctx, m.GetTargetClusterId())
+	if err != nil {
+		c.deps.Logger.WarnContext(ctx, "target cluster for endpoint", slog.Any("error", err))
+		return
+	}
+	_, _, err = c.store.migrations.update(ctx, m.GetMigrationId(), func(m *zdmpb.Migration) error {
+		if m.GetTargetEndpoint() != "" {
+			return errStop
+		}
+		m.TargetEndpoint = rec.GetCluster().GetEndpoint()
+		return nil
+	})
+	if err != nil {
+		c.deps.Logger.WarnContext(ctx, "record target endpoint", slog.Any("error", err))
+	}
+}
+
+// onLagReport records the lag and moves a syncing migration to
+// READY_TO_FINALIZE the first time lag reaches the threshold.
+func (c *Coordinator) onLagReport(ctx context.Context, ev *eventspb.LagReport) error {
+	_, _, err := c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		if m.GetState() != syncing && m.GetState() != ready {
+			return errStop
+		}
+		if m.Lag == nil {
+			m.Lag = &zdmpb.Lag{}
+		}
+		if m.Lag.MeasureTime != nil && ev.GetTime().AsTime().Before(m.Lag.MeasureTime.AsTime()) {
+			return errStop // an older report arrived late
+		}
+		m.Lag.Lag, m.Lag.AppliedWatermark, m.Lag.MeasureTime = ev.GetLag(), ev.GetAppliedWatermark(), ev.GetTime()
+		m.UpdateTime = timestamppb.New(c.now())
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !ev.GetThresholdReached() {
+		return nil
+	}
+	_, err = c.transition(ctx, ev.GetMigrationId(), Event{
+		Trigger: TriggerLagReached, Time: ev.GetTime().AsTime(), Actor: auth.System,
+		Reason: fmt.Sprintf("lag %s reached the threshold", ev.GetLag().AsDuration()),
+	})
+	return err
+}
+
+// sweepLoop fails migrations that outlive their maximum sync duration.
+func (c *Coordinator) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := c.sweep(ctx); err != nil && ctx.Err() == nil {
+				c.deps.Logger.ErrorContext(ctx, "max sync sweep", slog.Any("error", err))
+			}
+		}
+	}
+}
+
+// sweep checks every syncing migration against its maximum sync duration
+// at the clock's current time.
+func (c *Coordinator) sweep(ctx context.Context) error {
+	all, err := c.store.migrations.list(ctx)
+	if err != nil {
+		return err
+	}
+	now := c.now()
+	var errs []error
+	for _, e := range all {
+		m := e.val
+		if m.GetState() != syncing && m.GetState() != ready {
+			continue
+		}
+		limit := m.GetOptions().GetMaxSyncDuration().AsDuration()
+		start := SyncStart(m)
+		if start.IsZero() || now.Sub(start) < limit {
+			continue
+		}
+		_, err := c.transition(ctx, m.GetMigrationId(), Event{
+			Trigger: TriggerFail, Time: now, Actor: auth.System,
+			Reason: fmt.Sprintf("sync not stopped within the maximum sync duration of %s", limit),
+			Error: &zdmpb.MigrationError{
+				Code:    "MAX_SYNC_DURATION_EXCEEDED",
+				Message: fmt.Sprintf("sync began %s and was not stopped within %s; finalise with StopSync or Switchover sooner, or raise options.max_sync_duration", start.Format(time.RFC3339), limit),
+				Stage:   zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL,
+			},
+		})
+		if err != nil && !errors.Is(err, ErrInvalidTransition) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,332 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/mail"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/auth"
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// Option defaults and ranges (see MigrationOptions in the API).
+const (
+	defaultLagThreshold   = 10 * time.Second
+	defaultMaxSync        = 7 * 24 * time.Hour
+	defaultWorkUnitRows   = 100_000
+	maxListedCollections  = 10
+	minLagThreshold       = time.Second
+	maxLagThreshold       = time.Hour
+	minMaxSync            = time.Hour
+	maxMaxSync            = 30 * 24 * time.Hour
+	minWorkUnitRows       = 1_000
+	maxWorkUnitRows       = 10_000_000
+	defaultMaxWritePause  = time.Second
+	minMaxWritePause      = 100 * time.Millisecond
+	maxMaxWritePause      = 30 * time.Second
+	generatedIDRandomSize = 4
+)
+
+// CreateMigration implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigrationRequest) (*zdmpb.CreateMigrationResponse, error) {
+	opts, err := validateCreate(req)
+	if err != nil {
+		return nil, err
+	}
+	id := req.GetMigrationId()
+	if id == "" {
+		id = newMigrationID()
+	}
+	// A retried create with the same ID and request returns the migration.
+	if existing, rev, err := c.store.migrations.get(ctx, id); err == nil {
+		if existing.GetType() == req.GetType() && existing.GetSourceClusterId() == req.GetSourceClusterId() &&
+			existing.GetTargetClusterId() == req.GetTargetClusterId() {
+			return &zdmpb.CreateMigrationResponse{Migration: withRevision(existing, rev)}, nil
+		}
+		return nil, fmt.Errorf("%w: migration %q already exists with another request", apierr.ErrAlreadyExists, id)
+	} else if !errors.Is(err, apierr.ErrNotFound) {
+		return nil, err
+	}
+
+	src, _, err := c.store.clusters.get(ctx, req.GetSourceClusterId())
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	tgt, _, err := c.store.clusters.get(ctx, req.GetTargetClusterId())
+	if err != nil {
+		return nil, fmt.Errorf("target: %w", err)
+	}
+	if _, err := c.probe(ctx, req.GetSourceClusterId(), src.GetConnection()); err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	if err := c.checkTargetIsNew(ctx, req.GetTargetClusterId(), tgt.GetConnection()); err != nil {
+		return nil, err
+	}
+
+	// Lock both clusters, then record the migration. A crash in between
+	// leaves a lock naming a migration that does not exist, which
+	// lockHolder ignores.
+	if _, err := c.lock(ctx, "source", req.GetSourceClusterId(), id); err != nil {
+		return nil, err
+	}
+	if _, err := c.lock(ctx, "target", req.GetTargetClusterId(), id); err != nil {
+		return nil, errors.Join(err, c.unlock(context.WithoutCancel(ctx), req.GetSourceClusterId(), id))
+	}
+	now := c.now()
+	m := &zdmpb.Migration{
+		MigrationId:     id,
+		Type:            req.GetType(),
+		State:           pending,
+		SourceClusterId: req.GetSourceClusterId(),
+		TargetClusterId: req.GetTargetClusterId(),
+		Options:         opts,
+		Stages:          NewStages(req.GetType()),
+		CreatedBy:       auth.Actor(ctx),
+		CreateTime:      timestamppb.New(now),
+		UpdateTime:      timestamppb.New(now),
+	}
+	if _, err := c.store.migrations.create(ctx, id, m); err != nil {
+		uctx := context.WithoutCancel(ctx)
+		return nil, errors.Join(err, c.unlock(uctx, req.GetSourceClusterId(), id), c.unlock(uctx, req.GetTargetClusterId(), id))
+	}
+	m, err = c.transition(ctx, id, Event{Trigger: TriggerStart, Time: now, Actor: auth.Actor(ctx), Reason: "migration created"})
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.CreateMigrationResponse{Migration: m}, nil
+}
+
+// checkTargetIsNew refuses a target that holds user collections in any
+// database, naming what it found.
+func (c *Coordinator) checkTargetIsNew(ctx context.Context, id string, conn *zdmpb.ClusterConnection) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
+	defer cancel()
+	mc, err := milvusx.Connect(ctx, conn, "")
+	if err != nil {
+		return fmt.Errorf("target: %w", unreachable(id, err))
+	}
+	defer mc.Close()
+	colls, err := milvusx.UserCollections(ctx, mc)
+	if err != nil {
+		return fmt.Errorf("target: %w", unreachable(id, err))
+	}
+	if len(colls) == 0 {
+		return nil
+	}
+	shown := colls
+	more := ""
+	if len(shown) > maxListedCollections {
+		shown, more = shown[:maxListedCollections], fmt.Sprintf(" and %d more", len(colls)-maxListedCollections)
+	}
+	return fmt.Errorf("%w: target cluster %q is not new: it holds %d collection(s): %s%s; migrate to an empty cluster",
+		apierr.ErrFailedPrecondition, id, len(colls), strings.Join(shown, ", "), more)
+}
+
+// validateCreate checks the request and returns its options with defaults
+// filled in.
+func validateCreate(req *zdmpb.CreateMigrationRequest) (*zdmpb.MigrationOptions, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{apierr.ErrInvalidArgument}, a...)...)
+	}
+	if req.GetMigrationId() != "" {
+		if err := validateID("migration", req.GetMigrationId()); err != nil {
+			return nil, err
+		}
+	}
+	switch req.GetType() {
+	case zeroDowntime, offline:
+	default:
+		return nil, bad("type %s: want MIGRATION_TYPE_ZERO_DOWNTIME or MIGRATION_TYPE_OFFLINE", req.GetType())
+	}
+	if req.GetSourceClusterId() == "" || req.GetTargetClusterId() == "" {
+		return nil, bad("source_cluster_id and target_cluster_id are required")
+	}
+	if req.GetSourceClusterId() == req.GetTargetClusterId() {
+		return nil, bad("source and target are the same cluster %q", req.GetSourceClusterId())
+	}
+	o := proto.Clone(req.GetOptions()).(*zdmpb.MigrationOptions)
+	if o == nil {
+		o = &zdmpb.MigrationOptions{}
+	}
+	var err error
+	if o.LagThreshold, err = durationOption("options.lag_threshold", o.GetLagThreshold(), defaultLagThreshold, minLagThreshold, maxLagThreshold); err != nil {
+		return nil, err
+	}
+	if o.MaxSyncDuration, err = durationOption("options.max_sync_duration", o.GetMaxSyncDuration(), defaultMaxSync, minMaxSync, maxMaxSync); err != nil {
+		return nil, err
+	}
+	if o.GetThrottle().GetMaxRowsPerSecond() < 0 || o.GetThrottle().GetMaxBytesPerSecond() < 0 {
+		return nil, bad("options.throttle limits must not be negative (0 means unlimited)")
+	}
+	switch w := o.GetWorkUnitRows(); {
+	case w == 0:
+		o.WorkUnitRows = defaultWorkUnitRows
+	case w < minWorkUnitRows || w > maxWorkUnitRows:
+		return nil, bad("options.work_unit_rows %d: want %d to %d", w, minWorkUnitRows, maxWorkUnitRows)
+	}
+	for _, e := range o.GetNotifications().GetEmails() {
+		if _, err := mail.ParseAddress(e); err != nil {
+			return nil, bad("options.notifications.emails: %q is not an email address", e)
+		}
+	}
+	for _, w := range o.GetNotifications().GetWebhookUrls() {
+		if u, err := url.Parse(w); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, bad("options.notifications.webhook_urls: %q is not an http(s) URL", w)
+		}
+	}
+	return o, nil
+}
+
+func durationOption(name string, d *durationpb.Duration, def, lo, hi time.Duration) (*durationpb.Duration, error) {
+	if d == nil || d.AsDuration() == 0 {
+		return durationpb.New(def), nil
+	}
+	if err := d.CheckValid(); err != nil || d.AsDuration() < lo || d.AsDuration() > hi {
+		return nil, fmt.Errorf("%w: %s %s: want %s to %s", apierr.ErrInvalidArgument, name, d.AsDuration(), lo, hi)
+	}
+	return d, nil
+}
+
+func newMigrationID() string {
+	b := make([]byte, generatedIDRandomSize)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on Linux
+	return "m-" + hex.EncodeToString(b)
+}
+
+// GetMigration implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) GetMigration(ctx context.Context, req *zdmpb.GetMigrationRequest) (*zdmpb.GetMigrationResponse, error) {
+	m, rev, err := c.store.migrations.get(ctx, req.GetMigrationId())
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.GetMigrationResponse{Migration: withRevision(m, rev)}, nil
+}
+
+// ListMigrations implements zdmpb.MigrationServiceServer. Pages are keyed
+// by (create time, ID), newest first, so a migration created while a
+// caller pages neither shifts nor repeats the rest.
+func (c *Coordinator) ListMigrations(ctx context.Context, req *zdmpb.ListMigrationsRequest) (*zdmpb.ListMigrationsResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := decodeToken(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	all, err := c.store.migrations.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ms := make([]*zdmpb.Migration, 0, len(all))
+	for _, e := range all {
+		m := withRevision(e.val, e.rev)
+		if len(req.GetStates()) > 0 && !slices.Contains(req.GetStates(), m.GetState()) {
+			continue
+		}
+		if id := req.GetClusterId(); id != "" && m.GetSourceClusterId() != id && m.GetTargetClusterId() != id {
+			continue
+		}
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b *zdmpb.Migration) int { return strings.Compare(listKey(b), listKey(a)) })
+	resp := &zdmpb.ListMigrationsResponse{}
+	for _, m := range ms {
+		if tok != "" && listKey(m) >= tok {
+			continue
+		}
+		if len(resp.Migrations) == size {
+			resp.NextPageToken = encodeToken(listKey(resp.Migrations[size-1]))
+			break
+		}
+		resp.Migrations = append(resp.Migrations, m)
+	}
+	return resp, nil
+}
+
+// listKey orders migrations by creation time, then ID.
+func listKey(m *zdmpb.Migration) string {
+	return fmt.Sprintf("%020s/%s", strconv.FormatInt(m.GetCreateTime().AsTime().UnixNano(), 10), m.GetMigrationId())
+}
+
+// StopSync implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) StopSync(ctx context.Context, req *zdmpb.StopSyncRequest) (*zdmpb.StopSyncResponse, error) {
+	if !req.GetConfirmWritesStopped() {
+		return nil, fmt.Errorf("%w: confirm_writes_stopped must be true: stop every write to the source first, then call StopSync again", apierr.ErrInvalidArgument)
+	}
+	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerStopSync, "stop sync requested; writes to the source confirmed stopped")
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.StopSyncResponse{Migration: m}, nil
+}
+
+// Switchover implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) Switchover(ctx context.Context, req *zdmpb.SwitchoverRequest) (*zdmpb.SwitchoverResponse, error) {
+	if _, err := durationOption("max_write_pause", req.GetMaxWritePause(), defaultMaxWritePause, minMaxWritePause, maxMaxWritePause); err != nil {
+		return nil, err
+	}
+	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerSwitchover, "switchover requested")
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.SwitchoverResponse{Migration: m}, nil
+}
+
+// CancelMigration implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) CancelMigration(ctx context.Context, req *zdmpb.CancelMigrationRequest) (*zdmpb.CancelMigrationResponse, error) {
+	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerCancel, reasonOr(req.GetReason(), "cancel requested"))
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.CancelMigrationResponse{Migration: m}, nil
+}
+
+// PauseMigration implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) PauseMigration(ctx context.Context, req *zdmpb.PauseMigrationRequest) (*zdmpb.PauseMigrationResponse, error) {
+	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerPause, reasonOr(req.GetReason(), "pause requested"))
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.PauseMigrationResponse{Migration: m}, nil
+}
+
+// ResumeMigration implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) ResumeMigration(ctx context.Context, req *zdmpb.ResumeMigrationRequest) (*zdmpb.ResumeMigrationResponse, error) {
+	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerResume, "resume requested")
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.ResumeMigrationResponse{Migration: m}, nil
+}
+
+func reasonOr(reason, def string) string {
+	if reason != "" {
+		return reason
+	}
+	return def
+}
+
+// apiTransition applies a caller's trigger; a transition the current state
+// does not allow is FailedPrecondition naming that state.
+func (c *Coordinator) apiTransition(ctx context.Context, id string, trig Trigger, reason string) (*zdmpb.Migration, error) {
+	m, err := c.transition(ctx, id, Event{Trigger: trig, Time: c.now(), Actor: auth.Actor(ctx), Reason: reason})
+	if errors.Is(err, ErrInvalidTransition) {
+		return nil, fmt.Errorf("%w: migration %q: %w", apierr.ErrFailedPrecondition, id, err)
+	}
+	return m, err
+}
