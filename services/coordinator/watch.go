@@ -67,4 +67,3 @@ func (c *Coordinator) WatchMigration(req *zdmpb.WatchMigrationRequest, stream gr
 		}
 	}
 }
-
