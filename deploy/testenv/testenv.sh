@@ -152,6 +152,9 @@ export ZDM_TEST_LITE3_VERSION=3.2.2
 export ZDM_TEST_LITE2_SOURCE=$host:$LITE2_PORT_source
 export ZDM_TEST_LITE2_TARGET=$host:$LITE2_PORT_target
 export ZDM_TEST_LITE2_VERSION=2.5.1
+# Server programs, for tests that start a fresh, empty server of their own.
+export ZDM_TEST_LITE2_SERVER=$(echo "$dir"/venv-lite2/lib/python3*/site-packages/milvus_lite/lib/milvus)
+export ZDM_TEST_LITE3_SERVER=$dir/venv-lite3/bin/milvus-lite
 EOF
   mv "$f.tmp" "$f"
   log "addresses written to $f"

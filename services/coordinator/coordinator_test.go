@@ -1,0 +1,534 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"github.com/milvus-io/milvus-sdk-go/v2/entity"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/zdm-io/zdm/pkg/ztest"
+	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+func requireCode(t *testing.T, want codes.Code, err error, contains ...string) {
+	t.Helper()
+	require.Equal(t, want, status.Code(err), "error: %v", err)
+	for _, c := range contains {
+		require.Contains(t, status.Convert(err).Message(), c)
+	}
+}
+
+func TestIntegrationClusterRegistry(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+
+	addr := ztest.NewServer(t, "lite2")
+	resp, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{
+		ClusterId: "prod-a", DisplayName: "Production A",
+		Connection: &zdmpb.ClusterConnection{Endpoint: addr, Auth: &zdmpb.ClusterConnection_Token{Token: "tok-very-secret"}},
+	})
+	require.NoError(t, err)
+	cl := resp.GetCluster()
+	require.Equal(t, addr, cl.GetEndpoint())
+	require.Equal(t, zdmpb.AuthKind_AUTH_KIND_TOKEN, cl.GetAuthKind())
+	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, cl.GetLockState())
+	require.NotEmpty(t, cl.GetMilvusVersion())
+	raw, err := proto.Marshal(resp)
+	require.NoError(t, err)
+	require.NotContains(t, string(raw), "tok-very-secret", "credentials are never returned")
+
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "prod-a", Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
+	requireCode(t, codes.AlreadyExists, err, `cluster "prod-a" already exists`)
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "Prod_A", Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
+	requireCode(t, codes.InvalidArgument, err, `cluster ID "Prod_A"`)
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "nowhere", Connection: &zdmpb.ClusterConnection{Endpoint: "milvus"}})
+	requireCode(t, codes.InvalidArgument, err, "want host:port")
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "down", Connection: &zdmpb.ClusterConnection{
+		Endpoint: "127.0.0.1:1", Auth: &zdmpb.ClusterConnection_UserPassword{UserPassword: &zdmpb.UserPassword{Username: "root", Password: "pw-very-secret"}},
+	}})
+	requireCode(t, codes.FailedPrecondition, err, `cluster "down" does not answer`)
+	require.NotContains(t, err.Error(), "pw-very-secret")
+
+	_, err = h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "missing"})
+	requireCode(t, codes.NotFound, err, `cluster "missing" does not exist`)
+
+	for _, id := range []string{"prod-b", "prod-c"} {
+		_, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
+		require.NoError(t, err)
+	}
+	page1, err := h.clusters.ListClusters(ctx, &zdmpb.ListClustersRequest{PageSize: 2})
+	require.NoError(t, err)
+	require.Len(t, page1.GetClusters(), 2)
+	require.NotEmpty(t, page1.GetNextPageToken())
+	page2, err := h.clusters.ListClusters(ctx, &zdmpb.ListClustersRequest{PageSize: 2, PageToken: page1.GetNextPageToken()})
+	require.NoError(t, err)
+	var ids []string
+	for _, c := range append(page1.GetClusters(), page2.GetClusters()...) {
+		ids = append(ids, c.GetClusterId())
+	}
+	require.Equal(t, []string{"prod-a", "prod-b", "prod-c"}, ids)
+	require.Empty(t, page2.GetNextPageToken())
+	_, err = h.clusters.ListClusters(ctx, &zdmpb.ListClustersRequest{PageToken: "%%%"})
+	requireCode(t, codes.InvalidArgument, err, "page_token")
+
+	_, err = h.clusters.DeregisterCluster(ctx, &zdmpb.DeregisterClusterRequest{ClusterId: "prod-b"})
+	require.NoError(t, err)
+	_, err = h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "prod-b"})
+	requireCode(t, codes.NotFound, err)
+	_, err = h.clusters.DeregisterCluster(ctx, &zdmpb.DeregisterClusterRequest{ClusterId: "prod-b"})
+	requireCode(t, codes.NotFound, err)
+}
+
+func TestIntegrationCreateMigrationRefusesBadInput(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+	h.register("src")
+	h.register("tgt")
+	// A target that already holds a collection.
+	fullAddr := ztest.NewServer(t, "lite2")
+	mc, err := client.NewClient(ctx, client.Config{Address: fullAddr})
+	require.NoError(t, err)
+	defer mc.Close()
+	schema := entity.NewSchema().WithName("existing").
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(4))
+	require.NoError(t, mc.CreateCollection(ctx, schema, 1))
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "full", Connection: &zdmpb.ClusterConnection{Endpoint: fullAddr}})
+	require.NoError(t, err)
+	// A registered cluster that has since gone away.
+	goneAddr := ztest.NewServer(t, "lite2")
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "gone", Connection: &zdmpb.ClusterConnection{Endpoint: goneAddr}})
+	require.NoError(t, err)
+	_, _, err = h.coord.store.clusters.update(ctx, "gone", func(r *coordpb.ClusterRecord) error {
+		r.Connection.Endpoint = "127.0.0.1:1"
+		return nil
+	})
+	require.NoError(t, err)
+
+	zdt := zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME
+	for _, tc := range []struct {
+		name string
+		req  *zdmpb.CreateMigrationRequest
+		code codes.Code
+		msg  string
+	}{
+		{"no type", &zdmpb.CreateMigrationRequest{SourceClusterId: "src", TargetClusterId: "tgt"}, codes.InvalidArgument, "type MIGRATION_TYPE_UNSPECIFIED"},
+		{"same cluster", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "src"}, codes.InvalidArgument, `same cluster "src"`},
+		{"bad id", &zdmpb.CreateMigrationRequest{MigrationId: "Bad ID", Type: zdt, SourceClusterId: "src", TargetClusterId: "tgt"}, codes.InvalidArgument, `migration ID "Bad ID"`},
+		{"lag threshold", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "tgt",
+			Options: &zdmpb.MigrationOptions{LagThreshold: durationpb.New(2 * time.Hour)}}, codes.InvalidArgument, "options.lag_threshold 2h0m0s: want 1s to 1h0m0s"},
+		{"max sync", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "tgt",
+			Options: &zdmpb.MigrationOptions{MaxSyncDuration: durationpb.New(time.Minute)}}, codes.InvalidArgument, "options.max_sync_duration"},
+		{"throttle", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "tgt",
+			Options: &zdmpb.MigrationOptions{Throttle: &zdmpb.Throttle{MaxRowsPerSecond: -1}}}, codes.InvalidArgument, "options.throttle"},
+		{"email", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "tgt",
+			Options: &zdmpb.MigrationOptions{Notifications: &zdmpb.Notifications{Emails: []string{"not-an-address"}}}}, codes.InvalidArgument, "not an email address"},
+		{"unknown source", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "nope", TargetClusterId: "tgt"}, codes.NotFound, `source: not found: cluster "nope" does not exist`},
+		{"unknown target", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "nope"}, codes.NotFound, `target: not found: cluster "nope"`},
+		{"source unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "gone", TargetClusterId: "tgt"}, codes.FailedPrecondition, `cluster "gone" does not answer`},
+		{"target not new", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "full"}, codes.FailedPrecondition, `target cluster "full" is not new: it holds 1 collection(s): default.existing`},
+	} {
+		_, err := h.mig.CreateMigration(ctx, tc.req)
+		requireCode(t, tc.code, err, tc.msg)
+	}
+	// Nothing was half-written: no migration, no lock.
+	list, err := h.mig.ListMigrations(ctx, &zdmpb.ListMigrationsRequest{})
+	require.NoError(t, err)
+	require.Empty(t, list.GetMigrations())
+	for _, id := range []string{"src", "tgt", "full"} {
+		c, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: id})
+		require.NoError(t, err)
+		require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, c.GetCluster().GetLockState(), id)
+	}
+}
+
+func TestIntegrationLockedSource(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+	h.create("job1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
+
+	src, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "job1-src"})
+	require.NoError(t, err)
+	require.Equal(t, zdmpb.LockState_LOCK_STATE_LOCKED, src.GetCluster().GetLockState())
+	require.Equal(t, "job1", src.GetCluster().GetLockedByMigrationId())
+	_, err = h.clusters.DeregisterCluster(ctx, &zdmpb.DeregisterClusterRequest{ClusterId: "job1-src"})
+	requireCode(t, codes.FailedPrecondition, err, `cluster "job1-src" is LOCKED by migration "job1", which is PREPARING_TARGET`)
+
+	h.register("other-tgt")
+	_, err = h.mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "job1-src", TargetClusterId: "other-tgt"})
+	requireCode(t, codes.FailedPrecondition, err, `source cluster "job1-src" is in migration "job1"`)
+	other, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "other-tgt"})
+	require.NoError(t, err)
+	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, other.GetCluster().GetLockState(), "a refused create leaves no lock")
+
+	// A retried create with the same ID returns the same migration.
+	again, err := h.mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "job1", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "job1-src", TargetClusterId: "job1-tgt"})
+	require.NoError(t, err)
+	require.Equal(t, "job1", again.GetMigration().GetMigrationId())
+
+	_, err = h.mig.CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: "job1", Reason: "wrong source"})
+	require.NoError(t, err)
+	h.stageDone("job1", zdmpb.StageKind_STAGE_KIND_FINALIZE, true, "", "")
+	h.waitState("job1", cancelled)
+	_, err = h.clusters.DeregisterCluster(ctx, &zdmpb.DeregisterClusterRequest{ClusterId: "job1-src"})
+	require.NoError(t, err, "the source is unlocked once the migration has ended")
+}
+
+func TestIntegrationCompletedByStopSync(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+	h.drive("m1", ready)
+
+	_, err := h.mig.StopSync(ctx, &zdmpb.StopSyncRequest{MigrationId: "m1"})
+	requireCode(t, codes.InvalidArgument, err, "confirm_writes_stopped must be true")
+	_, err = h.mig.StopSync(ctx, &zdmpb.StopSyncRequest{MigrationId: "m1", ConfirmWritesStopped: true})
+	require.NoError(t, err)
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_FINALIZE, true, "", "")
+	h.waitState("m1", verifying)
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_VERIFY, true, "", "")
+	m := h.waitState("m1", completed)
+
+	require.NotEmpty(t, m.GetTargetEndpoint())
+	require.Equal(t, "PREPARING_TARGET COPYING SYNCING READY_TO_FINALIZE STOPPING_SYNC VERIFYING COMPLETED", historyPath(m))
+	require.Equal(t, "anonymous", m.GetHistory()[4].GetActor(), "API calls are recorded with their caller")
+	require.Equal(t, "system", m.GetHistory()[1].GetActor())
+	require.NotNil(t, m.GetLag().GetThresholdReachedTime())
+	for _, id := range []string{"m1-src", "m1-tgt"} {
+		c, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: id})
+		require.NoError(t, err)
+		require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, c.GetCluster().GetLockState(), id)
+	}
+	var sent []string
+	for _, c := range h.commands("m1") {
+		sent = append(sent, fmt.Sprintf("%s:%s", stageToken(c.GetStage()), strings.TrimPrefix(c.GetAction().String(), "STAGE_ACTION_")))
+	}
+	require.Equal(t, []string{"prepare_target:START", "copy_data:START", "sync_incremental:START", "finalize:START", "verify:START"}, sent)
+
+	_, err = h.mig.Switchover(ctx, &zdmpb.SwitchoverRequest{MigrationId: "m1"})
+	requireCode(t, codes.FailedPrecondition, err, "COMPLETED")
+}
+
+func TestIntegrationCompletedBySwitchover(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+	h.drive("m1", switchingOver)
+	// A switchover whose drain took too long goes back to syncing...
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_FINALIZE, false, "SWITCHOVER_ABORTED", "drain exceeded max_write_pause")
+	h.waitState("m1", ready)
+	// ...and can be tried again.
+	_, err := h.mig.Switchover(ctxT(t), &zdmpb.SwitchoverRequest{MigrationId: "m1", MaxWritePause: durationpb.New(2 * time.Second)})
+	require.NoError(t, err)
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_FINALIZE, true, "", "")
+	m := h.waitState("m1", completed)
+	require.Equal(t, "PREPARING_TARGET COPYING SYNCING READY_TO_FINALIZE SWITCHING_OVER READY_TO_FINALIZE SWITCHING_OVER COMPLETED", historyPath(m))
+}
+
+func TestIntegrationFailedByMaxSyncDuration(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	clock := newClock()
+	h := newHarness(t, bus, clock)
+	ctx := ctxT(t)
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+	h.drive("m1", ready)
+
+	clock.Advance(7*24*time.Hour - time.Minute)
+	require.NoError(t, h.coord.sweep(ctx))
+	h.waitState("m1", ready)
+	clock.Advance(2 * time.Minute)
+	require.NoError(t, h.coord.sweep(ctx))
+	m := h.waitState("m1", failed)
+	require.Equal(t, "MAX_SYNC_DURATION_EXCEEDED", m.GetError().GetCode())
+	require.Contains(t, m.GetError().GetMessage(), "not stopped within 168h0m0s")
+	require.Equal(t, zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, m.GetError().GetStage())
+	src, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "m1-src"})
+	require.NoError(t, err)
+	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, src.GetCluster().GetLockState())
+}
+
+func TestIntegrationFailedByStage(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
+	h.drive("m1", copying)
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
+	h.waitState("m1", verifying)
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_VERIFY, false, "VERIFICATION_MISMATCH", "default.items: keys [100, 200) differ")
+	m := h.waitState("m1", failed)
+	require.Equal(t, "VERIFICATION_MISMATCH", m.GetError().GetCode())
+	require.Contains(t, m.GetHistory()[len(m.GetHistory())-1].GetReason(), "keys [100, 200) differ")
+}
+
+func TestIntegrationCancelFromEveryStage(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+	for i, from := range []zdmpb.MigrationState{preparing, copying, paused, syncing, ready, stoppingSync, switchingOver, verifying} {
+		id := fmt.Sprintf("c%d", i)
+		h.create(id, zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+		h.drive(id, from)
+		resp, err := h.mig.CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: id, Reason: "operator cancelled"})
+		require.NoError(t, err, stateName(from))
+		require.Equal(t, cancelling, resp.GetMigration().GetState())
+		cmds := h.commands(id)
+		last := cmds[len(cmds)-1]
+		require.Equal(t, eventspb.StageAction_STAGE_ACTION_CANCEL, last.GetAction(), stateName(from))
+		h.stageDone(id, zdmpb.StageKind_STAGE_KIND_FINALIZE, true, "", "")
+		m := h.waitState(id, cancelled)
+		require.Equal(t, "operator cancelled", m.GetHistory()[len(m.GetHistory())-2].GetReason())
+		_, err = h.mig.CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: id})
+		requireCode(t, codes.FailedPrecondition, err, "CANCELLED")
+		_, err = h.clusters.DeregisterCluster(ctx, &zdmpb.DeregisterClusterRequest{ClusterId: id + "-src"})
+		require.NoError(t, err, "source unlocked after cancelling from %s", stateName(from))
+	}
+}
+
+func TestIntegrationPauseAndResume(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
+	m := h.drive("m1", paused)
+	require.Equal(t, copying, m.GetPausedFromState())
+	_, err := h.mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "m1"})
+	requireCode(t, codes.FailedPrecondition, err, "cannot pause a migration that is PAUSED")
+	// A late copy event while paused does not move the migration.
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
+
+	resp, err := h.mig.ResumeMigration(ctx, &zdmpb.ResumeMigrationRequest{MigrationId: "m1"})
+	require.NoError(t, err)
+	require.Equal(t, copying, resp.GetMigration().GetState())
+	var actions []string
+	for _, c := range h.commands("m1") {
+		actions = append(actions, fmt.Sprintf("%s:%s", stageToken(c.GetStage()), strings.TrimPrefix(c.GetAction().String(), "STAGE_ACTION_")))
+	}
+	require.Equal(t, []string{"prepare_target:START", "copy_data:START", "copy_data:PAUSE", "copy_data:RESUME"}, actions)
+	_, err = h.mig.ResumeMigration(ctx, &zdmpb.ResumeMigrationRequest{MigrationId: "m1"})
+	requireCode(t, codes.FailedPrecondition, err, "COPYING")
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
+	h.waitState("m1", verifying)
+	_, err = h.mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "m1"})
+	requireCode(t, codes.FailedPrecondition, err, "VERIFYING")
+	_, err = h.mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "nope"})
+	requireCode(t, codes.NotFound, err)
+}
+
+func TestIntegrationListMigrations(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	clock := newClock()
+	h := newHarness(t, bus, clock)
+	ctx := ctxT(t)
+	for _, id := range []string{"a", "b", "c"} {
+		h.create(id, zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
+		clock.Advance(time.Minute)
+	}
+	_, err := h.mig.CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: "b"})
+	require.NoError(t, err)
+
+	var ids []string
+	tok := ""
+	for {
+		resp, err := h.mig.ListMigrations(ctx, &zdmpb.ListMigrationsRequest{PageSize: 2, PageToken: tok})
+		require.NoError(t, err)
+		for _, m := range resp.GetMigrations() {
+			ids = append(ids, m.GetMigrationId())
+		}
+		if tok = resp.GetNextPageToken(); tok == "" {
+			break
+		}
+	}
+	require.Equal(t, []string{"c", "b", "a"}, ids, "newest first, across pages")
+	resp, err := h.mig.ListMigrations(ctx, &zdmpb.ListMigrationsRequest{States: []zdmpb.MigrationState{cancelling}})
+	require.NoError(t, err)
+	require.Len(t, resp.GetMigrations(), 1)
+	require.Equal(t, "b", resp.GetMigrations()[0].GetMigrationId())
+	resp, err = h.mig.ListMigrations(ctx, &zdmpb.ListMigrationsRequest{ClusterId: "c-tgt"})
+	require.NoError(t, err)
+	require.Len(t, resp.GetMigrations(), 1)
+	require.Equal(t, "c", resp.GetMigrations()[0].GetMigrationId())
+}
+
+func TestIntegrationWatchMigration(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
+
+	watch := func(ctx context.Context, from uint64) (<-chan *zdmpb.Migration, <-chan error) {
+		out, errc := make(chan *zdmpb.Migration, 64), make(chan error, 1)
+		stream, err := h.mig.WatchMigration(ctx, &zdmpb.WatchMigrationRequest{MigrationId: "m1", FromRevision: from})
+		require.NoError(t, err)
+		go func() {
+			defer close(out)
+			for {
+				resp, err := stream.Recv()
+				if err != nil {
+					errc <- err
+					return
+				}
+				out <- resp.GetMigration()
+			}
+		}()
+		return out, errc
+	}
+	next := func(ch <-chan *zdmpb.Migration) *zdmpb.Migration {
+		select {
+		case m := <-ch:
+			require.NotNil(t, m, "stream ended early")
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no watch update within 10s")
+			return nil
+		}
+	}
+
+	// Two watchers at once.
+	ctx1, cancel1 := context.WithCancel(ctxT(t))
+	w1, _ := watch(ctx1, 0)
+	w2, errc2 := watch(ctxT(t), 0)
+	first := next(w1)
+	require.Equal(t, preparing, first.GetState())
+	require.Equal(t, preparing, next(w2).GetState())
+
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, true, "", "")
+	seen := next(w1)
+	require.Equal(t, copying, seen.GetState())
+	require.Greater(t, seen.GetRevision(), first.GetRevision())
+	cancel1() // watcher 1 disconnects...
+
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
+	h.waitState("m1", verifying)
+	// ...and reconnects from its last revision: it gets what it missed.
+	w1, _ = watch(ctxT(t), seen.GetRevision())
+	require.Equal(t, verifying, next(w1).GetState())
+
+	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_VERIFY, true, "", "")
+	require.Equal(t, completed, next(w1).GetState())
+	var states []string
+	for m := range w2 {
+		states = append(states, stateName(m.GetState()))
+	}
+	require.Equal(t, "COPYING VERIFYING COMPLETED", strings.Join(states[len(states)-3:], " "))
+	require.Equal(t, "EOF", fmt.Sprint(<-errc2), "the stream ends after a terminal state")
+
+	_, errc := watch(ctxT(t), 1<<40)
+	requireCode(t, codes.OutOfRange, <-errc, "newer than")
+}
+
+// TestIntegrationRacingCoordinators: two coordinators share one bus and
+// state; concurrent calls and duplicate events apply each transition
+// exactly once.
+func TestIntegrationRacingCoordinators(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	clock := newClock()
+	a := newHarness(t, bus, clock)
+	b := newHarness(t, bus, clock)
+	ctx := ctxT(t)
+	a.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+	a.drive("m1", copying)
+
+	var wg sync.WaitGroup
+	var ok, refused int
+	var mu sync.Mutex
+	for i := range 8 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := h.mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "m1"})
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				ok++
+			} else {
+				require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+				refused++
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, 1, ok, "exactly one pause wins")
+	require.Equal(t, 7, refused)
+	_, err := b.mig.ResumeMigration(ctx, &zdmpb.ResumeMigrationRequest{MigrationId: "m1"})
+	require.NoError(t, err)
+
+	// The same stage event published twice under different IDs (a service
+	// retrying after a crash) moves the migration once.
+	a.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
+	b.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
+	a.waitState("m1", syncing)
+	a.lag("m1", time.Second, true)
+	m := b.waitState("m1", ready)
+	require.Equal(t, "PREPARING_TARGET COPYING PAUSED COPYING SYNCING READY_TO_FINALIZE", historyPath(m))
+}
+
+// TestIntegrationRestartResendsEffects: a coordinator that died after
+// writing a transition but before sending its command re-sends it on
+// start, and JetStream drops the copy when it had been sent.
+func TestIntegrationRestartResendsEffects(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	clock := newClock()
+	h := newHarness(t, bus, clock)
+	ctx := ctxT(t)
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
+	h.drive("m1", copying)
+	// The crash: the state moves to VERIFYING, the command is never sent.
+	_, _, err := h.coord.store.migrations.update(ctx, "m1", func(m *zdmpb.Migration) error {
+		_, err := Apply(m, Event{Trigger: TriggerCopyDone, Time: clock.Now(), Actor: "system"})
+		return err
+	})
+	require.NoError(t, err)
+	before := len(h.commands("m1"))
+	require.Equal(t, 2, before)
+
+	restarted := newHarness(t, bus, clock)
+	cmds := restarted.commands("m1")
+	require.Len(t, cmds, 3, "the lost command is sent on start")
+	require.Equal(t, zdmpb.StageKind_STAGE_KIND_VERIFY, cmds[2].GetStage())
+	third := newHarness(t, bus, clock)
+	require.Len(t, third.commands("m1"), 3, "a second restart sends no duplicate")
+	restarted.stageDone("m1", zdmpb.StageKind_STAGE_KIND_VERIFY, true, "", "")
+	restarted.waitState("m1", completed)
+}
+
+func historyPath(m *zdmpb.Migration) string {
+	var out []string
+	for _, h := range m.GetHistory() {
+		out = append(out, stateName(h.GetToState()))
+	}
+	return strings.Join(out, " ")
+}
