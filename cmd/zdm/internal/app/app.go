@@ -15,7 +15,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/zdm-io/zdm/pkg/auth"
 	"github.com/zdm-io/zdm/pkg/grpcserver"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
@@ -123,7 +126,13 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	}
 	addrs.GRPC, addrs.Metrics = grpcLis.Addr().String(), metricsLis.Addr().String()
 
-	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: tp, MeterProvider: mp, Propagator: prop})
+	opts, err := apiSecurity(cfg, logger)
+	if err != nil {
+		grpcLis.Close()
+		metricsLis.Close()
+		return err
+	}
+	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: tp, MeterProvider: mp, Propagator: prop}, opts...)
 	metrics := &http.Server{Handler: metricsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 
 	services, err := newServices(cfg, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: reg}, logger)
@@ -173,6 +182,29 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	case err := <-serveErr:
 		return err
 	}
+}
+
+// apiSecurity returns the server options for TLS and API keys.
+func apiSecurity(cfg Config, logger *slog.Logger) ([]grpc.ServerOption, error) {
+	var opts []grpc.ServerOption
+	if cfg.TLSCert != "" {
+		creds, err := credentials.NewServerTLSFromFile(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		opts = append(opts, grpc.Creds(creds))
+	}
+	if cfg.AuthOff() {
+		logger.Warn("API authentication is off: every caller that reaches the API is admin",
+			slog.String("grpc_addr", cfg.GRPCAddr), slog.Bool("insecure_no_auth", cfg.InsecureNoAuth),
+			slog.String("fix", "set --api-keys-file"))
+		return opts, nil
+	}
+	keys, err := auth.LoadKeys(cfg.APIKeysFile)
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, keys.ServerOptions()...), nil
 }
 
 func connectBus(cfg Config, logger *slog.Logger) (*natsbus.Conn, *natsbus.Embedded, error) {

@@ -37,6 +37,10 @@ type Config struct {
 	ShutdownTimeout  time.Duration
 	LogFormat        string
 	LogLevel         string
+	APIKeysFile      string
+	InsecureNoAuth   bool
+	TLSCert          string
+	TLSKey           string
 	Coordinator      coordinator.Config
 	syncInterval     time.Duration
 	targetFlagString string
@@ -64,8 +68,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 8*time.Second, "longest time in-flight work may take to finish on shutdown")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.APIKeysFile, "api-keys-file", "", "file of API keys ('<name> <admin|viewer> sha256:<hex>' per line); required unless --insecure-no-auth or the API listens on loopback only")
+	fs.BoolVar(&c.InsecureNoAuth, "insecure-no-auth", false, "serve the API without authentication: every caller is admin")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate for TLS on the gRPC API (with --tls-key)")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for TLS on the gRPC API (with --tls-cert)")
 	c.Coordinator.RegisterFlags(fs)
 }
+
+// AuthOff reports whether the API runs without authentication: asked for
+// with --insecure-no-auth, or by default when it listens on loopback only
+// and no keys file is given.
+func (c Config) AuthOff() bool { return c.APIKeysFile == "" }
 
 // Parse parses args and the ZDM_* environment into a validated Config.
 func Parse(args []string) (Config, error) {
@@ -121,6 +134,15 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout <= 0 || c.ShutdownTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %s: want more than 0 and at most 5m", c.ShutdownTimeout))
 	}
+	if c.APIKeysFile != "" && c.InsecureNoAuth {
+		errs = append(errs, errors.New("--api-keys-file and --insecure-no-auth contradict each other: choose one"))
+	}
+	if c.APIKeysFile == "" && !c.InsecureNoAuth && !loopback(c.GRPCAddr) {
+		errs = append(errs, fmt.Errorf("--grpc-addr %s is reachable from other machines: set --api-keys-file, or --insecure-no-auth to serve without authentication", c.GRPCAddr))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together: set both or neither"))
+	}
 	if slices.Contains(c.Targets, coordinator.Name) {
 		errs = append(errs, c.Coordinator.Validate())
 	}
@@ -148,6 +170,19 @@ func parseTargets(s string) ([]string, error) {
 		}
 	}
 	return ordered, nil
+}
+
+// loopback reports whether addr listens on this machine only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func checkAddr(flagName, addr, example string) error {

@@ -29,12 +29,38 @@ func TestParseDefaults(t *testing.T) {
 func TestParseFlagsAndEnvironment(t *testing.T) {
 	t.Setenv("ZDM_GRPC_ADDR", "0.0.0.0:9000")
 	t.Setenv("ZDM_JETSTREAM_SYNC", "250ms")
+	t.Setenv("ZDM_INSECURE_NO_AUTH", "true")
 	got, err := Parse([]string{"-target", "coordinator, snapshot-copier", "--metrics-addr", ":9001"})
 	require.NoError(t, err)
 	require.Equal(t, "0.0.0.0:9000", got.GRPCAddr)
 	require.Equal(t, ":9001", got.MetricsAddr)
 	require.Equal(t, 250*time.Millisecond, got.syncInterval)
 	require.Equal(t, []string{"snapshot-copier", "coordinator"}, got.Targets, "start-up order is fixed")
+	require.True(t, got.AuthOff())
+}
+
+func TestParseAuthAndTLS(t *testing.T) {
+	got, err := Parse(nil)
+	require.NoError(t, err)
+	require.True(t, got.AuthOff(), "loopback without keys runs open, and logs so")
+	got, err = Parse([]string{"-grpc-addr", "[::1]:7400"})
+	require.NoError(t, err)
+	require.True(t, got.AuthOff())
+	got, err = Parse([]string{"-grpc-addr", ":7400", "-api-keys-file", "/etc/zdm/keys"})
+	require.NoError(t, err)
+	require.False(t, got.AuthOff())
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-grpc-addr", ":7400"}, "--grpc-addr :7400 is reachable from other machines: set --api-keys-file, or --insecure-no-auth"},
+		{[]string{"-grpc-addr", "10.1.2.3:7400"}, "reachable from other machines"},
+		{[]string{"-api-keys-file", "k", "-insecure-no-auth"}, "contradict each other"},
+		{[]string{"-tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
+	} {
+		_, err := Parse(tc.args)
+		require.ErrorContains(t, err, tc.want, "args %q", tc.args)
+	}
 }
 
 func TestParseRejectsBadConfig(t *testing.T) {
@@ -48,6 +74,7 @@ func TestParseRejectsBadConfig(t *testing.T) {
 		{[]string{"-jetstream-sync", "sometimes"}, `--jetstream-sync "sometimes": want always or a positive interval such as 1s`},
 		{[]string{"-stream-replicas", "3"}, `--stream-replicas 3 needs a NATS cluster`},
 		{[]string{"-stream-replicas", "2", "-nats-url", "nats://n:4222"}, `--stream-replicas 2: want 1, 3 or 5`},
+		{[]string{"-coordinator-sweep-interval", "0s"}, `--coordinator-sweep-interval 0s: want 10ms to 1h`},
 		{[]string{"-shutdown-timeout", "0s"}, `--shutdown-timeout 0s: want more than 0 and at most 5m`},
 		{[]string{"-data-dir", ""}, `--data-dir is empty`},
 		{[]string{"extra"}, `unexpected arguments ["extra"]`},
