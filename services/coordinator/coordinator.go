@@ -31,6 +31,9 @@ type Config struct {
 	SweepInterval time.Duration
 	// ProbeTimeout bounds each check that a cluster answers. Default 10s.
 	ProbeTimeout time.Duration
+	// EventAckWait is how long a stage event taken by a coordinator that
+	// then died waits before another coordinator gets it. Default 30s.
+	EventAckWait time.Duration
 	// Now is the clock; tests inject one to cross days in milliseconds.
 	// Default time.Now.
 	Now func() time.Time
@@ -38,7 +41,7 @@ type Config struct {
 
 // DefaultConfig returns the configuration with its defaults.
 func DefaultConfig() Config {
-	return Config{SweepInterval: 30 * time.Second, ProbeTimeout: 10 * time.Second, Now: time.Now}
+	return Config{SweepInterval: 30 * time.Second, ProbeTimeout: 10 * time.Second, EventAckWait: 30 * time.Second, Now: time.Now}
 }
 
 // RegisterFlags defines the coordinator's flags on fs.
@@ -46,6 +49,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
 	fs.DurationVar(&c.SweepInterval, "coordinator-sweep-interval", d.SweepInterval, "how often running migrations are checked against their maximum sync duration")
 	fs.DurationVar(&c.ProbeTimeout, "cluster-probe-timeout", d.ProbeTimeout, "how long to wait for a Milvus cluster to answer when registering it or creating a migration")
+	fs.DurationVar(&c.EventAckWait, "coordinator-event-ack-wait", d.EventAckWait, "how long a stage event held by a coordinator that died waits before redelivery")
 	c.Now = d.Now
 }
 
@@ -57,6 +61,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeTimeout < 100*time.Millisecond || c.ProbeTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--cluster-probe-timeout %s: want 100ms to 5m", c.ProbeTimeout))
+	}
+	if c.EventAckWait < time.Second || c.EventAckWait > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--coordinator-event-ack-wait %s: want 1s to 10m", c.EventAckWait))
 	}
 	if c.Now == nil {
 		errs = append(errs, errors.New("coordinator clock is not set"))

@@ -49,8 +49,10 @@ func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdm
 
 // effects does what entering m's state requires: the stage command for
 // the services, or releasing the clusters once the migration has ended.
-// It is idempotent: commands carry a message ID derived from the
-// migration's revision, so a repeat is dropped by JetStream.
+// It is idempotent: a command's message ID names the transition that
+// caused it (its index in the history), not the record's revision, which
+// also moves with lag and progress updates; so a repeat is dropped by
+// JetStream.
 func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 	if IsTerminal(m.GetState()) {
 		return errors.Join(c.unlock(ctx, m.GetSourceClusterId(), m.GetMigrationId()),
@@ -61,7 +63,7 @@ func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 		return nil
 	}
 	cmd := &eventspb.StageCommand{
-		EventId:           fmt.Sprintf("%s-%d-%s", m.GetMigrationId(), m.GetRevision(), action),
+		EventId:           fmt.Sprintf("%s-t%d-%s", m.GetMigrationId(), len(m.GetHistory()), action),
 		MigrationId:       m.GetMigrationId(),
 		Stage:             stage,
 		Action:            action,
@@ -138,7 +140,7 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 		Durable:        eventsConsumer,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag"},
-		AckWait:        30 * time.Second,
+		AckWait:        c.cfg.EventAckWait,
 		MaxDeliver:     -1,
 	})
 	if err != nil {
