@@ -532,3 +532,24 @@ func historyPath(m *zdmpb.Migration) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// TestIntegrationRestartStartsPendingMigration: a coordinator that died
+// between recording a migration and starting it leaves it PENDING; the
+// next one to start moves it on.
+func TestIntegrationRestartStartsPendingMigration(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	clock := newClock()
+	h := newHarness(t, bus, clock)
+	ctx := ctxT(t)
+	_, err := h.coord.store.migrations.create(ctx, "m1", &zdmpb.Migration{MigrationId: "m1", Type: offline, State: pending,
+		SourceClusterId: "s", TargetClusterId: "t", Stages: NewStages(offline)})
+	require.NoError(t, err)
+
+	restarted := newHarness(t, bus, clock)
+	m := restarted.waitState("m1", preparing)
+	require.Equal(t, "system", m.GetHistory()[0].GetActor())
+	cmds := restarted.commands("m1")
+	require.Len(t, cmds, 1)
+	require.Equal(t, zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, cmds[0].GetStage())
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
@@ -120,8 +122,9 @@ func stageToken(k zdmpb.StageKind) string {
 	return string(b)
 }
 
-// reconcile re-does the side effects of every migration, for those a
-// crash interrupted between the state write and the effect.
+// reconcile finishes what a crash interrupted: it starts migrations left
+// PENDING between their creation and their first transition, and re-does
+// the side effects of every other one.
 func (c *Coordinator) reconcile(ctx context.Context) error {
 	all, err := c.store.migrations.list(ctx)
 	if err != nil {
@@ -129,9 +132,20 @@ func (c *Coordinator) reconcile(ctx context.Context) error {
 	}
 	var errs []error
 	for _, e := range all {
+		if e.val.GetState() == pending {
+			_, err := c.transition(ctx, e.key, Event{Trigger: TriggerStart, Time: c.now(), Actor: auth.System, Reason: "migration created; started after a coordinator restart"})
+			if !errors.Is(err, ErrInvalidTransition) {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		errs = append(errs, c.effects(ctx, withRevision(e.val, e.rev)))
 	}
 	return errors.Join(errs...)
+}
+
+func (c *Coordinator) tracer() trace.Tracer {
+	return c.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/coordinator")
 }
 
 // consumeEvents starts handling stage and lag events from the bus.
@@ -146,7 +160,11 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 	if err != nil {
 		return nil, fmt.Errorf("events consumer: %w", err)
 	}
-	return cons.Consume(func(msg jetstream.Msg) { c.handleEvent(context.Background(), msg) })
+	return cons.Consume(func(msg jetstream.Msg) {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.EventAckWait)
+		defer cancel()
+		c.handleEvent(ctx, msg)
+	})
 }
 
 // handleEvent applies one bus event and acks it. An event the current
@@ -155,11 +173,16 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 // failure to write is retried later.
 func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	var err error
-	switch subjectKind(msg.Subject()) {
+	kind := subjectKind(msg.Subject())
+	switch kind {
 	case "stage":
 		var ev eventspb.StageCompleted
 		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
+			var span trace.Span
+			ctx, span = c.tracer().Start(ctx, "coordinator.stage_completed", trace.WithAttributes(
+				attribute.String("zdm.migration_id", ev.GetMigrationId()), attribute.String("zdm.stage", ev.GetStage().String())))
 			err = c.onStageCompleted(ctx, &ev)
+			span.End()
 		} else {
 			c.terminate(ctx, msg, err)
 			return
@@ -167,7 +190,11 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	case "lag":
 		var ev eventspb.LagReport
 		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
+			var span trace.Span
+			ctx, span = c.tracer().Start(ctx, "coordinator.lag_report", trace.WithAttributes(
+				attribute.String("zdm.migration_id", ev.GetMigrationId())))
 			err = c.onLagReport(ctx, &ev)
+			span.End()
 		} else {
 			c.terminate(ctx, msg, err)
 			return
