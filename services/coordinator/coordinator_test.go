@@ -144,8 +144,10 @@ func TestIntegrationCreateMigrationRefusesBadInput(t *testing.T) {
 		{"source unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "gone", TargetClusterId: "tgt"}, codes.FailedPrecondition, `cluster "gone" does not answer`},
 		{"target not new", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "full"}, codes.FailedPrecondition, `target cluster "full" is not new: it holds 1 collection(s): default.existing`},
 	} {
-		_, err := h.mig.CreateMigration(ctx, tc.req)
-		requireCode(t, tc.code, err, tc.msg)
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.mig.CreateMigration(ctx, tc.req)
+			requireCode(t, tc.code, err, tc.msg)
+		})
 	}
 	// Nothing was half-written: no migration, no lock.
 	list, err := h.mig.ListMigrations(ctx, &zdmpb.ListMigrationsRequest{})
