@@ -13,9 +13,7 @@ import (
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -98,7 +96,7 @@ func redact(err error, conn *zdmpb.ClusterConnection) error {
 // servers without GetVersion (milvus-lite 2.5).
 func ServerVersion(ctx context.Context, c client.Client) (string, error) {
 	v, err := c.GetVersion(ctx)
-	if status.Code(err) == codes.Unimplemented {
+	if IsUnimplemented(err) {
 		return "unknown", nil
 	}
 	if err != nil {
@@ -111,7 +109,7 @@ func ServerVersion(ctx context.Context, c client.Client) (string, error) {
 // only DefaultDatabase.
 func Databases(ctx context.Context, c client.Client) ([]string, error) {
 	dbs, err := c.ListDatabases(ctx)
-	if status.Code(err) == codes.Unimplemented {
+	if IsUnimplemented(err) {
 		return []string{DefaultDatabase}, nil
 	}
 	if err != nil {

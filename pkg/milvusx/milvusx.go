@@ -6,10 +6,13 @@ package milvusx
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Raw returns the generated Milvus service stub behind an SDK client; the
@@ -50,4 +53,14 @@ func StatusError(s *commonpb.Status) error {
 		return nil
 	}
 	return fmt.Errorf("milvus error %d (%s): %s", s.GetCode(), legacy, s.GetReason())
+}
+
+// IsUnimplemented reports whether err says the server lacks the call, as
+// milvus-lite does for some APIs. The SDK wraps some errors in ways that
+// hide the gRPC status from errors.As, so the text is checked too.
+func IsUnimplemented(err error) bool {
+	if err == nil {
+		return false
+	}
+	return status.Code(err) == codes.Unimplemented || strings.Contains(err.Error(), "code = Unimplemented")
 }
