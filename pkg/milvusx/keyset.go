@@ -1,0 +1,176 @@
+package milvusx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+)
+
+// MaxQueryRows is the largest limit Milvus accepts on a query.
+const MaxQueryRows = 16384
+
+// Key is a primary key: Int64 or VarChar.
+type Key struct {
+	Int   int64
+	Str   string
+	IsStr bool
+}
+
+func (k Key) String() string {
+	if k.IsStr {
+		return strconv.Quote(k.Str)
+	}
+	return strconv.FormatInt(k.Int, 10)
+}
+
+// Range is a half-open primary-key range [Start, End); a nil bound is
+// open.
+type Range struct {
+	Start, End *Key
+}
+
+// Table names a collection (and optionally one partition) and its
+// primary key, for keyset paging.
+type Table struct {
+	Database, Collection string
+	// Partition to read from and write into; empty for all partitions
+	// (and for partition-key collections, where Milvus routes rows itself).
+	Partition string
+	PK        *schemapb.FieldSchema
+}
+
+// DescribeTable reads the primary key of a collection.
+func DescribeTable(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) (Table, error) {
+	d, err := c.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
+	if err == nil {
+		err = StatusError(d.GetStatus())
+	}
+	if err != nil {
+		return Table{}, fmt.Errorf("describe %s.%s: %w", db, name, err)
+	}
+	for _, f := range d.GetSchema().GetFields() {
+		if f.GetIsPrimaryKey() {
+			return Table{Database: db, Collection: name, PK: f}, nil
+		}
+	}
+	return Table{}, fmt.Errorf("%s.%s has no primary key", db, name)
+}
+
+// QueryPage returns up to limit rows of r with keys above after, in key
+// order, and their keys. Milvus returns a limited query's rows ordered by
+// primary key; the order is checked, since keyset paging depends on it.
+func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) ([]*schemapb.FieldData, []Key, error) {
+	req := &milvuspb.QueryRequest{
+		DbName: t.Database, CollectionName: t.Collection,
+		Expr:             rangeExpr(t.PK, r, after),
+		OutputFields:     []string{"*"},
+		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: strconv.Itoa(limit)}},
+		ConsistencyLevel: commonpb.ConsistencyLevel_Strong,
+	}
+	if t.Partition != "" {
+		req.PartitionNames = []string{t.Partition}
+	}
+	resp, err := src.Query(ctx, req)
+	if err == nil {
+		err = StatusError(resp.GetStatus())
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("query %s.%s: %w", t.Database, t.Collection, err)
+	}
+	keys, err := PKValues(resp.GetFieldsData(), t.PK)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := 1; i < len(keys); i++ {
+		if !Less(keys[i-1], keys[i]) {
+			return nil, nil, fmt.Errorf("query %s.%s: keys not in ascending order (%s then %s); keyset paging is unsafe on this server",
+				t.Database, t.Collection, keys[i-1], keys[i])
+		}
+	}
+	return resp.GetFieldsData(), keys, nil
+}
+
+// rangeExpr is the filter for keys in r above after.
+func rangeExpr(pkField *schemapb.FieldSchema, r Range, after *Key) string {
+	pk := pkField.GetName()
+	var parts []string
+	switch {
+	case after != nil && isMinInt(after):
+		// Milvus parses -9223372036854775808 as minus an out-of-range
+		// literal, so the smallest Int64 is never written out.
+		parts = append(parts, fmt.Sprintf("%s >= %d", pk, math.MinInt64+1))
+	case after != nil:
+		parts = append(parts, fmt.Sprintf("%s > %s", pk, literal(*after)))
+	case r.Start != nil && !isMinInt(r.Start):
+		parts = append(parts, fmt.Sprintf("%s >= %s", pk, literal(*r.Start)))
+	}
+	if r.End != nil {
+		if isMinInt(r.End) {
+			return fmt.Sprintf("%s < %d && %s > %d", pk, math.MinInt64+1, pk, math.MinInt64+1) // empty
+		}
+		parts = append(parts, fmt.Sprintf("%s < %s", pk, literal(*r.End)))
+	}
+	if len(parts) == 0 {
+		// Every key: Milvus needs a filter, and this one holds for all.
+		if pkField.GetDataType() == schemapb.DataType_VarChar {
+			return pk + ` >= ""`
+		}
+		return fmt.Sprintf("(%s >= 0 || %s < 0)", pk, pk)
+	}
+	return strings.Join(parts, " && ")
+}
+
+func isMinInt(k *Key) bool { return !k.IsStr && k.Int == math.MinInt64 }
+
+func literal(k Key) string {
+	if !k.IsStr {
+		return strconv.FormatInt(k.Int, 10)
+	}
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	return `"` + r.Replace(k.Str) + `"`
+}
+
+func Less(a, b Key) bool {
+	if a.IsStr {
+		return a.Str < b.Str
+	}
+	return a.Int < b.Int
+}
+
+// PKValues extracts the primary keys from query results.
+func PKValues(fields []*schemapb.FieldData, pk *schemapb.FieldSchema) ([]Key, error) {
+	for _, f := range fields {
+		if f.GetFieldName() != pk.GetName() {
+			continue
+		}
+		sc := f.GetScalars()
+		switch pk.GetDataType() {
+		case schemapb.DataType_Int64:
+			vals := sc.GetLongData().GetData()
+			out := make([]Key, len(vals))
+			for i, v := range vals {
+				out[i] = Key{Int: v}
+			}
+			return out, nil
+		case schemapb.DataType_VarChar:
+			vals := sc.GetStringData().GetData()
+			out := make([]Key, len(vals))
+			for i, v := range vals {
+				out[i] = Key{Str: v, IsStr: true}
+			}
+			return out, nil
+		}
+		return nil, fmt.Errorf("primary key type %s is not supported", pk.GetDataType())
+	}
+	if len(fields) == 0 {
+		return nil, nil
+	}
+	return nil, errors.New("query result lacks the primary key field")
+}
