@@ -67,10 +67,20 @@ func DescribeTable(ctx context.Context, c milvuspb.MilvusServiceClient, db, name
 // order, and their keys. Milvus returns a limited query's rows ordered by
 // primary key; the order is checked, since keyset paging depends on it.
 func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) ([]*schemapb.FieldData, []Key, error) {
+	return queryPage(ctx, src, t, r, after, limit, []string{"*"})
+}
+
+// QueryKeys is QueryPage reading only the primary keys.
+func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) ([]Key, error) {
+	_, keys, err := queryPage(ctx, src, t, r, after, limit, []string{t.PK.GetName()})
+	return keys, err
+}
+
+func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int, fields []string) ([]*schemapb.FieldData, []Key, error) {
 	req := &milvuspb.QueryRequest{
 		DbName: t.Database, CollectionName: t.Collection,
 		Expr:             rangeExpr(t.PK, r, after),
-		OutputFields:     []string{"*"},
+		OutputFields:     fields,
 		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: strconv.Itoa(limit)}},
 		ConsistencyLevel: commonpb.ConsistencyLevel_Strong,
 	}
@@ -122,7 +132,10 @@ func rangeExpr(pkField *schemapb.FieldSchema, r Range, after *Key) string {
 		if pkField.GetDataType() == schemapb.DataType_VarChar {
 			return pk + ` >= ""`
 		}
-		return fmt.Sprintf("(%s >= 0 || %s < 0)", pk, pk)
+		// Not "pk >= 0 || pk < 0": milvus-lite 2.5 rejects OR on
+		// partition-key collections. The smallest Int64 key is refused
+		// at planning instead (see HasMinInt64Key).
+		return fmt.Sprintf("%s >= %d", pk, int64(math.MinInt64+1))
 	}
 	return strings.Join(parts, " && ")
 }
@@ -173,4 +186,28 @@ func PKValues(fields []*schemapb.FieldData, pk *schemapb.FieldSchema) ([]Key, er
 		return nil, nil
 	}
 	return nil, errors.New("query result lacks the primary key field")
+}
+
+// HasMinInt64Key reports whether an Int64-keyed table holds the key
+// -9223372036854775808, which Milvus's filter parser cannot express, so
+// keyset paging cannot reach it. Copies refuse such tables rather than
+// miss the row.
+func HasMinInt64Key(ctx context.Context, c milvuspb.MilvusServiceClient, t Table) (bool, error) {
+	if t.PK.GetDataType() != schemapb.DataType_Int64 {
+		return false, nil
+	}
+	req := &milvuspb.QueryRequest{DbName: t.Database, CollectionName: t.Collection,
+		Expr:             fmt.Sprintf("%s < %d", t.PK.GetName(), int64(math.MinInt64+1)),
+		OutputFields:     []string{t.PK.GetName()},
+		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: "1"}},
+		ConsistencyLevel: commonpb.ConsistencyLevel_Strong}
+	resp, err := c.Query(ctx, req)
+	if err == nil {
+		err = StatusError(resp.GetStatus())
+	}
+	if err != nil {
+		return false, fmt.Errorf("query %s.%s: %w", t.Database, t.Collection, err)
+	}
+	keys, err := PKValues(resp.GetFieldsData(), t.PK)
+	return len(keys) > 0, err
 }

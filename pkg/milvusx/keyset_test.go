@@ -19,11 +19,11 @@ func TestRangeExpr(t *testing.T) {
 		after *Key
 		want  string
 	}{
-		{i64, Range{}, nil, "(id >= 0 || id < 0)"},
+		{i64, Range{}, nil, "id >= -9223372036854775807"},
 		{str, Range{}, nil, `k >= ""`},
 		{i64, Range{Start: k(10), End: k(20)}, nil, "id >= 10 && id < 20"},
 		{i64, Range{Start: k(10), End: k(20)}, k(15), "id > 15 && id < 20"},
-		{i64, Range{Start: k(math.MinInt64)}, nil, "(id >= 0 || id < 0)"},
+		{i64, Range{Start: k(math.MinInt64)}, nil, "id >= -9223372036854775807"},
 		{i64, Range{}, k(math.MinInt64), "id >= -9223372036854775807"},
 		{str, Range{Start: s(`a"b\c`)}, nil, `k >= "a\"b\\c"`},
 	} {
