@@ -320,3 +320,12 @@ func callResp(r statusReply, err error) error {
 	}
 	return milvusx.StatusError(r.GetStatus())
 }
+
+// describeSchema returns a collection's schema.
+func describeSchema(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) (*schemapb.CollectionSchema, error) {
+	d, err := c.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
+	if err := callResp(d, err); err != nil {
+		return nil, fmt.Errorf("describe %s.%s: %w", db, name, err)
+	}
+	return d.GetSchema(), nil
+}

@@ -469,7 +469,14 @@ type WorkUnit struct {
 	// Primary-key range to copy.
 	Range *KeyRange `protobuf:"bytes,6,opt,name=range,proto3" json:"range,omitempty"`
 	// Rows expected in the range, for progress; 0 when unknown.
-	ExpectedRows  int64 `protobuf:"varint,7,opt,name=expected_rows,json=expectedRows,proto3" json:"expected_rows,omitempty"`
+	ExpectedRows int64 `protobuf:"varint,7,opt,name=expected_rows,json=expectedRows,proto3" json:"expected_rows,omitempty"`
+	// How to reach the source cluster (credentials included: the work
+	// stream must be protected like the coordinator's state).
+	Source *v1.ClusterConnection `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	// How to reach the target cluster.
+	Target *v1.ClusterConnection `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
+	// Largest insert request, in bytes; 0 means 16 MiB.
+	BatchBytes    int64 `protobuf:"varint,10,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -553,20 +560,50 @@ func (x *WorkUnit) GetExpectedRows() int64 {
 	return 0
 }
 
+func (x *WorkUnit) GetSource() *v1.ClusterConnection {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *WorkUnit) GetTarget() *v1.ClusterConnection {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *WorkUnit) GetBatchBytes() int64 {
+	if x != nil {
+		return x.BatchBytes
+	}
+	return 0
+}
+
 // WorkUnitCheckpoint is the last primary key a copier has written to the
 // target for a unit, kept so a crashed unit resumes without duplicates.
 type WorkUnitCheckpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The unit.
 	UnitId string `protobuf:"bytes,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
-	// Keys below this bound (within the unit's range) are on the target.
+	// Superseded by last_key, which names the key exactly.
+	//
+	// Deprecated: Marked as deprecated in zdm/events/v1/events.proto.
 	Done *KeyRange `protobuf:"bytes,2,opt,name=done,proto3" json:"done,omitempty"`
 	// Rows written so far.
 	Rows int64 `protobuf:"varint,3,opt,name=rows,proto3" json:"rows,omitempty"`
 	// Bytes written so far.
 	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	// When the checkpoint was written.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// The whole unit is on the target.
+	Complete bool `protobuf:"varint,6,opt,name=complete,proto3" json:"complete,omitempty"`
+	// Copier that wrote the checkpoint.
+	CopierId string `protobuf:"bytes,7,opt,name=copier_id,json=copierId,proto3" json:"copier_id,omitempty"`
+	// Every key of the unit up to and including this one is on the target;
+	// unset before the first batch.
+	LastKey       *PrimaryKey `protobuf:"bytes,8,opt,name=last_key,json=lastKey,proto3" json:"last_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +645,7 @@ func (x *WorkUnitCheckpoint) GetUnitId() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in zdm/events/v1/events.proto.
 func (x *WorkUnitCheckpoint) GetDone() *KeyRange {
 	if x != nil {
 		return x.Done
@@ -635,6 +673,114 @@ func (x *WorkUnitCheckpoint) GetTime() *timestamppb.Timestamp {
 	}
 	return nil
 }
+
+func (x *WorkUnitCheckpoint) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *WorkUnitCheckpoint) GetCopierId() string {
+	if x != nil {
+		return x.CopierId
+	}
+	return ""
+}
+
+func (x *WorkUnitCheckpoint) GetLastKey() *PrimaryKey {
+	if x != nil {
+		return x.LastKey
+	}
+	return nil
+}
+
+// PrimaryKey is one Int64 or VarChar primary key.
+type PrimaryKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key.
+	//
+	// Types that are valid to be assigned to Key:
+	//
+	//	*PrimaryKey_IntKey
+	//	*PrimaryKey_StringKey
+	Key           isPrimaryKey_Key `protobuf_oneof:"key"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrimaryKey) Reset() {
+	*x = PrimaryKey{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrimaryKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrimaryKey) ProtoMessage() {}
+
+func (x *PrimaryKey) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrimaryKey.ProtoReflect.Descriptor instead.
+func (*PrimaryKey) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PrimaryKey) GetKey() isPrimaryKey_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *PrimaryKey) GetIntKey() int64 {
+	if x != nil {
+		if x, ok := x.Key.(*PrimaryKey_IntKey); ok {
+			return x.IntKey
+		}
+	}
+	return 0
+}
+
+func (x *PrimaryKey) GetStringKey() string {
+	if x != nil {
+		if x, ok := x.Key.(*PrimaryKey_StringKey); ok {
+			return x.StringKey
+		}
+	}
+	return ""
+}
+
+type isPrimaryKey_Key interface {
+	isPrimaryKey_Key()
+}
+
+type PrimaryKey_IntKey struct {
+	// Int64 key.
+	IntKey int64 `protobuf:"varint,1,opt,name=int_key,json=intKey,proto3,oneof"`
+}
+
+type PrimaryKey_StringKey struct {
+	// VarChar key.
+	StringKey string `protobuf:"bytes,2,opt,name=string_key,json=stringKey,proto3,oneof"`
+}
+
+func (*PrimaryKey_IntKey) isPrimaryKey_Key() {}
+
+func (*PrimaryKey_StringKey) isPrimaryKey_Key() {}
 
 // WorkUnitDone is published when a unit is fully copied
 // (subject zdm.evt.<migration_id>.unit).
@@ -665,7 +811,7 @@ type WorkUnitDone struct {
 
 func (x *WorkUnitDone) Reset() {
 	*x = WorkUnitDone{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -677,7 +823,7 @@ func (x *WorkUnitDone) String() string {
 func (*WorkUnitDone) ProtoMessage() {}
 
 func (x *WorkUnitDone) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -690,7 +836,7 @@ func (x *WorkUnitDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkUnitDone.ProtoReflect.Descriptor instead.
 func (*WorkUnitDone) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{5}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WorkUnitDone) GetEventId() string {
@@ -783,7 +929,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +941,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +954,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{6}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Progress) GetEventId() string {
@@ -884,7 +1030,7 @@ type PrimaryKeys struct {
 
 func (x *PrimaryKeys) Reset() {
 	*x = PrimaryKeys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1042,7 @@ func (x *PrimaryKeys) String() string {
 func (*PrimaryKeys) ProtoMessage() {}
 
 func (x *PrimaryKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1055,7 @@ func (x *PrimaryKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryKeys.ProtoReflect.Descriptor instead.
 func (*PrimaryKeys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{7}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PrimaryKeys) GetKeys() isPrimaryKeys_Keys {
@@ -966,7 +1112,7 @@ type Int64Keys struct {
 
 func (x *Int64Keys) Reset() {
 	*x = Int64Keys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +1124,7 @@ func (x *Int64Keys) String() string {
 func (*Int64Keys) ProtoMessage() {}
 
 func (x *Int64Keys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +1137,7 @@ func (x *Int64Keys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Int64Keys.ProtoReflect.Descriptor instead.
 func (*Int64Keys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Int64Keys) GetValues() []int64 {
@@ -1012,7 +1158,7 @@ type StringKeys struct {
 
 func (x *StringKeys) Reset() {
 	*x = StringKeys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1170,7 @@ func (x *StringKeys) String() string {
 func (*StringKeys) ProtoMessage() {}
 
 func (x *StringKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1183,7 @@ func (x *StringKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringKeys.ProtoReflect.Descriptor instead.
 func (*StringKeys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StringKeys) GetValues() []string {
@@ -1085,7 +1231,7 @@ type ChangeEvent struct {
 
 func (x *ChangeEvent) Reset() {
 	*x = ChangeEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1243,7 @@ func (x *ChangeEvent) String() string {
 func (*ChangeEvent) ProtoMessage() {}
 
 func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1256,7 @@ func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeEvent.ProtoReflect.Descriptor instead.
 func (*ChangeEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ChangeEvent) GetEventId() string {
@@ -1218,7 +1364,7 @@ type ResolvedTimestamp struct {
 
 func (x *ResolvedTimestamp) Reset() {
 	*x = ResolvedTimestamp{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1376,7 @@ func (x *ResolvedTimestamp) String() string {
 func (*ResolvedTimestamp) ProtoMessage() {}
 
 func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1389,7 @@ func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedTimestamp.ProtoReflect.Descriptor instead.
 func (*ResolvedTimestamp) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResolvedTimestamp) GetEventId() string {
@@ -1298,7 +1444,7 @@ type CollectionLag struct {
 
 func (x *CollectionLag) Reset() {
 	*x = CollectionLag{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1456,7 @@ func (x *CollectionLag) String() string {
 func (*CollectionLag) ProtoMessage() {}
 
 func (x *CollectionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1469,7 @@ func (x *CollectionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionLag.ProtoReflect.Descriptor instead.
 func (*CollectionLag) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CollectionLag) GetDatabase() string {
@@ -1378,7 +1524,7 @@ type LagReport struct {
 
 func (x *LagReport) Reset() {
 	*x = LagReport{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1536,7 @@ func (x *LagReport) String() string {
 func (*LagReport) ProtoMessage() {}
 
 func (x *LagReport) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1549,7 @@ func (x *LagReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LagReport.ProtoReflect.Descriptor instead.
 func (*LagReport) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LagReport) GetEventId() string {
@@ -1471,7 +1617,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1629,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1642,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MigrationEvent) GetEventId() string {
@@ -1533,7 +1679,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1691,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1734,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1746,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1780,7 @@ var File_zdm_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1azdm/events/v1/events.proto\x12\rzdm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zdm/v1/migration.proto\"\xbc\x02\n" +
+	"\x1azdm/events/v1/events.proto\x12\rzdm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\x1a\x16zdm/v1/migration.proto\"\xbc\x02\n" +
 	"\fStageCommand\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -1667,7 +1813,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x03end\x18\x02 \x01(\tH\x01R\x03end\x88\x01\x01B\b\n" +
 	"\x06_startB\x06\n" +
 	"\x04_endB\b\n" +
-	"\x06bounds\"\xf4\x01\n" +
+	"\x06bounds\"\xfb\x02\n" +
 	"\bWorkUnit\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x1a\n" +
@@ -1677,13 +1823,27 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"collection\x12\x1c\n" +
 	"\tpartition\x18\x05 \x01(\tR\tpartition\x12-\n" +
 	"\x05range\x18\x06 \x01(\v2\x17.zdm.events.v1.KeyRangeR\x05range\x12#\n" +
-	"\rexpected_rows\x18\a \x01(\x03R\fexpectedRows\"\xb4\x01\n" +
+	"\rexpected_rows\x18\a \x01(\x03R\fexpectedRows\x121\n" +
+	"\x06source\x18\b \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06source\x121\n" +
+	"\x06target\x18\t \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\x12\x1f\n" +
+	"\vbatch_bytes\x18\n" +
+	" \x01(\x03R\n" +
+	"batchBytes\"\xa7\x02\n" +
 	"\x12WorkUnitCheckpoint\x12\x17\n" +
-	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12+\n" +
-	"\x04done\x18\x02 \x01(\v2\x17.zdm.events.v1.KeyRangeR\x04done\x12\x12\n" +
+	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12/\n" +
+	"\x04done\x18\x02 \x01(\v2\x17.zdm.events.v1.KeyRangeB\x02\x18\x01R\x04done\x12\x12\n" +
 	"\x04rows\x18\x03 \x01(\x03R\x04rows\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12.\n" +
-	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x98\x02\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
+	"\bcomplete\x18\x06 \x01(\bR\bcomplete\x12\x1b\n" +
+	"\tcopier_id\x18\a \x01(\tR\bcopierId\x124\n" +
+	"\blast_key\x18\b \x01(\v2\x19.zdm.events.v1.PrimaryKeyR\alastKey\"O\n" +
+	"\n" +
+	"PrimaryKey\x12\x19\n" +
+	"\aint_key\x18\x01 \x01(\x03H\x00R\x06intKey\x12\x1f\n" +
+	"\n" +
+	"string_key\x18\x02 \x01(\tH\x00R\tstringKeyB\x05\n" +
+	"\x03key\"\x98\x02\n" +
 	"\fWorkUnitDone\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
@@ -1790,7 +1950,7 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
 	(Operation)(0),                // 1: zdm.events.v1.Operation
@@ -1799,58 +1959,63 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*KeyRange)(nil),              // 4: zdm.events.v1.KeyRange
 	(*WorkUnit)(nil),              // 5: zdm.events.v1.WorkUnit
 	(*WorkUnitCheckpoint)(nil),    // 6: zdm.events.v1.WorkUnitCheckpoint
-	(*WorkUnitDone)(nil),          // 7: zdm.events.v1.WorkUnitDone
-	(*Progress)(nil),              // 8: zdm.events.v1.Progress
-	(*PrimaryKeys)(nil),           // 9: zdm.events.v1.PrimaryKeys
-	(*Int64Keys)(nil),             // 10: zdm.events.v1.Int64Keys
-	(*StringKeys)(nil),            // 11: zdm.events.v1.StringKeys
-	(*ChangeEvent)(nil),           // 12: zdm.events.v1.ChangeEvent
-	(*ResolvedTimestamp)(nil),     // 13: zdm.events.v1.ResolvedTimestamp
-	(*CollectionLag)(nil),         // 14: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 15: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 16: zdm.events.v1.MigrationEvent
-	(*KeyRange_IntBounds)(nil),    // 17: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 18: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 19: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 20: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 23: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 24: zdm.v1.Transition
+	(*PrimaryKey)(nil),            // 7: zdm.events.v1.PrimaryKey
+	(*WorkUnitDone)(nil),          // 8: zdm.events.v1.WorkUnitDone
+	(*Progress)(nil),              // 9: zdm.events.v1.Progress
+	(*PrimaryKeys)(nil),           // 10: zdm.events.v1.PrimaryKeys
+	(*Int64Keys)(nil),             // 11: zdm.events.v1.Int64Keys
+	(*StringKeys)(nil),            // 12: zdm.events.v1.StringKeys
+	(*ChangeEvent)(nil),           // 13: zdm.events.v1.ChangeEvent
+	(*ResolvedTimestamp)(nil),     // 14: zdm.events.v1.ResolvedTimestamp
+	(*CollectionLag)(nil),         // 15: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),             // 16: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),        // 17: zdm.events.v1.MigrationEvent
+	(*KeyRange_IntBounds)(nil),    // 18: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 19: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 20: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 21: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*v1.ClusterConnection)(nil),  // 23: zdm.v1.ClusterConnection
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*v1.Migration)(nil),          // 25: zdm.v1.Migration
+	(*v1.Transition)(nil),         // 26: zdm.v1.Transition
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	19, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	20, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	20, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	21, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	19, // 4: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	21, // 5: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
-	17, // 6: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	18, // 7: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	21, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	22, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	20, // 4: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	22, // 5: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	18, // 6: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	19, // 7: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
 	4,  // 8: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	4,  // 9: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	21, // 10: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
-	21, // 11: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	21, // 12: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
-	10, // 13: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
-	11, // 14: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
-	1,  // 15: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
-	9,  // 16: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	21, // 17: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	21, // 18: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	22, // 19: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	21, // 20: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	22, // 21: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	21, // 22: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	14, // 23: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	21, // 24: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	23, // 25: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	24, // 26: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	23, // 9: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
+	23, // 10: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
+	4,  // 11: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
+	22, // 12: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	7,  // 13: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
+	22, // 14: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	22, // 15: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	11, // 16: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
+	12, // 17: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
+	1,  // 18: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
+	10, // 19: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
+	22, // 20: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	22, // 21: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	24, // 22: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	22, // 23: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	24, // 24: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	22, // 25: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	15, // 26: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	22, // 27: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	25, // 28: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	26, // 29: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -1862,19 +2027,23 @@ func file_zdm_events_v1_events_proto_init() {
 		(*KeyRange_IntBounds_)(nil),
 		(*KeyRange_StringBounds_)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[7].OneofWrappers = []any{
+	file_zdm_events_v1_events_proto_msgTypes[5].OneofWrappers = []any{
+		(*PrimaryKey_IntKey)(nil),
+		(*PrimaryKey_StringKey)(nil),
+	}
+	file_zdm_events_v1_events_proto_msgTypes[8].OneofWrappers = []any{
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[15].OneofWrappers = []any{}
 	file_zdm_events_v1_events_proto_msgTypes[16].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

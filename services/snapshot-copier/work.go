@@ -1,0 +1,315 @@
+package copier
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// Bus names of the copy.
+const (
+	// CheckpointsBucket holds one WorkUnitCheckpoint per unit ID.
+	CheckpointsBucket = "zdm_copy_checkpoints"
+	// workConsumer is the durable consumer every copier process shares, so
+	// each unit goes to one copier at a time.
+	workConsumer = "copiers"
+)
+
+// PlanOptions tune PlanCopy.
+type PlanOptions struct {
+	// Databases in scope; empty means all.
+	Databases []string
+	// UnitRows is the size of a unit in rows.
+	UnitRows int64
+	// BatchBytes caps each insert; 0 means DefaultBatchBytes.
+	BatchBytes int64
+}
+
+// PlanCopy splits every collection (and partition) of the source
+// databases in scope into units of about unitRows rows and publishes them
+// to the work queue. Unit IDs are derived from the migration, table and
+// range, so planning again after a crash publishes the same IDs and
+// JetStream drops the duplicates. It returns the units published.
+func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, migration string,
+	src, tgt *zdmpb.ClusterConnection, opts PlanOptions) ([]*eventspb.WorkUnit, error) {
+	sc, err := milvusx.Connect(ctx, src, "")
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	defer sc.Close()
+	raw, err := milvusx.Raw(sc)
+	if err != nil {
+		return nil, err
+	}
+	dbs, err := milvusx.Databases(ctx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	var out []*eventspb.WorkUnit
+	for _, db := range dbs {
+		if len(opts.Databases) > 0 && !slices.Contains(opts.Databases, db) {
+			continue
+		}
+		names, err := milvusx.CollectionsIn(ctx, sc, db)
+		if err != nil {
+			return nil, fmt.Errorf("source: %w", err)
+		}
+		for _, name := range names {
+			t, err := milvusx.DescribeTable(ctx, raw, db, name)
+			if err != nil {
+				return nil, err
+			}
+			parts, err := showPartitions(ctx, raw, db, name)
+			if err != nil {
+				return nil, err
+			}
+			desc, err := describeSchema(ctx, raw, db, name)
+			if err != nil {
+				return nil, err
+			}
+			if hasPartitionKey(desc) || len(parts) <= 1 {
+				parts = []string{""} // Milvus routes rows itself, or there is one partition
+			}
+			for _, part := range parts {
+				pt := t
+				pt.Partition = part
+				units, err := PlanUnits(ctx, raw, pt, opts.UnitRows)
+				if err != nil {
+					return nil, err
+				}
+				for i, u := range units {
+					wu := &eventspb.WorkUnit{
+						UnitId: unitID(migration, db, name, part, i), MigrationId: migration,
+						Database: db, Collection: name, Partition: part,
+						Range:        rangeToPB(u.Range, t.PK.GetDataType() == schemapb.DataType_VarChar),
+						ExpectedRows: u.Rows, Source: src, Target: tgt, BatchBytes: opts.BatchBytes,
+					}
+					if _, err := natsbus.Publish(ctx, js, prop, "zdm.work."+migration, wu.GetUnitId(), wu); err != nil {
+						return nil, err
+					}
+					out = append(out, wu)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// unitID is stable for a migration, table and unit index, and a valid KV
+// key whatever the database and collection names hold.
+func unitID(migration, db, coll, part string, i int) string {
+	h := sha256.Sum256([]byte(db + "\x00" + coll + "\x00" + part))
+	return fmt.Sprintf("%s.%s.%d", migration, hex.EncodeToString(h[:6]), i)
+}
+
+// Worker copies work units pulled from the queue. Any number of workers,
+// in any number of processes, share the queue.
+type Worker struct {
+	ID         string
+	JS         jetstream.JetStream
+	Propagator propagation.TextMapPropagator
+	Logger     *slog.Logger
+	// Replicas of the checkpoint bucket.
+	Replicas int
+	// AckWait is how long a unit held by a copier that stopped answering
+	// waits before another copier gets it; copiers report progress well
+	// within it. Default 30s.
+	AckWait time.Duration
+
+	checkpoints jetstream.KeyValue
+	mu          sync.Mutex
+	clients     map[string]client.Client
+}
+
+// Run pulls and copies units until ctx is done, one at a time.
+func (w *Worker) Run(ctx context.Context) error {
+	if w.AckWait == 0 {
+		w.AckWait = 30 * time.Second
+	}
+	kv, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CheckpointsBucket,
+		Storage: jetstream.FileStorage, Replicas: max(w.Replicas, 1)})
+	if err != nil {
+		return fmt.Errorf("checkpoint bucket: %w", err)
+	}
+	w.checkpoints = kv
+	w.clients = map[string]client.Client{}
+	defer w.closeClients()
+	cons, err := w.JS.CreateOrUpdateConsumer(ctx, natsbus.WorkStream, jetstream.ConsumerConfig{
+		Durable: workConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: w.AckWait, MaxDeliver: -1,
+	})
+	if err != nil {
+		return fmt.Errorf("work consumer: %w", err)
+	}
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("fetch work: %w", err)
+		}
+		for msg := range batch.Messages() {
+			w.handle(ctx, msg)
+		}
+	}
+	return nil
+}
+
+func (w *Worker) closeClients() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.clients {
+		c.Close()
+	}
+}
+
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	var u eventspb.WorkUnit
+	ctx, err := natsbus.Decode(ctx, w.Propagator, msg, &u)
+	if err != nil {
+		w.Logger.ErrorContext(ctx, "malformed work unit dropped", slog.Any("error", err))
+		_ = msg.Term()
+		return
+	}
+	log := w.Logger.With(slog.String("unit", u.GetUnitId()), slog.String("collection", u.GetDatabase()+"."+u.GetCollection()))
+	if err := w.copyUnit(ctx, msg, &u); err != nil {
+		if ctx.Err() != nil {
+			return // stopping: the unit is redelivered to another copier
+		}
+		log.ErrorContext(ctx, "work unit failed; will retry", slog.Any("error", err))
+		_ = msg.NakWithDelay(2 * time.Second)
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.WarnContext(ctx, "ack work unit", slog.Any("error", err))
+	}
+}
+
+// copyUnit copies one unit from its checkpoint on, saving a checkpoint
+// after each batch, and announces it done.
+func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.WorkUnit) error {
+	cp, rev, err := w.checkpoint(ctx, u.GetUnitId())
+	if err != nil {
+		return err
+	}
+	if !cp.GetComplete() {
+		src, err := w.client(ctx, u.GetSource())
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		tgt, err := w.client(ctx, u.GetTarget())
+		if err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		rs, _ := milvusx.Raw(src)
+		rt, _ := milvusx.Raw(tgt)
+		t, err := milvusx.DescribeTable(ctx, rs, u.GetDatabase(), u.GetCollection())
+		if err != nil {
+			return err
+		}
+		t.Partition = u.GetPartition()
+		base := CopyStats{Rows: cp.GetRows(), Bytes: cp.GetBytes()}
+		save := func(last milvusx.Key, s CopyStats) error {
+			cp.LastKey, cp.Rows, cp.Bytes = keyToPB(&last), base.Rows+s.Rows, base.Bytes+s.Bytes
+			cp.Time, cp.CopierId = timestamppb.Now(), w.ID
+			if rev, err = w.putCheckpoint(ctx, cp, rev); err != nil {
+				return err
+			}
+			_ = msg.InProgress() // still alive: keep the unit
+			return w.progress(ctx, u, cp)
+		}
+		if _, err := CopyRange(ctx, rs, rt, t, rangeFromPB(u.GetRange()), keyFromPB(cp.GetLastKey()), int(u.GetBatchBytes()), save); err != nil {
+			return err
+		}
+		cp.Complete, cp.Time, cp.CopierId = true, timestamppb.Now(), w.ID
+		if _, err := w.putCheckpoint(ctx, cp, rev); err != nil {
+			return err
+		}
+	}
+	done := &eventspb.WorkUnitDone{EventId: "done-" + u.GetUnitId(), MigrationId: u.GetMigrationId(), UnitId: u.GetUnitId(),
+		Database: u.GetDatabase(), Collection: u.GetCollection(), Rows: cp.GetRows(), Bytes: cp.GetBytes(),
+		CopierId: w.ID, Time: timestamppb.Now()}
+	_, err = natsbus.Publish(ctx, w.JS, w.Propagator, "zdm.evt."+u.GetMigrationId()+".unit", done.GetEventId(), done)
+	return err
+}
+
+// checkpoint returns the unit's checkpoint and its revision (0: none yet).
+func (w *Worker) checkpoint(ctx context.Context, id string) (*eventspb.WorkUnitCheckpoint, uint64, error) {
+	e, err := w.checkpoints.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return &eventspb.WorkUnitCheckpoint{UnitId: id}, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read checkpoint %s: %w", id, err)
+	}
+	var cp eventspb.WorkUnitCheckpoint
+	if err := proto.Unmarshal(e.Value(), &cp); err != nil {
+		return nil, 0, fmt.Errorf("decode checkpoint %s: %w", id, err)
+	}
+	return &cp, e.Revision(), nil
+}
+
+// putCheckpoint writes cp if the stored one is still at rev: a copier that
+// lost its unit to another (it stalled past the ack wait) cannot move the
+// other's checkpoint.
+func (w *Worker) putCheckpoint(ctx context.Context, cp *eventspb.WorkUnitCheckpoint, rev uint64) (uint64, error) {
+	data, err := proto.Marshal(cp)
+	if err != nil {
+		return 0, err
+	}
+	var newRev uint64
+	if rev == 0 {
+		newRev, err = w.checkpoints.Create(ctx, cp.GetUnitId(), data)
+	} else {
+		newRev, err = w.checkpoints.Update(ctx, cp.GetUnitId(), data, rev)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write checkpoint %s: %w", cp.GetUnitId(), err)
+	}
+	return newRev, nil
+}
+
+func (w *Worker) progress(ctx context.Context, u *eventspb.WorkUnit, cp *eventspb.WorkUnitCheckpoint) error {
+	p := &eventspb.Progress{EventId: fmt.Sprintf("progress-%s-%d", u.GetUnitId(), cp.GetRows()), MigrationId: u.GetMigrationId(),
+		Database: u.GetDatabase(), Collection: u.GetCollection(), UnitId: u.GetUnitId(), Rows: cp.GetRows(), Bytes: cp.GetBytes(),
+		Time: cp.GetTime()}
+	_, err := natsbus.Publish(ctx, w.JS, w.Propagator, "zdm.evt."+u.GetMigrationId()+".progress", p.GetEventId(), p)
+	return err
+}
+
+// client returns a cached connection to the cluster.
+func (w *Worker) client(ctx context.Context, conn *zdmpb.ClusterConnection) (client.Client, error) {
+	key, err := proto.Marshal(conn)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c, ok := w.clients[string(key)]; ok {
+		return c, nil
+	}
+	c, err := milvusx.Connect(ctx, conn, "")
+	if err != nil {
+		return nil, err
+	}
+	w.clients[string(key)] = c
+	return c, nil
+}

@@ -1,0 +1,125 @@
+package copier
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-sdk-go/v2/entity"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/telemetry"
+	"github.com/zdm-io/zdm/pkg/verify"
+	"github.com/zdm-io/zdm/pkg/ztest"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// TestIntegrationWorkersCopyUnits plans a copy onto a real work queue and
+// lets two copiers pull the units; one is stopped mid-unit, and the other
+// finishes its unit from the checkpoint. The target then equals the
+// source, with no row twice.
+func TestIntegrationWorkersCopyUnits(t *testing.T) {
+	ztest.Integration(t)
+	tier := ztest.PrimaryTier(t)
+	bus, _ := ztest.Bus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	p := ztest.NewPair(t, tier)
+	db := p.Source.Database
+	seed(t, ctx, p.Source.Client)
+	fill(t, ctx, p.Source.Client, "", 1, seededRows-500)
+	fill(t, ctx, p.Source.Client, "spring", seededRows-499, 500)
+	// Standalone Milvus queries only loaded collections.
+	idx, err := entity.NewIndexFlat(entity.L2)
+	require.NoError(t, err)
+	require.NoError(t, p.Source.Client.CreateIndex(ctx, "events", "emb", idx, false))
+	require.NoError(t, p.Source.Client.LoadCollection(ctx, "events", false))
+	_, err = PrepareTarget(ctx, p.Source.Client, p.Target.Client, PrepareOptions{Databases: []string{db}})
+	require.NoError(t, err)
+
+	src, tgt := &zdmpb.ClusterConnection{Endpoint: tier.Source}, &zdmpb.ClusterConnection{Endpoint: tier.Target}
+	prop := telemetry.Propagator()
+	units, err := PlanCopy(ctx, bus.JS, prop, "m1", src, tgt, PlanOptions{Databases: []string{db}, UnitRows: 400, BatchBytes: 4 << 10})
+	require.NoError(t, err)
+	// items: _default (2500 rows -> 7 units) and spring (500 -> 2) and
+	// autumn (empty -> 1); events: empty, partition key -> 1.
+	require.Len(t, units, 11)
+	again, err := PlanCopy(ctx, bus.JS, prop, "m1", src, tgt, PlanOptions{Databases: []string{db}, UnitRows: 400, BatchBytes: 4 << 10})
+	require.NoError(t, err)
+	require.Len(t, again, 11)
+	stream, err := bus.JS.Stream(ctx, natsbus.WorkStream)
+	require.NoError(t, err)
+	info, err := stream.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(11), info.State.Msgs, "planning again publishes no duplicate unit")
+
+	logger := slog.New(slog.NewTextHandler(ztestWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	worker := func(id string) *Worker {
+		return &Worker{ID: id, JS: bus.JS, Propagator: prop, Logger: logger, AckWait: 2 * time.Second}
+	}
+	// Copier A runs until it has written part of a unit, then stops dead.
+	ctxA, stopA := context.WithCancel(ctx)
+	doneA := make(chan error, 1)
+	go func() { doneA <- worker("a").Run(ctxA) }()
+	kvDeadline := time.Now().Add(30 * time.Second)
+	for {
+		kv, err := bus.JS.KeyValue(ctx, CheckpointsBucket)
+		if err == nil {
+			if e, err := kv.Get(ctx, units[0].GetUnitId()); err == nil && len(e.Value()) > 0 {
+				break
+			}
+		}
+		require.True(t, time.Now().Before(kvDeadline), "copier a wrote no checkpoint")
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopA()
+	require.NoError(t, <-doneA)
+
+	ctxB, stopB := context.WithCancel(ctx)
+	defer stopB()
+	doneB := make(chan error, 1)
+	go func() { doneB <- worker("b").Run(ctxB) }()
+
+	cons, err := bus.JS.OrderedConsumer(ctx, natsbus.EventsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"zdm.evt.m1.unit"}})
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for len(seen) < len(units) {
+		batch, err := cons.Fetch(20, jetstream.FetchMaxWait(time.Second))
+		require.NoError(t, err)
+		for msg := range batch.Messages() {
+			var d eventspb.WorkUnitDone
+			_, err := natsbus.Decode(ctx, prop, msg, &d)
+			require.NoError(t, err)
+			seen[d.GetUnitId()] = true
+		}
+		require.NoError(t, ctx.Err(), "units done: %d of %d", len(seen), len(units))
+	}
+	stopB()
+	require.NoError(t, <-doneB)
+
+	rs, rt := mustRaw(t, p.Source.Client), mustRaw(t, p.Target.Client)
+	for _, name := range []string{"items", "events"} {
+		table, err := milvusx.DescribeTable(ctx, rs, db, name)
+		require.NoError(t, err)
+		report, err := verify.Collection(ctx, rs, rt, table, 0)
+		require.NoError(t, err)
+		require.True(t, report.Match(), report.String())
+	}
+	items, err := milvusx.DescribeTable(ctx, rt, db, "items")
+	require.NoError(t, err)
+	n, err := verify.Count(ctx, rt, items)
+	require.NoError(t, err)
+	require.Equal(t, int64(seededRows), n)
+}
+
+type ztestWriter struct{ t *testing.T }
+
+func (w ztestWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
