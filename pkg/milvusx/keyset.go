@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -44,6 +45,8 @@ type Table struct {
 	// (and for partition-key collections, where Milvus routes rows itself).
 	Partition string
 	PK        *schemapb.FieldSchema
+	// Schema is the whole collection schema.
+	Schema *schemapb.CollectionSchema
 }
 
 // DescribeTable reads the primary key of a collection.
@@ -57,29 +60,88 @@ func DescribeTable(ctx context.Context, c milvuspb.MilvusServiceClient, db, name
 	}
 	for _, f := range d.GetSchema().GetFields() {
 		if f.GetIsPrimaryKey() {
-			return Table{Database: db, Collection: name, PK: f}, nil
+			return Table{Database: db, Collection: name, PK: f, Schema: d.GetSchema()}, nil
 		}
 	}
 	return Table{}, fmt.Errorf("%s.%s has no primary key", db, name)
 }
 
-// QueryPage returns up to limit rows of r with keys above after, in key
-// order, and their keys. Milvus returns a limited query's rows ordered by
-// primary key; the order is checked, since keyset paging depends on it.
-func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) ([]*schemapb.FieldData, []Key, error) {
+// Page is one page of a keyset scan: every row of the table whose key is
+// above the previous page's Last and at most this page's Last.
+type Page struct {
+	// Fields are the rows, in the server's order (not necessarily by key).
+	Fields []*schemapb.FieldData
+	// Keys are the rows' keys, in the same order as Fields.
+	Keys []Key
+	// Last is the largest key of the page; the next page starts above it.
+	Last Key
+	// More is false when the page reached the end of the range.
+	More bool
+}
+
+// QueryPage returns the next page of r above after: up to limit rows. It
+// does not trust the server to return the smallest keys first (milvus-lite
+// 3 returns a limited query's rows from each segment in turn): a full page
+// is accepted only when a keys-only count proves no other key lies at or
+// below its largest key; otherwise the page is narrowed and asked again.
+func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
 	return queryPage(ctx, src, t, r, after, limit, []string{"*"})
 }
 
-// QueryKeys is QueryPage reading only the primary keys.
-func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) ([]Key, error) {
-	_, keys, err := queryPage(ctx, src, t, r, after, limit, []string{t.PK.GetName()})
-	return keys, err
+// QueryKeys is QueryPage reading only the primary keys; they come back in
+// ascending order.
+func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
+	p, err := queryPage(ctx, src, t, r, after, limit, []string{t.PK.GetName()})
+	slices.SortFunc(p.Keys, compareKeys)
+	return p, err
 }
 
-func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int, fields []string) ([]*schemapb.FieldData, []Key, error) {
+func compareKeys(a, b Key) int {
+	switch {
+	case Less(a, b):
+		return -1
+	case Less(b, a):
+		return 1
+	}
+	return 0
+}
+
+func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int, fields []string) (Page, error) {
+	var upTo *Key // inclusive upper bound while narrowing
+	for {
+		data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, upTo), limit, fields)
+		if err != nil {
+			return Page{}, err
+		}
+		if len(keys) == 0 {
+			return Page{}, nil
+		}
+		last := slices.MaxFunc(keys, compareKeys)
+		if len(keys) < limit {
+			// Everything up to upTo (or the range's end) is here.
+			return Page{Fields: data, Keys: keys, Last: last, More: upTo != nil}, nil
+		}
+		// A full page: it is complete only if no other key is <= last.
+		_, check, err := query(ctx, src, t, rangeExpr(t.PK, r, after, &last), limit+1, []string{t.PK.GetName()})
+		if err != nil {
+			return Page{}, err
+		}
+		if len(check) <= len(keys) {
+			return Page{Fields: data, Keys: keys, Last: last, More: true}, nil
+		}
+		// Keys at or below last are missing: narrow to the lower half of
+		// the keys the check found there (more than a page of them, all
+		// <= last) and ask again.
+		slices.SortFunc(check, compareKeys)
+		mid := check[max(len(check)/2-1, 0)]
+		upTo = &mid
+	}
+}
+
+func query(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, expr string, limit int, fields []string) ([]*schemapb.FieldData, []Key, error) {
 	req := &milvuspb.QueryRequest{
 		DbName: t.Database, CollectionName: t.Collection,
-		Expr:             rangeExpr(t.PK, r, after),
+		Expr:             expr,
 		OutputFields:     fields,
 		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: strconv.Itoa(limit)}},
 		ConsistencyLevel: commonpb.ConsistencyLevel_Strong,
@@ -98,17 +160,12 @@ func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 	if err != nil {
 		return nil, nil, err
 	}
-	for i := 1; i < len(keys); i++ {
-		if !Less(keys[i-1], keys[i]) {
-			return nil, nil, fmt.Errorf("query %s.%s: keys not in ascending order (%s then %s); keyset paging is unsafe on this server",
-				t.Database, t.Collection, keys[i-1], keys[i])
-		}
-	}
 	return resp.GetFieldsData(), keys, nil
 }
 
-// rangeExpr is the filter for keys in r above after.
-func rangeExpr(pkField *schemapb.FieldSchema, r Range, after *Key) string {
+// rangeExpr is the filter for keys in r above after and, when upTo is
+// set, at most upTo.
+func rangeExpr(pkField *schemapb.FieldSchema, r Range, after, upTo *Key) string {
 	pk := pkField.GetName()
 	var parts []string
 	switch {
@@ -120,6 +177,9 @@ func rangeExpr(pkField *schemapb.FieldSchema, r Range, after *Key) string {
 		parts = append(parts, fmt.Sprintf("%s > %s", pk, literal(*after)))
 	case r.Start != nil && !isMinInt(r.Start):
 		parts = append(parts, fmt.Sprintf("%s >= %s", pk, literal(*r.Start)))
+	}
+	if upTo != nil {
+		parts = append(parts, fmt.Sprintf("%s <= %s", pk, literal(*upTo)))
 	}
 	if r.End != nil {
 		if isMinInt(r.End) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -63,4 +64,38 @@ func IsUnimplemented(err error) bool {
 		return false
 	}
 	return status.Code(err) == codes.Unimplemented || strings.Contains(err.Error(), "code = Unimplemented")
+}
+
+// Partitions lists a collection's partitions; servers without partitions
+// (milvus-lite 2.5) have none to list.
+func Partitions(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) ([]string, error) {
+	resp, err := c.ShowPartitions(ctx, &milvuspb.ShowPartitionsRequest{DbName: db, CollectionName: name})
+	if IsUnimplemented(err) {
+		return nil, nil
+	}
+	if err == nil {
+		err = StatusError(resp.GetStatus())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("show partitions of %s.%s: %w", db, name, err)
+	}
+	return resp.GetPartitionNames(), nil
+}
+
+// PagedPartitions are the partitions to page a collection by: each of its
+// partitions, or just "" (all at once) when it has one partition or a
+// partition key, where Milvus routes rows itself. Paging partition by
+// partition also keeps pages in key order on servers that order a
+// limited query's rows only within a partition (milvus-lite 3).
+func PagedPartitions(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string, schema *schemapb.CollectionSchema) ([]string, error) {
+	for _, f := range schema.GetFields() {
+		if f.GetIsPartitionKey() {
+			return []string{""}, nil
+		}
+	}
+	parts, err := Partitions(ctx, c, db, name)
+	if err != nil || len(parts) <= 1 {
+		return []string{""}, err
+	}
+	return parts, nil
 }

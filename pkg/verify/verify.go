@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
@@ -61,18 +62,37 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 	if r.TargetCount, err = Count(ctx, tgt, t); err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
+	parts := []string{t.Partition}
+	if t.Partition == "" {
+		if parts, err = milvusx.PagedPartitions(ctx, src, t.Database, t.Collection, t.Schema); err != nil {
+			return nil, fmt.Errorf("source: %w", err)
+		}
+	}
+	for _, p := range parts {
+		pt := t
+		pt.Partition = p
+		if err := compareTable(ctx, src, tgt, pt, rangeRows, r); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// compareTable compares one table (a collection or one of its partitions)
+// range by range, adding to r.
+func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, rangeRows int, r *Report) error {
 	var start *milvusx.Key
 	for {
 		// Read the next rangeRows source rows; the range ends where the
 		// following row begins, or is open at the end.
 		srcRows, next, err := digests(ctx, src, t, milvusx.Range{Start: start}, rangeRows)
 		if err != nil {
-			return nil, fmt.Errorf("source: %w", err)
+			return fmt.Errorf("source: %w", err)
 		}
 		rng := milvusx.Range{Start: start, End: next}
 		tgtRows, _, err := digests(ctx, tgt, t, rng, 0)
 		if err != nil {
-			return nil, fmt.Errorf("target: %w", err)
+			return fmt.Errorf("target: %w", err)
 		}
 		r.SourceDistinct += int64(len(srcRows))
 		r.TargetDistinct += int64(len(tgtRows))
@@ -80,7 +100,7 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 			r.Mismatches = append(r.Mismatches, m)
 		}
 		if next == nil {
-			return r, nil
+			return nil
 		}
 		start = next
 	}
@@ -88,36 +108,61 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 
 type digest = [32]byte
 
-// digests reads the rows of rng in key order, at most limit of them (0:
-// all), and returns their digests by key and the first key past the last
-// one read (nil when the range is exhausted).
+// digests reads the rows of rng, at most limit of them (0: all), and
+// returns their digests by key and the first key past the last one
+// returned (nil when the range is exhausted). Pages come back complete but
+// not sorted, so each page is sorted before the limit is applied.
 func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table, rng milvusx.Range, limit int) (map[milvusx.Key]digest, *milvusx.Key, error) {
 	out := map[milvusx.Key]digest{}
 	var after *milvusx.Key
 	for {
-		n := pageRows
-		if limit > 0 {
-			n = min(n, limit+1-len(out)) // one more, to find where the next range starts
-		}
-		fields, keys, err := milvusx.QueryPage(ctx, c, t, rng, after, n)
+		page, err := milvusx.QueryPage(ctx, c, t, rng, after, pageRows)
 		if err != nil {
 			return nil, nil, err
 		}
-		for i, k := range keys {
-			if limit > 0 && len(out) == limit {
-				next := k
-				return out, &next, nil
-			}
-			d, err := RowDigest(fields, i)
+		type row struct {
+			k milvusx.Key
+			d digest
+		}
+		rows := make([]row, len(page.Keys))
+		for i, k := range page.Keys {
+			d, err := RowDigest(page.Fields, i)
 			if err != nil {
 				return nil, nil, fmt.Errorf("row %s: %w", k, err)
 			}
-			out[k] = d
+			rows[i] = row{k, d}
 		}
-		if len(keys) < n {
+		slices.SortFunc(rows, func(a, b row) int {
+			if milvusx.Less(a.k, b.k) {
+				return -1
+			}
+			if milvusx.Less(b.k, a.k) {
+				return 1
+			}
+			return 0
+		})
+		for _, r := range rows {
+			if limit > 0 && len(out) == limit {
+				next := r.k
+				return out, &next, nil
+			}
+			out[r.k] = r.d
+		}
+		if !page.More {
 			return out, nil, nil
 		}
-		last := keys[len(keys)-1]
+		if limit > 0 && len(out) == limit {
+			// The range may end exactly here: find the next key, if any.
+			next, err := milvusx.QueryKeys(ctx, c, t, rng, &page.Last, 1)
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(next.Keys) == 0 {
+				return out, nil, nil
+			}
+			return out, &next.Keys[0], nil
+		}
+		last := page.Last
 		after = &last
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,6 +73,16 @@ func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 		MigrationRevision: m.GetRevision(),
 		Options:           m.GetOptions(),
 		Time:              m.GetUpdateTime(),
+		Type:              m.GetType(),
+	}
+	// The services reach the clusters with what the registry holds. A
+	// cluster deregistered meanwhile (possible only after a stale lock)
+	// leaves the connection unset and the service reports the failure.
+	if rec, _, err := c.store.clusters.get(ctx, m.GetSourceClusterId()); err == nil {
+		cmd.Source = rec.GetConnection()
+	}
+	if rec, _, err := c.store.clusters.get(ctx, m.GetTargetClusterId()); err == nil {
+		cmd.Target = rec.GetConnection()
 	}
 	subject := fmt.Sprintf("zdm.cmd.%s.%s", m.GetMigrationId(), stageToken(stage))
 	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, subject, cmd.GetEventId(), cmd)
@@ -153,7 +164,7 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
 		Durable:        eventsConsumer,
 		AckPolicy:      jetstream.AckExplicitPolicy,
-		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag"},
+		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag", "zdm.evt.*.plan", "zdm.evt.*.unit"},
 		AckWait:        c.cfg.EventAckWait,
 		MaxDeliver:     -1,
 	})
@@ -195,6 +206,22 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 				attribute.String("zdm.migration_id", ev.GetMigrationId())))
 			err = c.onLagReport(ctx, &ev)
 			span.End()
+		} else {
+			c.terminate(ctx, msg, err)
+			return
+		}
+	case "plan":
+		var ev eventspb.CopyPlanned
+		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
+			err = c.onCopyPlanned(ctx, &ev)
+		} else {
+			c.terminate(ctx, msg, err)
+			return
+		}
+	case "unit":
+		var ev eventspb.WorkUnitDone
+		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
+			err = c.onUnitDone(ctx, &ev)
 		} else {
 			c.terminate(ctx, msg, err)
 			return
@@ -372,4 +399,78 @@ func (c *Coordinator) sweep(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// onCopyPlanned records a copy's units and the collections' totals. A plan
+// repeated (a copier that planned again after a crash) changes nothing.
+func (c *Coordinator) onCopyPlanned(ctx context.Context, ev *eventspb.CopyPlanned) error {
+	if _, err := c.store.plans.create(ctx, ev.GetMigrationId(), ev); errors.Is(err, apierr.ErrAlreadyExists) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	_, _, err := c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		m.Collections = nil
+		for _, p := range ev.GetCollections() {
+			m.Collections = append(m.Collections, &zdmpb.CollectionProgress{
+				Database: p.GetDatabase(), Collection: p.GetCollection(), Phase: zdmpb.CollectionPhase_COLLECTION_PHASE_COPYING,
+				RowsTotal: p.GetRows(), UnitsTotal: p.GetUnits(),
+			})
+		}
+		m.UpdateTime = timestamppb.New(c.now())
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(ev.GetUnitIds()) == 0 {
+		return c.copyDone(ctx, ev.GetMigrationId())
+	}
+	return nil
+}
+
+// onUnitDone strikes a unit off the plan, adds it to its collection's
+// progress and, with the last unit, completes the copy stage. Striking off
+// is one revision-checked write, so a unit reported twice counts once.
+func (c *Coordinator) onUnitDone(ctx context.Context, ev *eventspb.WorkUnitDone) error {
+	removed, remaining := false, 0
+	_, _, err := c.store.plans.update(ctx, ev.GetMigrationId(), func(p *eventspb.CopyPlanned) error {
+		i := slices.Index(p.UnitIds, ev.GetUnitId())
+		if i < 0 {
+			remaining = len(p.GetUnitIds())
+			return errStop
+		}
+		p.UnitIds = slices.Delete(p.UnitIds, i, i+1)
+		removed, remaining = true, len(p.GetUnitIds())
+		return nil
+	})
+	if err != nil || !removed {
+		return err
+	}
+	_, _, err = c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		for _, cp := range m.GetCollections() {
+			if cp.GetDatabase() == ev.GetDatabase() && cp.GetCollection() == ev.GetCollection() {
+				cp.RowsCopied += ev.GetRows()
+				cp.BytesCopied += ev.GetBytes()
+				cp.UnitsDone++
+				if cp.UnitsDone == cp.UnitsTotal {
+					cp.Phase = zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED
+				}
+			}
+		}
+		m.UpdateTime = timestamppb.New(c.now())
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if remaining == 0 {
+		return c.copyDone(ctx, ev.GetMigrationId())
+	}
+	return nil
+}
+
+func (c *Coordinator) copyDone(ctx context.Context, id string) error {
+	_, err := c.transition(ctx, id, Event{Trigger: TriggerCopyDone, Time: c.now(), Actor: auth.System, Reason: "every work unit copied"})
+	return err
 }

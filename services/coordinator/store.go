@@ -11,6 +11,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/apierr"
 	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -18,6 +19,8 @@ import (
 const (
 	MigrationsBucket = "zdm_migrations"
 	ClustersBucket   = "zdm_clusters"
+	// CopyPlansBucket holds, per migration, the copy's units still to do.
+	CopyPlansBucket = "zdm_copy_plans"
 	// kvHistory is how many revisions of each key a bucket keeps, so a
 	// watcher that reconnects can replay what it missed.
 	kvHistory = 64
@@ -171,6 +174,7 @@ func (t *table[T]) list(ctx context.Context) ([]entry[T], error) {
 type store struct {
 	migrations *table[*zdmpb.Migration]
 	clusters   *table[*coordpb.ClusterRecord]
+	plans      *table[*eventspb.CopyPlanned]
 }
 
 func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*store, error) {
@@ -182,7 +186,11 @@ func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*stor
 	if err != nil {
 		return nil, err
 	}
-	return &store{migrations: m, clusters: c}, nil
+	p, err := openTable(ctx, js, CopyPlansBucket, "copy plan", replicas, func() *eventspb.CopyPlanned { return &eventspb.CopyPlanned{} })
+	if err != nil {
+		return nil, err
+	}
+	return &store{migrations: m, clusters: c, plans: p}, nil
 }
 
 // withRevision returns m with its revision field set to rev, the KV

@@ -5,22 +5,33 @@ package lagmonitor
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/service"
+	"github.com/zdm-io/zdm/pkg/stage"
+	"github.com/zdm-io/zdm/pkg/verify"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	lagpb "github.com/zdm-io/zdm/proto/zdm/lag/v1"
 )
 
 // Name is the lag monitor's -target name.
 const Name = "lag-monitor"
 
-// Monitor serves LagMonitorService. Until lag and verification land, every
-// RPC answers UNIMPLEMENTED.
+// Monitor serves LagMonitorService and runs verification stages. Lag
+// measurement lands with the CDC streamer; until then GetLag answers
+// UNIMPLEMENTED.
 type Monitor struct {
 	lagpb.UnimplementedLagMonitorServiceServer
 
 	deps service.Deps
+	cc   jetstream.ConsumeContext
 }
 
 var _ service.Service = (*Monitor)(nil)
@@ -41,8 +52,106 @@ func (m *Monitor) HealthNames() []string {
 	return []string{lagpb.LagMonitorService_ServiceDesc.ServiceName}
 }
 
-// Start implements service.Service. The monitor measures nothing yet.
-func (m *Monitor) Start(context.Context) error { return nil }
+// Start consumes verification commands.
+func (m *Monitor) Start(ctx context.Context) error {
+	cc, err := stage.Consume(ctx, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
+		[]string{"verify"}, time.Hour, m.verify)
+	if err != nil {
+		return err
+	}
+	m.cc = cc
+	return nil
+}
 
 // Stop implements service.Service.
-func (m *Monitor) Stop(context.Context) error { return nil }
+func (m *Monitor) Stop(ctx context.Context) error {
+	if m.cc == nil {
+		return nil
+	}
+	m.cc.Drain()
+	select {
+	case <-m.cc.Closed():
+	case <-ctx.Done():
+		m.cc.Stop()
+	}
+	return nil
+}
+
+// maxReported bounds how many mismatched collections a failure names.
+const maxReported = 5
+
+// verify compares every collection of every source database with the
+// target and fails the stage with the ranges and keys that differ.
+func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+	if !stage.Starts(cmd) {
+		return stage.Pending, nil
+	}
+	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
+		return "CLUSTER_MISSING", errors.New("the command names no source or target connection")
+	}
+	src, err := milvusx.Connect(ctx, cmd.GetSource(), "")
+	if err != nil {
+		return "SOURCE_UNREACHABLE", err
+	}
+	defer src.Close()
+	tgt, err := milvusx.Connect(ctx, cmd.GetTarget(), "")
+	if err != nil {
+		return "TARGET_UNREACHABLE", err
+	}
+	defer tgt.Close()
+	rs, _ := milvusx.Raw(src)
+	rt, _ := milvusx.Raw(tgt)
+	dbs, err := milvusx.Databases(ctx, src)
+	if err != nil {
+		return "VERIFY_FAILED", err
+	}
+	var bad []string
+	for _, db := range dbs {
+		names, err := milvusx.CollectionsIn(ctx, src, db)
+		if err != nil {
+			return "VERIFY_FAILED", err
+		}
+		for _, name := range names {
+			t, err := milvusx.DescribeTable(ctx, rs, db, name)
+			if err != nil {
+				return "VERIFY_FAILED", err
+			}
+			r, err := verify.Collection(ctx, rs, rt, t, 0)
+			if err != nil {
+				return "VERIFY_FAILED", err
+			}
+			if !r.Match() {
+				bad = append(bad, describe(r))
+			}
+		}
+	}
+	if len(bad) == 0 {
+		return "", nil
+	}
+	more := ""
+	if len(bad) > maxReported {
+		bad, more = bad[:maxReported], fmt.Sprintf("; and %d more collections", len(bad)-maxReported)
+	}
+	return "VERIFICATION_MISMATCH", errors.New(strings.Join(bad, "; ") + more)
+}
+
+// describe names a mismatch: counts and the first ranges with sample keys.
+func describe(r *verify.Report) string {
+	var b strings.Builder
+	b.WriteString(r.String())
+	for i, mm := range r.Mismatches {
+		if i == 3 {
+			fmt.Fprintf(&b, ", and %d more ranges", len(r.Mismatches)-3)
+			break
+		}
+		fmt.Fprintf(&b, ", keys [%s, %s) differ (e.g. %s)", orOpen(mm.Start), orOpen(mm.End), strings.Join(mm.SampleKeys, ", "))
+	}
+	return b.String()
+}
+
+func orOpen(s string) string {
+	if s == "" {
+		return "…"
+	}
+	return s
+}

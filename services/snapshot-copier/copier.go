@@ -5,28 +5,90 @@ package copier
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
+	"github.com/zdm-io/zdm/pkg/stage"
 	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
 // Name is the snapshot copier's -target name.
 const Name = "snapshot-copier"
 
-// Copier serves SnapshotCopierService. Until the copy lands, every RPC
-// answers UNIMPLEMENTED.
+// Config configures a copier process.
+type Config struct {
+	// Workers is how many units this process copies at once. Default 2.
+	Workers int
+	// ID names this copier in checkpoints and events. Default host-pid.
+	ID string
+	// UnitAckWait is how long a unit held by a copier that stopped
+	// answering waits before another copier takes it over. Default 30s.
+	UnitAckWait time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{Workers: 2, ID: fmt.Sprintf("%s-%d", host, os.Getpid()), UnitAckWait: 30 * time.Second}
+}
+
+// RegisterFlags defines the copier's flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	d := DefaultConfig()
+	fs.IntVar(&c.Workers, "copier-workers", d.Workers, "work units this process copies at once")
+	fs.StringVar(&c.ID, "copier-id", d.ID, "name of this copier in checkpoints and events")
+	fs.DurationVar(&c.UnitAckWait, "copier-unit-ack-wait", d.UnitAckWait, "how long a unit held by a copier that stopped answering waits before another copier takes it")
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Workers < 1 || c.Workers > 64 {
+		errs = append(errs, fmt.Errorf("--copier-workers %d: want 1 to 64", c.Workers))
+	}
+	if c.ID == "" {
+		errs = append(errs, errors.New("--copier-id is empty"))
+	}
+	if c.UnitAckWait < time.Second || c.UnitAckWait > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--copier-unit-ack-wait %s: want 1s to 10m", c.UnitAckWait))
+	}
+	return errors.Join(errs...)
+}
+
+// Copier serves SnapshotCopierService, handles the prepare and copy
+// commands and runs copy workers.
 type Copier struct {
 	copierpb.UnimplementedSnapshotCopierServiceServer
 
+	cfg  Config
 	deps service.Deps
+
+	cc     jetstream.ConsumeContext
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 var _ service.Service = (*Copier)(nil)
 
 // New returns a copier that is not yet started.
-func New(deps service.Deps) *Copier { return &Copier{deps: deps} }
+func New(cfg Config, deps service.Deps) (*Copier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Copier{cfg: cfg, deps: deps}, nil
+}
 
 // Name implements service.Service.
 func (c *Copier) Name() string { return Name }
@@ -41,8 +103,102 @@ func (c *Copier) HealthNames() []string {
 	return []string{copierpb.SnapshotCopierService_ServiceDesc.ServiceName}
 }
 
-// Start implements service.Service. The copier pulls no work yet.
-func (c *Copier) Start(context.Context) error { return nil }
+// Start consumes prepare and copy commands and starts the workers.
+func (c *Copier) Start(ctx context.Context) error {
+	cc, err := stage.Consume(ctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
+		[]string{"prepare_target", "copy_data"}, 30*time.Minute, c.command)
+	if err != nil {
+		return err
+	}
+	c.cc = cc
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.cancel = cancel
+	for i := range c.cfg.Workers {
+		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator,
+			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := w.Run(wctx); err != nil {
+				c.deps.Logger.Error("copy worker stopped", "worker", w.ID, "error", err)
+			}
+		}()
+	}
+	return nil
+}
 
-// Stop implements service.Service.
-func (c *Copier) Stop(context.Context) error { return nil }
+// Stop stops taking commands and units; units in hand are left to other
+// copiers, which resume them from their checkpoints.
+func (c *Copier) Stop(ctx context.Context) error {
+	if c.cc != nil {
+		c.cc.Drain()
+		select {
+		case <-c.cc.Closed():
+		case <-ctx.Done():
+			c.cc.Stop()
+		}
+	}
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.wg.Wait()
+	return nil
+}
+
+// command carries out a prepare or copy command.
+func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+	if !stage.Starts(cmd) {
+		return stage.Pending, nil // pause, resume and cancel of the copy arrive with throttling
+	}
+	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
+		return "CLUSTER_MISSING", errors.New("the command names no source or target connection")
+	}
+	src, err := milvusx.Connect(ctx, cmd.GetSource(), "")
+	if err != nil {
+		return "SOURCE_UNREACHABLE", err
+	}
+	defer src.Close()
+	tgt, err := milvusx.Connect(ctx, cmd.GetTarget(), "")
+	if err != nil {
+		return "TARGET_UNREACHABLE", err
+	}
+	defer tgt.Close()
+	switch stageName := cmd.GetStage().String(); stageName {
+	case "STAGE_KIND_PREPARE_TARGET":
+		if _, err := PrepareTarget(ctx, src, tgt, PrepareOptions{Logger: c.deps.Logger}); err != nil {
+			return "PREPARE_FAILED", err
+		}
+		return "", nil
+	case "STAGE_KIND_COPY_DATA":
+		units, err := PlanCopy(ctx, c.deps.Bus.JS, c.deps.Propagator, cmd.GetMigrationId(), cmd.GetSource(), cmd.GetTarget(),
+			PlanOptions{UnitRows: cmd.GetOptions().GetWorkUnitRows()})
+		if err != nil {
+			return "PLAN_FAILED", err
+		}
+		if err := c.announcePlan(ctx, cmd, units); err != nil {
+			return "PLAN_FAILED", err
+		}
+		return stage.Pending, nil // the coordinator ends the stage when every unit is done
+	default:
+		return "UNKNOWN_STAGE", fmt.Errorf("copier has no stage %s", stageName)
+	}
+}
+
+func (c *Copier) announcePlan(ctx context.Context, cmd *eventspb.StageCommand, units []*eventspb.WorkUnit) error {
+	ev := &eventspb.CopyPlanned{EventId: "plan-" + cmd.GetMigrationId(), MigrationId: cmd.GetMigrationId(), Time: timestamppb.Now()}
+	byColl := map[string]*eventspb.CollectionPlan{}
+	for _, u := range units {
+		ev.UnitIds = append(ev.UnitIds, u.GetUnitId())
+		key := u.GetDatabase() + "." + u.GetCollection()
+		p, ok := byColl[key]
+		if !ok {
+			p = &eventspb.CollectionPlan{Database: u.GetDatabase(), Collection: u.GetCollection()}
+			byColl[key] = p
+			ev.Collections = append(ev.Collections, p)
+		}
+		p.Units++
+		p.Rows += u.GetExpectedRows()
+	}
+	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, "zdm.evt."+cmd.GetMigrationId()+".plan", ev.GetEventId(), ev)
+	return err
+}

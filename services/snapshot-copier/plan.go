@@ -10,6 +10,9 @@ import (
 	"github.com/zdm-io/zdm/pkg/milvusx"
 )
 
+// DefaultUnitRows is the size of a work unit when none is given.
+const DefaultUnitRows = 100_000
+
 // Unit is a key range of one table with the rows it held when planned.
 type Unit struct {
 	Range milvusx.Range
@@ -21,6 +24,9 @@ type Unit struct {
 // below and the last open above, so rows written after planning still
 // fall in some unit. An empty table is one open unit.
 func PlanUnits(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, unitRows int64) ([]Unit, error) {
+	if unitRows <= 0 {
+		unitRows = DefaultUnitRows
+	}
 	if minKey, err := milvusx.HasMinInt64Key(ctx, src, t); err != nil {
 		return nil, err
 	} else if minKey {
@@ -34,11 +40,11 @@ func PlanUnits(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.
 		rows  int64
 	)
 	for {
-		keys, err := milvusx.QueryKeys(ctx, src, t, milvusx.Range{}, after, milvusx.MaxQueryRows)
+		page, err := milvusx.QueryKeys(ctx, src, t, milvusx.Range{}, after, milvusx.MaxQueryRows)
 		if err != nil {
 			return nil, err
 		}
-		for _, k := range keys {
+		for _, k := range page.Keys {
 			if rows == unitRows {
 				end := k
 				units = append(units, Unit{Range: milvusx.Range{Start: start, End: &end}, Rows: rows})
@@ -46,10 +52,10 @@ func PlanUnits(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.
 			}
 			rows++
 		}
-		if len(keys) < milvusx.MaxQueryRows {
+		if !page.More {
 			return append(units, Unit{Range: milvusx.Range{Start: start}, Rows: rows}), nil
 		}
-		last := keys[len(keys)-1]
+		last := page.Last
 		after = &last
 	}
 }

@@ -44,35 +44,35 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 	upsertNext := resume != nil
 	limit := firstPageRows
 	for {
-		page, keys, err := milvusx.QueryPage(ctx, src, t, r, after, limit)
+		page, err := milvusx.QueryPage(ctx, src, t, r, after, limit)
 		if err != nil {
 			return stats, err
 		}
-		if len(keys) == 0 {
+		if len(page.Keys) == 0 {
 			return stats, nil
 		}
 		size := 0
-		for _, f := range page {
+		for _, f := range page.Fields {
 			size += proto.Size(f)
 		}
-		if err := write(ctx, tgt, t, page, len(keys), upsertNext); err != nil {
+		if err := write(ctx, tgt, t, page.Fields, len(page.Keys), upsertNext); err != nil {
 			return stats, err
 		}
 		upsertNext = false
-		stats.Rows += int64(len(keys))
+		stats.Rows += int64(len(page.Keys))
 		stats.Bytes += int64(size)
-		last := keys[len(keys)-1]
+		last := page.Last
 		after = &last
 		if cp != nil {
 			if err := cp(last, stats); err != nil {
 				return stats, err
 			}
 		}
-		if len(keys) < limit {
+		if !page.More {
 			return stats, nil
 		}
 		// Size the next page from this one's bytes per row.
-		perRow := max(size/len(keys), 1)
+		perRow := max(size/len(page.Keys), 1)
 		limit = min(max(batchBytes/perRow, 1), milvusx.MaxQueryRows)
 	}
 }

@@ -54,7 +54,7 @@ func TestIntegrationCopyAndVerify(t *testing.T) {
 			defer cancel()
 			srcC, tgtC, scope := sides(t, tier)
 			seed(t, ctx, srcC)
-			parts, err := showPartitions(ctx, mustRaw(t, srcC), dbOf(scope), "items")
+			parts, err := milvusx.Partitions(ctx, mustRaw(t, srcC), dbOf(scope), "items")
 			require.NoError(t, err)
 			split := len(parts) > 1
 			if split {

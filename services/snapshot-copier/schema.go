@@ -107,7 +107,7 @@ func (p *preparer) collection(ctx context.Context, db, name string) error {
 	if err := callResp(desc, err); err != nil {
 		return fmt.Errorf("describe on source: %w", err)
 	}
-	parts, err := showPartitions(ctx, p.src, db, name)
+	parts, err := milvusx.Partitions(ctx, p.src, db, name)
 	if err != nil {
 		return fmt.Errorf("show partitions on source: %w", err)
 	}
@@ -184,7 +184,7 @@ func hasPartitionKey(s *schemapb.CollectionSchema) bool {
 }
 
 func (p *preparer) partitions(ctx context.Context, db, name string, want []string) error {
-	have, err := showPartitions(ctx, p.tgt, db, name)
+	have, err := milvusx.Partitions(ctx, p.tgt, db, name)
 	if err != nil {
 		return fmt.Errorf("show partitions on target: %w", err)
 	}
@@ -198,19 +198,6 @@ func (p *preparer) partitions(ctx context.Context, db, name string, want []strin
 		p.report.Created++
 	}
 	return nil
-}
-
-// showPartitions lists a collection's partitions; servers without
-// partitions (milvus-lite 2.5) have none to list.
-func showPartitions(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) ([]string, error) {
-	resp, err := c.ShowPartitions(ctx, &milvuspb.ShowPartitionsRequest{DbName: db, CollectionName: name})
-	if milvusx.IsUnimplemented(err) {
-		return nil, nil
-	}
-	if err := callResp(resp, err); err != nil {
-		return nil, err
-	}
-	return resp.GetPartitionNames(), nil
 }
 
 // indexes creates every index of the source, by name, with the same

@@ -107,7 +107,7 @@ func describe(t *testing.T, ctx context.Context, c client.Client, db, name strin
 		n.Properties[kv.GetKey()] = kv.GetValue()
 	}
 	n.Aliases = slices.Sorted(slices.Values(d.GetAliases()))
-	parts, err := showPartitions(ctx, raw, db, name)
+	parts, err := milvusx.Partitions(ctx, raw, db, name)
 	require.NoError(t, err)
 	n.Partitions = slices.Sorted(slices.Values(parts))
 	idx, err := describeIndexes(ctx, raw, db, name)

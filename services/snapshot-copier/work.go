@@ -77,16 +77,13 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 			if err != nil {
 				return nil, err
 			}
-			parts, err := showPartitions(ctx, raw, db, name)
-			if err != nil {
-				return nil, err
-			}
 			desc, err := describeSchema(ctx, raw, db, name)
 			if err != nil {
 				return nil, err
 			}
-			if hasPartitionKey(desc) || len(parts) <= 1 {
-				parts = []string{""} // Milvus routes rows itself, or there is one partition
+			parts, err := milvusx.PagedPartitions(ctx, raw, db, name, desc)
+			if err != nil {
+				return nil, err
 			}
 			for _, part := range parts {
 				pt := t

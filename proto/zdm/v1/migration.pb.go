@@ -898,7 +898,11 @@ type CollectionProgress struct {
 	// unknown.
 	Eta *durationpb.Duration `protobuf:"bytes,9,opt,name=eta,proto3" json:"eta,omitempty"`
 	// Lag of this collection behind the source; unset before syncing.
-	Lag           *durationpb.Duration `protobuf:"bytes,10,opt,name=lag,proto3" json:"lag,omitempty"`
+	Lag *durationpb.Duration `protobuf:"bytes,10,opt,name=lag,proto3" json:"lag,omitempty"`
+	// Work units the copy of this collection was split into.
+	UnitsTotal int64 `protobuf:"varint,11,opt,name=units_total,json=unitsTotal,proto3" json:"units_total,omitempty"`
+	// Work units copied.
+	UnitsDone     int64 `protobuf:"varint,12,opt,name=units_done,json=unitsDone,proto3" json:"units_done,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1001,6 +1005,20 @@ func (x *CollectionProgress) GetLag() *durationpb.Duration {
 		return x.Lag
 	}
 	return nil
+}
+
+func (x *CollectionProgress) GetUnitsTotal() int64 {
+	if x != nil {
+		return x.UnitsTotal
+	}
+	return 0
+}
+
+func (x *CollectionProgress) GetUnitsDone() int64 {
+	if x != nil {
+		return x.UnitsDone
+	}
+	return 0
 }
 
 // Lag is how far the target is behind the source.
@@ -2254,7 +2272,7 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\"\x8e\x03\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\xce\x03\n" +
 	"\x12CollectionProgress\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
 	"\n" +
@@ -2270,7 +2288,11 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\x10bytes_per_second\x18\b \x01(\x01R\x0ebytesPerSecond\x12+\n" +
 	"\x03eta\x18\t \x01(\v2\x19.google.protobuf.DurationR\x03eta\x12+\n" +
 	"\x03lag\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\x03lag\"\x8c\x02\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12\x1f\n" +
+	"\vunits_total\x18\v \x01(\x03R\n" +
+	"unitsTotal\x12\x1d\n" +
+	"\n" +
+	"units_done\x18\f \x01(\x03R\tunitsDone\"\x8c\x02\n" +
 	"\x03Lag\x12+\n" +
 	"\x03lag\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12G\n" +
 	"\x11applied_watermark\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10appliedWatermark\x12=\n" +

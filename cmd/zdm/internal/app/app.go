@@ -237,7 +237,11 @@ func newServices(cfg Config, deps service.Deps, logger *slog.Logger) ([]service.
 		d.Logger = logger.With(slog.String("service", t))
 		switch t {
 		case copier.Name:
-			out = append(out, copier.New(d))
+			c, err := copier.New(cfg.Copier, d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
 		case streamer.Name:
 			out = append(out, streamer.New(d))
 		case lagmonitor.Name:

@@ -16,6 +16,7 @@ import (
 	"github.com/peterbourgon/ff/v3"
 
 	"github.com/zdm-io/zdm/services/coordinator"
+	copier "github.com/zdm-io/zdm/services/snapshot-copier"
 )
 
 // Targets that -target accepts, in start-up order: the coordinator starts
@@ -42,6 +43,7 @@ type Config struct {
 	TLSCert          string
 	TLSKey           string
 	Coordinator      coordinator.Config
+	Copier           copier.Config
 	syncInterval     time.Duration
 	targetFlagString string
 }
@@ -73,6 +75,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate for TLS on the gRPC API (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for TLS on the gRPC API (with --tls-cert)")
 	c.Coordinator.RegisterFlags(fs)
+	c.Copier.RegisterFlags(fs)
 }
 
 // AuthOff reports whether the API runs without authentication: asked for
@@ -145,6 +148,9 @@ func (c *Config) Validate() error {
 	}
 	if slices.Contains(c.Targets, coordinator.Name) {
 		errs = append(errs, c.Coordinator.Validate())
+	}
+	if slices.Contains(c.Targets, copier.Name) {
+		errs = append(errs, c.Copier.Validate())
 	}
 	return errors.Join(errs...)
 }

@@ -168,7 +168,14 @@ type StageCommand struct {
 	// Options in force (throttle and work unit size matter to copiers).
 	Options *v1.MigrationOptions `protobuf:"bytes,6,opt,name=options,proto3" json:"options,omitempty"`
 	// When the command was issued.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	// How to reach the source cluster (credentials included).
+	Source *v1.ClusterConnection `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	// How to reach the target cluster (credentials included).
+	Target *v1.ClusterConnection `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
+	// Migration type, which decides what the stage does (an OFFLINE copy
+	// arms no capture).
+	Type          v1.MigrationType `protobuf:"varint,10,opt,name=type,proto3,enum=zdm.v1.MigrationType" json:"type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -252,6 +259,183 @@ func (x *StageCommand) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StageCommand) GetSource() *v1.ClusterConnection {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *StageCommand) GetTarget() *v1.ClusterConnection {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *StageCommand) GetType() v1.MigrationType {
+	if x != nil {
+		return x.Type
+	}
+	return v1.MigrationType(0)
+}
+
+// CopyPlanned is published once a migration's copy is split into work
+// units (subject zdm.evt.<migration_id>.plan).
+type CopyPlanned struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique ID used as the Nats-Msg-Id.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// Every unit of the copy, by ID.
+	UnitIds []string `protobuf:"bytes,3,rep,name=unit_ids,json=unitIds,proto3" json:"unit_ids,omitempty"`
+	// Per collection, what the copy has to do.
+	Collections []*CollectionPlan `protobuf:"bytes,4,rep,name=collections,proto3" json:"collections,omitempty"`
+	// When planned.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyPlanned) Reset() {
+	*x = CopyPlanned{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyPlanned) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyPlanned) ProtoMessage() {}
+
+func (x *CopyPlanned) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyPlanned.ProtoReflect.Descriptor instead.
+func (*CopyPlanned) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CopyPlanned) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *CopyPlanned) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *CopyPlanned) GetUnitIds() []string {
+	if x != nil {
+		return x.UnitIds
+	}
+	return nil
+}
+
+func (x *CopyPlanned) GetCollections() []*CollectionPlan {
+	if x != nil {
+		return x.Collections
+	}
+	return nil
+}
+
+func (x *CopyPlanned) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// CollectionPlan is one collection's share of a copy.
+type CollectionPlan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Database.
+	Database string `protobuf:"bytes,1,opt,name=database,proto3" json:"database,omitempty"`
+	// Collection.
+	Collection string `protobuf:"bytes,2,opt,name=collection,proto3" json:"collection,omitempty"`
+	// Units.
+	Units int64 `protobuf:"varint,3,opt,name=units,proto3" json:"units,omitempty"`
+	// Rows when planned.
+	Rows          int64 `protobuf:"varint,4,opt,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectionPlan) Reset() {
+	*x = CollectionPlan{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectionPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectionPlan) ProtoMessage() {}
+
+func (x *CollectionPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectionPlan.ProtoReflect.Descriptor instead.
+func (*CollectionPlan) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CollectionPlan) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *CollectionPlan) GetCollection() string {
+	if x != nil {
+		return x.Collection
+	}
+	return ""
+}
+
+func (x *CollectionPlan) GetUnits() int64 {
+	if x != nil {
+		return x.Units
+	}
+	return 0
+}
+
+func (x *CollectionPlan) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
 // StageCompleted is published by the service that ran a stage when the
 // stage ends (subject zdm.evt.<migration_id>.stage).
 type StageCompleted struct {
@@ -279,7 +463,7 @@ type StageCompleted struct {
 
 func (x *StageCompleted) Reset() {
 	*x = StageCompleted{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[1]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +475,7 @@ func (x *StageCompleted) String() string {
 func (*StageCompleted) ProtoMessage() {}
 
 func (x *StageCompleted) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[1]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +488,7 @@ func (x *StageCompleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageCompleted.ProtoReflect.Descriptor instead.
 func (*StageCompleted) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{1}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StageCompleted) GetEventId() string {
@@ -381,7 +565,7 @@ type KeyRange struct {
 
 func (x *KeyRange) Reset() {
 	*x = KeyRange{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[2]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +577,7 @@ func (x *KeyRange) String() string {
 func (*KeyRange) ProtoMessage() {}
 
 func (x *KeyRange) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[2]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +590,7 @@ func (x *KeyRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRange.ProtoReflect.Descriptor instead.
 func (*KeyRange) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{2}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *KeyRange) GetBounds() isKeyRange_Bounds {
@@ -483,7 +667,7 @@ type WorkUnit struct {
 
 func (x *WorkUnit) Reset() {
 	*x = WorkUnit{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[3]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +679,7 @@ func (x *WorkUnit) String() string {
 func (*WorkUnit) ProtoMessage() {}
 
 func (x *WorkUnit) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[3]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +692,7 @@ func (x *WorkUnit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkUnit.ProtoReflect.Descriptor instead.
 func (*WorkUnit) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{3}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WorkUnit) GetUnitId() string {
@@ -610,7 +794,7 @@ type WorkUnitCheckpoint struct {
 
 func (x *WorkUnitCheckpoint) Reset() {
 	*x = WorkUnitCheckpoint{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[4]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +806,7 @@ func (x *WorkUnitCheckpoint) String() string {
 func (*WorkUnitCheckpoint) ProtoMessage() {}
 
 func (x *WorkUnitCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[4]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +819,7 @@ func (x *WorkUnitCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkUnitCheckpoint.ProtoReflect.Descriptor instead.
 func (*WorkUnitCheckpoint) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{4}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WorkUnitCheckpoint) GetUnitId() string {
@@ -711,7 +895,7 @@ type PrimaryKey struct {
 
 func (x *PrimaryKey) Reset() {
 	*x = PrimaryKey{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +907,7 @@ func (x *PrimaryKey) String() string {
 func (*PrimaryKey) ProtoMessage() {}
 
 func (x *PrimaryKey) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[5]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +920,7 @@ func (x *PrimaryKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryKey.ProtoReflect.Descriptor instead.
 func (*PrimaryKey) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{5}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PrimaryKey) GetKey() isPrimaryKey_Key {
@@ -811,7 +995,7 @@ type WorkUnitDone struct {
 
 func (x *WorkUnitDone) Reset() {
 	*x = WorkUnitDone{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1007,7 @@ func (x *WorkUnitDone) String() string {
 func (*WorkUnitDone) ProtoMessage() {}
 
 func (x *WorkUnitDone) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[6]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1020,7 @@ func (x *WorkUnitDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkUnitDone.ProtoReflect.Descriptor instead.
 func (*WorkUnitDone) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{6}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WorkUnitDone) GetEventId() string {
@@ -929,7 +1113,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1125,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[7]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1138,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{7}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Progress) GetEventId() string {
@@ -1030,7 +1214,7 @@ type PrimaryKeys struct {
 
 func (x *PrimaryKeys) Reset() {
 	*x = PrimaryKeys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1226,7 @@ func (x *PrimaryKeys) String() string {
 func (*PrimaryKeys) ProtoMessage() {}
 
 func (x *PrimaryKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1239,7 @@ func (x *PrimaryKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryKeys.ProtoReflect.Descriptor instead.
 func (*PrimaryKeys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PrimaryKeys) GetKeys() isPrimaryKeys_Keys {
@@ -1112,7 +1296,7 @@ type Int64Keys struct {
 
 func (x *Int64Keys) Reset() {
 	*x = Int64Keys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1308,7 @@ func (x *Int64Keys) String() string {
 func (*Int64Keys) ProtoMessage() {}
 
 func (x *Int64Keys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1321,7 @@ func (x *Int64Keys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Int64Keys.ProtoReflect.Descriptor instead.
 func (*Int64Keys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Int64Keys) GetValues() []int64 {
@@ -1158,7 +1342,7 @@ type StringKeys struct {
 
 func (x *StringKeys) Reset() {
 	*x = StringKeys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1354,7 @@ func (x *StringKeys) String() string {
 func (*StringKeys) ProtoMessage() {}
 
 func (x *StringKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1367,7 @@ func (x *StringKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringKeys.ProtoReflect.Descriptor instead.
 func (*StringKeys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StringKeys) GetValues() []string {
@@ -1231,7 +1415,7 @@ type ChangeEvent struct {
 
 func (x *ChangeEvent) Reset() {
 	*x = ChangeEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1427,7 @@ func (x *ChangeEvent) String() string {
 func (*ChangeEvent) ProtoMessage() {}
 
 func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1440,7 @@ func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeEvent.ProtoReflect.Descriptor instead.
 func (*ChangeEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChangeEvent) GetEventId() string {
@@ -1364,7 +1548,7 @@ type ResolvedTimestamp struct {
 
 func (x *ResolvedTimestamp) Reset() {
 	*x = ResolvedTimestamp{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1560,7 @@ func (x *ResolvedTimestamp) String() string {
 func (*ResolvedTimestamp) ProtoMessage() {}
 
 func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1573,7 @@ func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedTimestamp.ProtoReflect.Descriptor instead.
 func (*ResolvedTimestamp) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResolvedTimestamp) GetEventId() string {
@@ -1444,7 +1628,7 @@ type CollectionLag struct {
 
 func (x *CollectionLag) Reset() {
 	*x = CollectionLag{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1640,7 @@ func (x *CollectionLag) String() string {
 func (*CollectionLag) ProtoMessage() {}
 
 func (x *CollectionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1653,7 @@ func (x *CollectionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionLag.ProtoReflect.Descriptor instead.
 func (*CollectionLag) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CollectionLag) GetDatabase() string {
@@ -1524,7 +1708,7 @@ type LagReport struct {
 
 func (x *LagReport) Reset() {
 	*x = LagReport{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1720,7 @@ func (x *LagReport) String() string {
 func (*LagReport) ProtoMessage() {}
 
 func (x *LagReport) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1733,7 @@ func (x *LagReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LagReport.ProtoReflect.Descriptor instead.
 func (*LagReport) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LagReport) GetEventId() string {
@@ -1617,7 +1801,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1813,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1826,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MigrationEvent) GetEventId() string {
@@ -1679,7 +1863,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1875,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1888,7 @@ func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRange_IntBounds.ProtoReflect.Descriptor instead.
 func (*KeyRange_IntBounds) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{2, 0}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{4, 0}
 }
 
 func (x *KeyRange_IntBounds) GetStart() int64 {
@@ -1734,7 +1918,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1930,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1943,7 @@ func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRange_StringBounds.ProtoReflect.Descriptor instead.
 func (*KeyRange_StringBounds) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{2, 1}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{4, 1}
 }
 
 func (x *KeyRange_StringBounds) GetStart() string {
@@ -1780,7 +1964,7 @@ var File_zdm_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1azdm/events/v1/events.proto\x12\rzdm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\x1a\x16zdm/v1/migration.proto\"\xbc\x02\n" +
+	"\x1azdm/events/v1/events.proto\x12\rzdm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\x1a\x16zdm/v1/migration.proto\"\xcd\x03\n" +
 	"\fStageCommand\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -1788,7 +1972,24 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x06action\x18\x04 \x01(\x0e2\x1a.zdm.events.v1.StageActionR\x06action\x12-\n" +
 	"\x12migration_revision\x18\x05 \x01(\x04R\x11migrationRevision\x122\n" +
 	"\aoptions\x18\x06 \x01(\v2\x18.zdm.v1.MigrationOptionsR\aoptions\x12.\n" +
-	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xaa\x02\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x121\n" +
+	"\x06source\x18\b \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06source\x121\n" +
+	"\x06target\x18\t \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\x12)\n" +
+	"\x04type\x18\n" +
+	" \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\"\xd7\x01\n" +
+	"\vCopyPlanned\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x19\n" +
+	"\bunit_ids\x18\x03 \x03(\tR\aunitIds\x12?\n" +
+	"\vcollections\x18\x04 \x03(\v2\x1d.zdm.events.v1.CollectionPlanR\vcollections\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"v\n" +
+	"\x0eCollectionPlan\x12\x1a\n" +
+	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
+	"\n" +
+	"collection\x18\x02 \x01(\tR\n" +
+	"collection\x12\x14\n" +
+	"\x05units\x18\x03 \x01(\x03R\x05units\x12\x12\n" +
+	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xaa\x02\n" +
 	"\x0eStageCompleted\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -1950,72 +2151,80 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
 	(Operation)(0),                // 1: zdm.events.v1.Operation
 	(*StageCommand)(nil),          // 2: zdm.events.v1.StageCommand
-	(*StageCompleted)(nil),        // 3: zdm.events.v1.StageCompleted
-	(*KeyRange)(nil),              // 4: zdm.events.v1.KeyRange
-	(*WorkUnit)(nil),              // 5: zdm.events.v1.WorkUnit
-	(*WorkUnitCheckpoint)(nil),    // 6: zdm.events.v1.WorkUnitCheckpoint
-	(*PrimaryKey)(nil),            // 7: zdm.events.v1.PrimaryKey
-	(*WorkUnitDone)(nil),          // 8: zdm.events.v1.WorkUnitDone
-	(*Progress)(nil),              // 9: zdm.events.v1.Progress
-	(*PrimaryKeys)(nil),           // 10: zdm.events.v1.PrimaryKeys
-	(*Int64Keys)(nil),             // 11: zdm.events.v1.Int64Keys
-	(*StringKeys)(nil),            // 12: zdm.events.v1.StringKeys
-	(*ChangeEvent)(nil),           // 13: zdm.events.v1.ChangeEvent
-	(*ResolvedTimestamp)(nil),     // 14: zdm.events.v1.ResolvedTimestamp
-	(*CollectionLag)(nil),         // 15: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 16: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 17: zdm.events.v1.MigrationEvent
-	(*KeyRange_IntBounds)(nil),    // 18: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 19: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 20: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 21: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
-	(*v1.ClusterConnection)(nil),  // 23: zdm.v1.ClusterConnection
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 25: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 26: zdm.v1.Transition
+	(*CopyPlanned)(nil),           // 3: zdm.events.v1.CopyPlanned
+	(*CollectionPlan)(nil),        // 4: zdm.events.v1.CollectionPlan
+	(*StageCompleted)(nil),        // 5: zdm.events.v1.StageCompleted
+	(*KeyRange)(nil),              // 6: zdm.events.v1.KeyRange
+	(*WorkUnit)(nil),              // 7: zdm.events.v1.WorkUnit
+	(*WorkUnitCheckpoint)(nil),    // 8: zdm.events.v1.WorkUnitCheckpoint
+	(*PrimaryKey)(nil),            // 9: zdm.events.v1.PrimaryKey
+	(*WorkUnitDone)(nil),          // 10: zdm.events.v1.WorkUnitDone
+	(*Progress)(nil),              // 11: zdm.events.v1.Progress
+	(*PrimaryKeys)(nil),           // 12: zdm.events.v1.PrimaryKeys
+	(*Int64Keys)(nil),             // 13: zdm.events.v1.Int64Keys
+	(*StringKeys)(nil),            // 14: zdm.events.v1.StringKeys
+	(*ChangeEvent)(nil),           // 15: zdm.events.v1.ChangeEvent
+	(*ResolvedTimestamp)(nil),     // 16: zdm.events.v1.ResolvedTimestamp
+	(*CollectionLag)(nil),         // 17: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),             // 18: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),        // 19: zdm.events.v1.MigrationEvent
+	(*KeyRange_IntBounds)(nil),    // 20: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 21: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 22: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 23: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*v1.ClusterConnection)(nil),  // 25: zdm.v1.ClusterConnection
+	(v1.MigrationType)(0),         // 26: zdm.v1.MigrationType
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*v1.Migration)(nil),          // 28: zdm.v1.Migration
+	(*v1.Transition)(nil),         // 29: zdm.v1.Transition
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	20, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	22, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	21, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	22, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	20, // 4: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	22, // 5: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
-	18, // 6: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	19, // 7: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
-	4,  // 8: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	23, // 9: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
-	23, // 10: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
-	4,  // 11: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	22, // 12: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
-	7,  // 13: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	22, // 14: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	22, // 15: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
-	11, // 16: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
-	12, // 17: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
-	1,  // 18: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
-	10, // 19: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	22, // 20: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	22, // 21: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	24, // 22: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	22, // 23: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	24, // 24: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	22, // 25: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	15, // 26: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	22, // 27: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	25, // 28: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	26, // 29: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	23, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	24, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	25, // 4: zdm.events.v1.StageCommand.source:type_name -> zdm.v1.ClusterConnection
+	25, // 5: zdm.events.v1.StageCommand.target:type_name -> zdm.v1.ClusterConnection
+	26, // 6: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	4,  // 7: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
+	24, // 8: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	22, // 9: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	24, // 10: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	20, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	21, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	6,  // 13: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
+	25, // 14: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
+	25, // 15: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
+	6,  // 16: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
+	24, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	9,  // 18: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
+	24, // 19: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	24, // 20: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	13, // 21: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
+	14, // 22: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
+	1,  // 23: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
+	12, // 24: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
+	24, // 25: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	24, // 26: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	27, // 27: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	24, // 28: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	27, // 29: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	24, // 30: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	17, // 31: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	24, // 32: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	28, // 33: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	29, // 34: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2023,27 +2232,27 @@ func file_zdm_events_v1_events_proto_init() {
 	if File_zdm_events_v1_events_proto != nil {
 		return
 	}
-	file_zdm_events_v1_events_proto_msgTypes[2].OneofWrappers = []any{
+	file_zdm_events_v1_events_proto_msgTypes[4].OneofWrappers = []any{
 		(*KeyRange_IntBounds_)(nil),
 		(*KeyRange_StringBounds_)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[5].OneofWrappers = []any{
+	file_zdm_events_v1_events_proto_msgTypes[7].OneofWrappers = []any{
 		(*PrimaryKey_IntKey)(nil),
 		(*PrimaryKey_StringKey)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[8].OneofWrappers = []any{
+	file_zdm_events_v1_events_proto_msgTypes[10].OneofWrappers = []any{
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[16].OneofWrappers = []any{}
-	file_zdm_events_v1_events_proto_msgTypes[17].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[18].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

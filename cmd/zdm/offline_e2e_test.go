@@ -1,0 +1,125 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"github.com/milvus-io/milvus-sdk-go/v2/entity"
+	"github.com/stretchr/testify/require"
+
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/verify"
+	"github.com/zdm-io/zdm/pkg/ztest"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// TestE2EOfflineMigration runs an OFFLINE migration through the public API
+// with every service in one process: the target is prepared, every row
+// copied by work units, verified, and the migration COMPLETED.
+func TestE2EOfflineMigration(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	const rows = 2500
+	seedShop(t, ctx, srcAddr, rows)
+
+	p := start(t)
+	conn := dial(t, p.addrs.GRPC)
+	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
+	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
+		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
+		require.NoError(t, err)
+	}
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off1", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
+	require.NoError(t, err)
+
+	var m *zdmpb.Migration
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "off1"})
+		require.NoError(t, err)
+		m = resp.GetMigration()
+		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COMPLETED || m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_FAILED {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "migration still %s", m.GetState())
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
+	var path []string
+	for _, h := range m.GetHistory() {
+		path = append(path, h.GetToState().String())
+	}
+	require.Equal(t, []string{"MIGRATION_STATE_PREPARING_TARGET", "MIGRATION_STATE_COPYING", "MIGRATION_STATE_VERIFYING", "MIGRATION_STATE_COMPLETED"}, path)
+	require.Equal(t, tgtAddr, m.GetTargetEndpoint())
+	progress := map[string]*zdmpb.CollectionProgress{}
+	for _, c := range m.GetCollections() {
+		progress[c.GetDatabase()+"."+c.GetCollection()] = c
+	}
+	items := progress["shop.items"]
+	require.NotNil(t, items, "progress per collection: %v", m.GetCollections())
+	require.Equal(t, int64(rows), items.GetRowsTotal())
+	require.Equal(t, int64(rows), items.GetRowsCopied())
+	require.Equal(t, items.GetUnitsTotal(), items.GetUnitsDone())
+	require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED, items.GetPhase())
+
+	// Independently of zdm's own verification, the target equals the source.
+	sc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: srcAddr}, "")
+	require.NoError(t, err)
+	defer sc.Close()
+	tc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
+	require.NoError(t, err)
+	defer tc.Close()
+	rs, _ := milvusx.Raw(sc)
+	rt, _ := milvusx.Raw(tc)
+	table, err := milvusx.DescribeTable(ctx, rs, "shop", "items")
+	require.NoError(t, err)
+	report, err := verify.Collection(ctx, rs, rt, table, 0)
+	require.NoError(t, err)
+	require.True(t, report.Match(), report.String())
+	require.Equal(t, int64(rows), report.TargetCount)
+}
+
+// seedShop makes database shop with collection items of n rows, two
+// partitions, an index and a loaded state.
+func seedShop(t *testing.T, ctx context.Context, addr string, n int) {
+	t.Helper()
+	admin, err := client.NewClient(ctx, client.Config{Address: addr})
+	require.NoError(t, err)
+	defer admin.Close()
+	require.NoError(t, admin.CreateDatabase(ctx, "shop"))
+	c, err := client.NewClient(ctx, client.Config{Address: addr, DBName: "shop"})
+	require.NoError(t, err)
+	defer c.Close()
+	schema := entity.NewSchema().WithName("items").WithDynamicFieldEnabled(true).
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("title").WithDataType(entity.FieldTypeVarChar).WithMaxLength(64)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(16))
+	require.NoError(t, c.CreateCollection(ctx, schema, 1))
+	require.NoError(t, c.CreatePartition(ctx, "items", "archive"))
+	for part, span := range map[string][2]int{"": {1, n - 300}, "archive": {n - 299, n}} {
+		var ids []int64
+		var titles []string
+		var vecs [][]float32
+		for id := span[0]; id <= span[1]; id++ {
+			ids, titles = append(ids, int64(id)), append(titles, fmt.Sprintf("item %d", id))
+			v := make([]float32, 16)
+			for j := range v {
+				v[j] = float32(id) + float32(j)/16
+			}
+			vecs = append(vecs, v)
+		}
+		_, err := c.Insert(ctx, "items", part, entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
+			entity.NewColumnFloatVector("vec", 16, vecs))
+		require.NoError(t, err)
+	}
+	idx, err := entity.NewIndexFlat(entity.L2)
+	require.NoError(t, err)
+	require.NoError(t, c.CreateIndex(ctx, "items", "vec", idx, true))
+	require.NoError(t, c.LoadCollection(ctx, "items", true))
+}

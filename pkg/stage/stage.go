@@ -1,0 +1,95 @@
+// Package stage is the service side of the stage protocol: consuming the
+// coordinator's StageCommands for some stages and reporting each stage's
+// end as a StageCompleted event.
+package stage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+)
+
+// Handler carries out one command. Its error fails the stage, with the
+// error's text as the reason; code names the failure ("" for
+// STAGE_FAILED).
+type Handler func(ctx context.Context, cmd *eventspb.StageCommand) (code string, err error)
+
+// Consume runs h for every command on the given stage subjects (for
+// example "prepare_target"), on a durable consumer named durable that
+// every replica of the service shares, so each command is handled once.
+// h runs for at most timeout; the command is acked after its result is
+// published. It returns once consuming has started; stop it with the
+// returned context's Drain.
+func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, logger *slog.Logger,
+	durable string, stages []string, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
+	var subjects []string
+	for _, s := range stages {
+		subjects = append(subjects, "zdm.cmd.*."+s)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, natsbus.CommandsStream, jetstream.ConsumerConfig{
+		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, FilterSubjects: subjects,
+		AckWait: timeout + 30*time.Second, MaxDeliver: -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("command consumer %s: %w", durable, err)
+	}
+	return cons.Consume(func(msg jetstream.Msg) {
+		var cmd eventspb.StageCommand
+		mctx, err := natsbus.Decode(context.Background(), prop, msg, &cmd)
+		if err != nil {
+			logger.Error("malformed command dropped", slog.Any("error", err))
+			_ = msg.Term()
+			return
+		}
+		hctx, cancel := context.WithTimeout(mctx, timeout)
+		defer cancel()
+		code, herr := h(hctx, &cmd)
+		if herr != nil {
+			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
+				slog.String("stage", cmd.GetStage().String()), slog.Any("error", herr))
+		}
+		if err := Report(mctx, js, prop, &cmd, code, herr); err != nil {
+			logger.ErrorContext(mctx, "report stage; will retry", slog.Any("error", err))
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		_ = msg.DoubleAck(mctx)
+	})
+}
+
+// Report publishes the end of cmd's stage. Its message ID derives from the
+// command's, so a repeat is dropped. A nil err with code "" and a handler
+// that has more to do (an asynchronous stage) is reported by the caller
+// instead: pass code Pending to skip.
+func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, cmd *eventspb.StageCommand, code string, err error) error {
+	if err == nil && code == Pending {
+		return nil
+	}
+	ev := &eventspb.StageCompleted{EventId: "done-" + cmd.GetEventId(), MigrationId: cmd.GetMigrationId(), Stage: cmd.GetStage(),
+		Success: err == nil, Time: timestamppb.Now()}
+	if err != nil {
+		ev.ErrorCode, ev.ErrorMessage = code, err.Error()
+		if ev.ErrorCode == "" {
+			ev.ErrorCode = "STAGE_FAILED"
+		}
+	}
+	_, perr := natsbus.Publish(ctx, js, prop, "zdm.evt."+cmd.GetMigrationId()+".stage", ev.GetEventId(), ev)
+	return perr
+}
+
+// Pending is the code a Handler returns with a nil error when the stage
+// goes on after the command (its end is reported by other events).
+const Pending = "PENDING"
+
+// Starts reports whether cmd starts (or resumes) a stage.
+func Starts(cmd *eventspb.StageCommand) bool {
+	return cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_START || cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_RESUME
+}
