@@ -123,3 +123,59 @@ func seedShop(t *testing.T, ctx context.Context, addr string, n int) {
 	require.NoError(t, c.CreateIndex(ctx, "items", "vec", idx, true))
 	require.NoError(t, c.LoadCollection(ctx, "items", true))
 }
+
+// TestE2EOfflineMigrationFailsOnMismatch changes the target after the copy
+// and before verification: the migration FAILS and names the ranges and
+// keys. The lag monitor runs in a second process that joins later, so the
+// change lands while the migration waits in VERIFYING.
+func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	seedShop(t, ctx, srcAddr, 1200)
+
+	p := start(t, "-target", "coordinator,snapshot-copier", "-nats-listen", "127.0.0.1:0")
+	conn := dial(t, p.addrs.GRPC)
+	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
+	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
+		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
+		require.NoError(t, err)
+	}
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off2", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
+	require.NoError(t, err)
+	waitFor := func(want zdmpb.MigrationState) *zdmpb.Migration {
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "off2"})
+			require.NoError(t, err)
+			if resp.GetMigration().GetState() == want {
+				return resp.GetMigration()
+			}
+			require.True(t, time.Now().Before(deadline), "migration still %s", resp.GetMigration().GetState())
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitFor(zdmpb.MigrationState_MIGRATION_STATE_VERIFYING)
+
+	tc, err := client.NewClient(ctx, client.Config{Address: tgtAddr, DBName: "shop"})
+	require.NoError(t, err)
+	defer tc.Close()
+	require.NoError(t, tc.Delete(ctx, "items", "", "id in [7]"))
+	v := make([]float32, 16)
+	_, err = tc.Upsert(ctx, "items", "", entity.NewColumnInt64("id", []int64{100}), entity.NewColumnVarChar("title", []string{"tampered"}),
+		entity.NewColumnFloatVector("vec", 16, [][]float32{v}))
+	require.NoError(t, err)
+
+	start(t, "-target", "lag-monitor", "-nats-url", p.addrs.NATS)
+	m := waitFor(zdmpb.MigrationState_MIGRATION_STATE_FAILED)
+	require.Equal(t, "VERIFICATION_MISMATCH", m.GetError().GetCode())
+	require.Equal(t, zdmpb.StageKind_STAGE_KIND_VERIFY, m.GetError().GetStage())
+	for _, want := range []string{"shop.items", "e.g. 7", "100", "count 1200/1199"} {
+		require.Contains(t, m.GetError().GetMessage(), want)
+	}
+	src, err := clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "src"})
+	require.NoError(t, err)
+	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, src.GetCluster().GetLockState())
+}

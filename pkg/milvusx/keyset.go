@@ -92,11 +92,12 @@ func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 // ascending order.
 func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
 	p, err := queryPage(ctx, src, t, r, after, limit, []string{t.PK.GetName()})
-	slices.SortFunc(p.Keys, compareKeys)
+	slices.SortFunc(p.Keys, CompareKeys)
 	return p, err
 }
 
-func compareKeys(a, b Key) int {
+// CompareKeys orders keys, for slices.SortFunc.
+func CompareKeys(a, b Key) int {
 	switch {
 	case Less(a, b):
 		return -1
@@ -116,7 +117,7 @@ func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 		if len(keys) == 0 {
 			return Page{}, nil
 		}
-		last := slices.MaxFunc(keys, compareKeys)
+		last := slices.MaxFunc(keys, CompareKeys)
 		if len(keys) < limit {
 			// Everything up to upTo (or the range's end) is here.
 			return Page{Fields: data, Keys: keys, Last: last, More: upTo != nil}, nil
@@ -132,7 +133,7 @@ func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 		// Keys at or below last are missing: narrow to the lower half of
 		// the keys the check found there (more than a page of them, all
 		// <= last) and ask again.
-		slices.SortFunc(check, compareKeys)
+		slices.SortFunc(check, CompareKeys)
 		mid := check[max(len(check)/2-1, 0)]
 		upTo = &mid
 	}

@@ -25,9 +25,11 @@ type Handler func(ctx context.Context, cmd *eventspb.StageCommand) (code string,
 // Consume runs h for every command on the given stage subjects (for
 // example "prepare_target"), on a durable consumer named durable that
 // every replica of the service shares, so each command is handled once.
-// h runs for at most timeout; the command is acked after its result is
-// published. It returns once consuming has started; stop it with the
-// returned context's Drain.
+// h runs for at most timeout, telling JetStream every few seconds that it
+// is still working, so a command held by a replica that died is
+// redelivered within ackWait, not after the whole timeout. The command is
+// acked after its result is published. It returns once consuming has
+// started; stop it with the returned context's Drain.
 func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, logger *slog.Logger,
 	durable string, stages []string, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
 	var subjects []string
@@ -36,7 +38,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextM
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, natsbus.CommandsStream, jetstream.ConsumerConfig{
 		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, FilterSubjects: subjects,
-		AckWait: timeout + 30*time.Second, MaxDeliver: -1,
+		AckWait: ackWait, MaxDeliver: -1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("command consumer %s: %w", durable, err)
@@ -51,6 +53,18 @@ func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextM
 		}
 		hctx, cancel := context.WithTimeout(mctx, timeout)
 		defer cancel()
+		beat := time.NewTicker(ackWait / 3)
+		defer beat.Stop()
+		go func() {
+			for {
+				select {
+				case <-hctx.Done():
+					return
+				case <-beat.C:
+					_ = msg.InProgress()
+				}
+			}
+		}()
 		code, herr := h(hctx, &cmd)
 		if herr != nil {
 			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
@@ -84,6 +98,10 @@ func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMa
 	_, perr := natsbus.Publish(ctx, js, prop, "zdm.evt."+cmd.GetMigrationId()+".stage", ev.GetEventId(), ev)
 	return perr
 }
+
+// ackWait is how long a command held by a replica that stopped
+// answering waits before another replica gets it.
+const ackWait = 6 * time.Second
 
 // Pending is the code a Handler returns with a nil error when the stage
 // goes on after the command (its end is reported by other events).

@@ -132,15 +132,7 @@ func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Tabl
 			}
 			rows[i] = row{k, d}
 		}
-		slices.SortFunc(rows, func(a, b row) int {
-			if milvusx.Less(a.k, b.k) {
-				return -1
-			}
-			if milvusx.Less(b.k, a.k) {
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(rows, func(a, b row) int { return milvusx.CompareKeys(a.k, b.k) })
 		for _, r := range rows {
 			if limit > 0 && len(out) == limit {
 				next := r.k
@@ -168,12 +160,8 @@ func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Tabl
 }
 
 func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool) {
-	var samples []string
-	add := func(k milvusx.Key) {
-		if len(samples) < maxSampleKeys {
-			samples = append(samples, k.String())
-		}
-	}
+	var diff []milvusx.Key
+	add := func(k milvusx.Key) { diff = append(diff, k) }
 	for k, d := range src {
 		if td, ok := tgt[k]; !ok || td != d {
 			add(k)
@@ -184,10 +172,15 @@ func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool
 			add(k)
 		}
 	}
-	if len(samples) == 0 {
+	if len(diff) == 0 {
 		return Mismatch{}, true
 	}
-	m := Mismatch{SampleKeys: samples}
+	// The smallest keys first, so reports are stable.
+	slices.SortFunc(diff, milvusx.CompareKeys)
+	m := Mismatch{}
+	for _, k := range diff[:min(len(diff), maxSampleKeys)] {
+		m.SampleKeys = append(m.SampleKeys, k.String())
+	}
 	if rng.Start != nil {
 		m.Start = rng.Start.String()
 	}

@@ -20,6 +20,10 @@ import (
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
+// errRetryLater marks an event that arrived before what it depends on; it
+// is redelivered later.
+var errRetryLater = errors.New("not yet")
+
 // eventsConsumer is the coordinator's durable consumer of stage events; all
 // coordinator replicas share it, so each event is handled once.
 const eventsConsumer = "coordinator"
@@ -235,6 +239,9 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 		if aerr := msg.DoubleAck(ctx); aerr != nil {
 			c.deps.Logger.WarnContext(ctx, "ack event", slog.Any("error", aerr))
 		}
+	case errors.Is(err, errRetryLater):
+		c.deps.Logger.DebugContext(ctx, "event early; will retry", slog.String("subject", msg.Subject()), slog.Any("reason", err))
+		_ = msg.NakWithDelay(500 * time.Millisecond)
 	default:
 		c.deps.Logger.ErrorContext(ctx, "event not applied; will retry", slog.String("subject", msg.Subject()), slog.Any("error", err))
 		_ = msg.NakWithDelay(time.Second)
@@ -433,6 +440,11 @@ func (c *Coordinator) onCopyPlanned(ctx context.Context, ev *eventspb.CopyPlanne
 // progress and, with the last unit, completes the copy stage. Striking off
 // is one revision-checked write, so a unit reported twice counts once.
 func (c *Coordinator) onUnitDone(ctx context.Context, ev *eventspb.WorkUnitDone) error {
+	if _, _, err := c.store.plans.get(ctx, ev.GetMigrationId()); errors.Is(err, apierr.ErrNotFound) {
+		// Units are published before their plan is announced: keep the
+		// event until the plan arrives.
+		return fmt.Errorf("%w: unit %s done before the copy plan arrived", errRetryLater, ev.GetUnitId())
+	}
 	removed, remaining := false, 0
 	_, _, err := c.store.plans.update(ctx, ev.GetMigrationId(), func(p *eventspb.CopyPlanned) error {
 		i := slices.Index(p.UnitIds, ev.GetUnitId())
