@@ -101,6 +101,10 @@ bench: ## Benchmarks; each figure is also given as a ratio to its baseline from 
 	@awk '/^BenchmarkPublishChange\/sync=1s/ {base=$$3} /^BenchmarkPublishChange\/sync=always/ {cur=$$3} \
 	  END {if (base > 0) printf "publish_fsync_always_vs_1s_ratio=%.2f\n", cur/base}' .bin/bench.txt
 
+.PHONY: bench-copy
+bench-copy: build testenv-up ## Copy benchmark on the primary rig tier: ceiling, zdm's copy, a naive copy (name=value lines).
+	$(WITH_TESTENV) go run ./cmd/zdm/tools/benchcopy -zdm bin/zdm $(BENCH_COPY_FLAGS)
+
 .PHONY: testenv-up
 testenv-up: ## Install and start the real Milvus servers of every tier (idempotent).
 	$(TESTENV) up

@@ -108,6 +108,9 @@ func CompareKeys(a, b Key) int {
 }
 
 func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int, fields []string) (Page, error) {
+	// The completeness check asks for one row more than a page, and
+	// Milvus caps every query at MaxQueryRows.
+	limit = max(min(limit, MaxQueryRows-1), 1)
 	var upTo *Key // inclusive upper bound while narrowing
 	for {
 		data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, upTo), limit, fields)

@@ -40,7 +40,7 @@ func PlanUnits(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.
 		rows  int64
 	)
 	for {
-		page, err := milvusx.QueryKeys(ctx, src, t, milvusx.Range{}, after, milvusx.MaxQueryRows)
+		page, err := milvusx.QueryKeys(ctx, src, t, milvusx.Range{}, after, milvusx.MaxQueryRows-1)
 		if err != nil {
 			return nil, err
 		}

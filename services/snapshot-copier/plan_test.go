@@ -76,3 +76,28 @@ func TestIntegrationPlanUnits(t *testing.T) {
 		})
 	}
 }
+
+// TestIntegrationPagesAtMilvusQueryCap pages a table larger than Milvus's
+// 16384-row query window, with pages as large as the window allows.
+func TestIntegrationPagesAtMilvusQueryCap(t *testing.T) {
+	ztest.Integration(t)
+	tier := ztest.PrimaryTier(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := ztest.NewPair(t, tier)
+	seed(t, ctx, p.Source.Client)
+	const n = 20000
+	for from := 1; from <= n; from += 5000 {
+		fill(t, ctx, p.Source.Client, "", from, 5000)
+	}
+	src := mustRaw(t, p.Source.Client)
+	table, err := milvusx.DescribeTable(ctx, src, p.Source.Database, "items")
+	require.NoError(t, err)
+	units, err := PlanUnits(ctx, src, table, 5000)
+	require.NoError(t, err)
+	require.Len(t, units, 4)
+	page, err := milvusx.QueryPage(ctx, src, table, milvusx.Range{}, nil, milvusx.MaxQueryRows)
+	require.NoError(t, err)
+	require.Len(t, page.Keys, milvusx.MaxQueryRows-1)
+	require.True(t, page.More)
+}
