@@ -10,8 +10,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/zdm-io/zdm/pkg/milvusx"
-	"github.com/zdm-io/zdm/pkg/verify"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -51,58 +49,36 @@ func TestE2ECopiersKilled(t *testing.T) {
 		for i := range copiers {
 			kill(i)
 		}
+		if t.Failed() {
+			t.Logf("copier logs:\n%s", &logs)
+		}
 	})
 
 	conn := dial(t, p.addrs.GRPC)
-	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
-	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
-		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
-		require.NoError(t, err)
-	}
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
 	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "fault", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)
 
+	// Kill at random moments while copying, a bounded number of times,
+	// so the copy also gets to finish.
 	const maxKills = 12
 	kills, nextKill := 0, time.Now()
-	var m *zdmpb.Migration
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "fault"})
-		require.NoError(t, err)
-		m = resp.GetMigration()
-		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COMPLETED || m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_FAILED {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "migration still %s after %d kills; copier logs:\n%s", m.GetState(), kills, &logs)
-		// Kill at random moments while copying, a bounded number of
-		// times, so the copy also gets to finish.
-		copying := m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COPYING
-		if copying && kills < maxKills && time.Now().After(nextKill) {
+	m := waitMigration(t, ctx, mig, "fault", 3*time.Minute, terminal, func(m *zdmpb.Migration) {
+		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COPYING && kills < maxKills && time.Now().After(nextKill) {
 			i := rand.IntN(len(copiers))
 			kill(i)
 			kills++
 			run(i)
 			nextKill = time.Now().Add(time.Duration(200+rand.IntN(800)) * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	})
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
 	require.Positive(t, kills)
 	t.Logf("copiers killed %d times", kills)
 
-	sc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: srcAddr}, "")
-	require.NoError(t, err)
-	defer sc.Close()
-	tc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
-	require.NoError(t, err)
-	defer tc.Close()
-	rs, _ := milvusx.Raw(sc)
-	rt, _ := milvusx.Raw(tc)
-	table, err := milvusx.DescribeTable(ctx, rs, "shop", "items")
-	require.NoError(t, err)
-	report, err := verify.Collection(ctx, rs, rt, table, 0)
-	require.NoError(t, err)
+	report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
 	require.True(t, report.Match(), report.String())
 	require.Equal(t, int64(rows), report.TargetCount)
 	require.Equal(t, report.TargetCount, report.TargetDistinct)

@@ -10,8 +10,6 @@ import (
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"github.com/stretchr/testify/require"
 
-	"github.com/zdm-io/zdm/pkg/milvusx"
-	"github.com/zdm-io/zdm/pkg/verify"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -29,27 +27,13 @@ func TestE2EOfflineMigration(t *testing.T) {
 
 	p := start(t)
 	conn := dial(t, p.addrs.GRPC)
-	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
-	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
-		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
-		require.NoError(t, err)
-	}
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
 	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off1", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)
 
-	var m *zdmpb.Migration
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "off1"})
-		require.NoError(t, err)
-		m = resp.GetMigration()
-		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COMPLETED || m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_FAILED {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "migration still %s", m.GetState())
-		time.Sleep(100 * time.Millisecond)
-	}
+	m := waitMigration(t, ctx, mig, "off1", 2*time.Minute, terminal, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
 	var path []string
 	for _, h := range m.GetHistory() {
@@ -69,18 +53,7 @@ func TestE2EOfflineMigration(t *testing.T) {
 	require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED, items.GetPhase())
 
 	// Independently of zdm's own verification, the target equals the source.
-	sc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: srcAddr}, "")
-	require.NoError(t, err)
-	defer sc.Close()
-	tc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
-	require.NoError(t, err)
-	defer tc.Close()
-	rs, _ := milvusx.Raw(sc)
-	rt, _ := milvusx.Raw(tc)
-	table, err := milvusx.DescribeTable(ctx, rs, "shop", "items")
-	require.NoError(t, err)
-	report, err := verify.Collection(ctx, rs, rt, table, 0)
-	require.NoError(t, err)
+	report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
 	require.True(t, report.Match(), report.String())
 	require.Equal(t, int64(rows), report.TargetCount)
 }
@@ -138,26 +111,11 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 	p := start(t, "-target", "coordinator,snapshot-copier", "-nats-listen", "127.0.0.1:0")
 	conn := dial(t, p.addrs.GRPC)
 	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
-	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
-		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
-		require.NoError(t, err)
-	}
+	registerPair(t, ctx, clusters, srcAddr, tgtAddr)
 	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off2", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)
-	waitFor := func(want zdmpb.MigrationState) *zdmpb.Migration {
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "off2"})
-			require.NoError(t, err)
-			if resp.GetMigration().GetState() == want {
-				return resp.GetMigration()
-			}
-			require.True(t, time.Now().Before(deadline), "migration still %s", resp.GetMigration().GetState())
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	waitFor(zdmpb.MigrationState_MIGRATION_STATE_VERIFYING)
+	waitMigration(t, ctx, mig, "off2", 2*time.Minute, inState(zdmpb.MigrationState_MIGRATION_STATE_VERIFYING), nil)
 
 	tc, err := client.NewClient(ctx, client.Config{Address: tgtAddr, DBName: "shop"})
 	require.NoError(t, err)
@@ -169,7 +127,7 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 	require.NoError(t, err)
 
 	start(t, "-target", "lag-monitor", "-nats-url", p.addrs.NATS)
-	m := waitFor(zdmpb.MigrationState_MIGRATION_STATE_FAILED)
+	m := waitMigration(t, ctx, mig, "off2", 2*time.Minute, inState(zdmpb.MigrationState_MIGRATION_STATE_FAILED), nil)
 	require.Equal(t, "VERIFICATION_MISMATCH", m.GetError().GetCode())
 	require.Equal(t, zdmpb.StageKind_STAGE_KIND_VERIFY, m.GetError().GetStage())
 	for _, want := range []string{"shop.items", "e.g. 7", "100", "count 1200/1199"} {

@@ -301,30 +301,16 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 		// duplicate, or a stage of a paused migration.
 		return fmt.Errorf("%w: %s event while %s", ErrInvalidTransition, stageToken(stage), stateName(m.GetState()))
 	}
-	m, err = c.transition(ctx, ev.GetMigrationId(), e)
-	if err == nil && m.GetState() == completed {
-		c.setTargetEndpoint(ctx, m)
-	}
-	return err
-}
-
-// setTargetEndpoint records where clients should now connect.
-func (c *Coordinator) setTargetEndpoint(ctx context.Context, m *zdmpb.Migration) {
-	rec, _, err := c.store.clusters.get(ctx, m.GetTargetClusterId())
-	if err != nil {
-		c.deps.Logger.WarnContext(ctx, "target cluster for endpoint", slog.Any("error", err))
-		return
-	}
-	_, _, err = c.store.migrations.update(ctx, m.GetMigrationId(), func(m *zdmpb.Migration) error {
-		if m.GetTargetEndpoint() != "" {
-			return errStop
+	if e.Trigger == TriggerVerified || e.Trigger == TriggerSwitchedOver {
+		// Completing: record where clients connect, in the same write.
+		rec, _, err := c.store.clusters.get(ctx, m.GetTargetClusterId())
+		if err != nil {
+			return err
 		}
-		m.TargetEndpoint = rec.GetCluster().GetEndpoint()
-		return nil
-	})
-	if err != nil {
-		c.deps.Logger.WarnContext(ctx, "record target endpoint", slog.Any("error", err))
+		e.TargetEndpoint = rec.GetCluster().GetEndpoint()
 	}
+	_, err = c.transition(ctx, ev.GetMigrationId(), e)
+	return err
 }
 
 // onLagReport records the lag and moves a syncing migration to

@@ -140,6 +140,9 @@ type Event struct {
 	Reason string
 	// Error is recorded on the migration when the trigger fails it.
 	Error *zdmpb.MigrationError
+	// TargetEndpoint is recorded when the trigger completes the migration:
+	// where clients connect from now on.
+	TargetEndpoint string
 }
 
 // IsTerminal reports whether s can no longer change.
@@ -199,6 +202,9 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 		if m.Error.Time == nil {
 			m.Error.Time = at
 		}
+	}
+	if to == completed && ev.TargetEndpoint != "" {
+		m.TargetEndpoint = ev.TargetEndpoint
 	}
 	m.State = to
 	m.UpdateTime = at

@@ -109,10 +109,14 @@ func TestZeroDowntimeFlowStages(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	steps := []Trigger{TriggerStart, TriggerPrepareDone, TriggerPause, TriggerResume, TriggerCopyDone, TriggerLagReached, TriggerStopSync, TriggerDrained, TriggerVerified}
 	for i, trig := range steps {
-		_, err := Apply(m, Event{Trigger: trig, Time: t0.Add(time.Duration(i) * time.Minute), Actor: "system"})
+		_, err := Apply(m, Event{Trigger: trig, Time: t0.Add(time.Duration(i) * time.Minute), Actor: "system", TargetEndpoint: "next:19530"})
 		require.NoError(t, err, trig.String())
+		if trig != TriggerVerified {
+			require.Empty(t, m.GetTargetEndpoint(), "the endpoint is recorded only on completion")
+		}
 	}
 	require.Equal(t, completed, m.GetState())
+	require.Equal(t, "next:19530", m.GetTargetEndpoint())
 	for _, s := range m.GetStages() {
 		require.Equal(t, zdmpb.StageState_STAGE_STATE_SUCCEEDED, s.GetState(), s.GetKind().String())
 		require.NotNil(t, s.GetStartTime(), s.GetKind().String())

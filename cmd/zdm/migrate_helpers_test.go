@@ -1,0 +1,73 @@
+package main_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/verify"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// registerPair registers srcAddr as cluster "src" and tgtAddr as "tgt".
+func registerPair(t *testing.T, ctx context.Context, clusters zdmpb.ClusterServiceClient, srcAddr, tgtAddr string) {
+	t.Helper()
+	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
+		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
+		require.NoError(t, err)
+	}
+}
+
+// waitMigration polls migration id until done says so, failing after
+// timeout with the state it was in; every poll runs tick first, if given.
+func waitMigration(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceClient, id string, timeout time.Duration,
+	done func(*zdmpb.Migration) bool, tick func(*zdmpb.Migration)) *zdmpb.Migration {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: id})
+		require.NoError(t, err)
+		m := resp.GetMigration()
+		if done(m) {
+			return m
+		}
+		require.True(t, time.Now().Before(deadline), "migration %s still %s", id, m.GetState())
+		if tick != nil {
+			tick(m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func inState(want zdmpb.MigrationState) func(*zdmpb.Migration) bool {
+	return func(m *zdmpb.Migration) bool { return m.GetState() == want }
+}
+
+func terminal(m *zdmpb.Migration) bool {
+	switch m.GetState() {
+	case zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, zdmpb.MigrationState_MIGRATION_STATE_FAILED, zdmpb.MigrationState_MIGRATION_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// compareSides verifies db.coll on the two servers, independently of zdm.
+func compareSides(t *testing.T, ctx context.Context, srcAddr, tgtAddr, db, coll string) *verify.Report {
+	t.Helper()
+	sc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: srcAddr}, "")
+	require.NoError(t, err)
+	defer sc.Close()
+	tc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
+	require.NoError(t, err)
+	defer tc.Close()
+	rs, _ := milvusx.Raw(sc)
+	rt, _ := milvusx.Raw(tc)
+	table, err := milvusx.DescribeTable(ctx, rs, db, coll)
+	require.NoError(t, err)
+	report, err := verify.Collection(ctx, rs, rt, table, 0)
+	require.NoError(t, err)
+	return report
+}
