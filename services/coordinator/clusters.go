@@ -108,7 +108,27 @@ func (c *Coordinator) GetCluster(ctx context.Context, req *zdmpb.GetClusterReque
 	if err != nil {
 		return nil, err
 	}
-	return &zdmpb.GetClusterResponse{Cluster: rec.GetCluster()}, nil
+	cl, err := c.shown(ctx, rec.GetCluster())
+	if err != nil {
+		return nil, err
+	}
+	return &zdmpb.GetClusterResponse{Cluster: cl}, nil
+}
+
+// shown is the cluster as callers see it: a lock left by a migration that
+// has ended (released by the effect that follows the final transition, a
+// moment later or after a restart) shows as UNLOCKED, as lockHolder
+// treats it.
+func (c *Coordinator) shown(ctx context.Context, cl *zdmpb.Cluster) (*zdmpb.Cluster, error) {
+	if cl.GetLockedByMigrationId() == "" {
+		return cl, nil
+	}
+	holder, _, err := c.lockHolder(ctx, cl)
+	if err != nil || holder != "" {
+		return cl, err
+	}
+	cl.LockState, cl.LockedByMigrationId = zdmpb.LockState_LOCK_STATE_UNLOCKED, ""
+	return cl, nil
 }
 
 // ListClusters implements zdmpb.ClusterServiceServer.
@@ -134,7 +154,11 @@ func (c *Coordinator) ListClusters(ctx context.Context, req *zdmpb.ListClustersR
 			resp.NextPageToken = encodeToken(resp.Clusters[size-1].GetClusterId())
 			break
 		}
-		resp.Clusters = append(resp.Clusters, e.val.GetCluster())
+		cl, err := c.shown(ctx, e.val.GetCluster())
+		if err != nil {
+			return nil, err
+		}
+		resp.Clusters = append(resp.Clusters, cl)
 	}
 	return resp, nil
 }
