@@ -52,10 +52,7 @@ type Table struct {
 // DescribeTable reads the primary key of a collection.
 func DescribeTable(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) (Table, error) {
 	d, err := c.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
-	if err == nil {
-		err = StatusError(d.GetStatus())
-	}
-	if err != nil {
+	if err := Check(d, err); err != nil {
 		return Table{}, fmt.Errorf("describe %s.%s: %w", db, name, err)
 	}
 	for _, f := range d.GetSchema().GetFields() {
@@ -154,10 +151,7 @@ func query(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, expr 
 		req.PartitionNames = []string{t.Partition}
 	}
 	resp, err := src.Query(ctx, req)
-	if err == nil {
-		err = StatusError(resp.GetStatus())
-	}
-	if err != nil {
+	if err := Check(resp, err); err != nil {
 		return nil, nil, fmt.Errorf("query %s.%s: %w", t.Database, t.Collection, err)
 	}
 	keys, err := PKValues(resp.GetFieldsData(), t.PK)
@@ -266,10 +260,7 @@ func HasMinInt64Key(ctx context.Context, c milvuspb.MilvusServiceClient, t Table
 		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: "1"}},
 		ConsistencyLevel: commonpb.ConsistencyLevel_Strong}
 	resp, err := c.Query(ctx, req)
-	if err == nil {
-		err = StatusError(resp.GetStatus())
-	}
-	if err != nil {
+	if err := Check(resp, err); err != nil {
 		return false, fmt.Errorf("query %s.%s: %w", t.Database, t.Collection, err)
 	}
 	keys, err := PKValues(resp.GetFieldsData(), t.PK)

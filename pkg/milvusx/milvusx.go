@@ -44,6 +44,26 @@ func CollectionNames(ctx context.Context, c client.Client) ([]string, error) {
 	return resp.GetCollectionNames(), nil
 }
 
+// Reply is any Milvus reply that carries a status.
+type Reply interface{ GetStatus() *commonpb.Status }
+
+// Check turns a call's transport error or failed reply into one error; nil
+// when the call succeeded.
+func Check(r Reply, err error) error {
+	if err != nil {
+		return err
+	}
+	return StatusError(r.GetStatus())
+}
+
+// CheckStatus is Check for calls that return only a status.
+func CheckStatus(s *commonpb.Status, err error) error {
+	if err != nil {
+		return err
+	}
+	return StatusError(s)
+}
+
 // StatusError turns a failed Milvus status into an error; nil for success.
 // Servers before Milvus 2.3 set only the deprecated error_code, newer ones
 // code as well, so both are read.
@@ -73,10 +93,7 @@ func Partitions(ctx context.Context, c milvuspb.MilvusServiceClient, db, name st
 	if IsUnimplemented(err) {
 		return nil, nil
 	}
-	if err == nil {
-		err = StatusError(resp.GetStatus())
-	}
-	if err != nil {
+	if err := Check(resp, err); err != nil {
 		return nil, fmt.Errorf("show partitions of %s.%s: %w", db, name, err)
 	}
 	return resp.GetPartitionNames(), nil

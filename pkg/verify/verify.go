@@ -198,10 +198,7 @@ func Count(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table)
 		req.PartitionNames = []string{t.Partition}
 	}
 	resp, err := c.Query(ctx, req)
-	if err == nil {
-		err = milvusx.StatusError(resp.GetStatus())
-	}
-	if err != nil {
+	if err := milvusx.Check(resp, err); err != nil {
 		return 0, fmt.Errorf("count(*) of %s.%s: %w", t.Database, t.Collection, err)
 	}
 	for _, f := range resp.GetFieldsData() {

@@ -89,7 +89,7 @@ func write(ctx context.Context, tgt milvuspb.MilvusServiceClient, t milvusx.Tabl
 		resp, err = tgt.Insert(ctx, &milvuspb.InsertRequest{DbName: t.Database, CollectionName: t.Collection,
 			PartitionName: t.Partition, FieldsData: fields, NumRows: uint32(rows)})
 	}
-	if err := callResp(resp, err); err != nil {
+	if err := milvusx.Check(resp, err); err != nil {
 		op := "insert"
 		if upsert {
 			op = "upsert"

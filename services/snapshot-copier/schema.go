@@ -2,7 +2,6 @@ package copier
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -77,7 +76,7 @@ func PrepareTarget(ctx context.Context, src, tgt client.Client, opts PrepareOpti
 			continue
 		}
 		if !slices.Contains(tgtDBs, db) {
-			if err := call(t.CreateDatabase(ctx, &milvuspb.CreateDatabaseRequest{DbName: db})); err != nil {
+			if err := milvusx.CheckStatus(t.CreateDatabase(ctx, &milvuspb.CreateDatabaseRequest{DbName: db})); err != nil {
 				return p.report, fmt.Errorf("create database %s on target: %w", db, err)
 			}
 			p.report.Created++
@@ -104,7 +103,7 @@ type preparer struct {
 
 func (p *preparer) collection(ctx context.Context, db, name string) error {
 	desc, err := p.src.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
-	if err := callResp(desc, err); err != nil {
+	if err := milvusx.Check(desc, err); err != nil {
 		return fmt.Errorf("describe on source: %w", err)
 	}
 	parts, err := milvusx.Partitions(ctx, p.src, db, name)
@@ -112,7 +111,7 @@ func (p *preparer) collection(ctx context.Context, db, name string) error {
 		return fmt.Errorf("show partitions on source: %w", err)
 	}
 	has, err := p.tgt.HasCollection(ctx, &milvuspb.HasCollectionRequest{DbName: db, CollectionName: name})
-	if err := callResp(has, err); err != nil {
+	if err := milvusx.Check(has, err); err != nil {
 		return fmt.Errorf("has collection on target: %w", err)
 	}
 	if !has.GetValue() {
@@ -171,7 +170,7 @@ func (p *preparer) createCollection(ctx context.Context, db, name string, desc *
 			req.NumPartitions = int64(partitions)
 		}
 	}
-	if err := call(p.tgt.CreateCollection(ctx, req)); err != nil {
+	if err := milvusx.CheckStatus(p.tgt.CreateCollection(ctx, req)); err != nil {
 		return fmt.Errorf("create on target: %w", err)
 	}
 	p.report.Created++
@@ -192,7 +191,7 @@ func (p *preparer) partitions(ctx context.Context, db, name string, want []strin
 		if slices.Contains(have, part) {
 			continue
 		}
-		if err := call(p.tgt.CreatePartition(ctx, &milvuspb.CreatePartitionRequest{DbName: db, CollectionName: name, PartitionName: part})); err != nil {
+		if err := milvusx.CheckStatus(p.tgt.CreatePartition(ctx, &milvuspb.CreatePartitionRequest{DbName: db, CollectionName: name, PartitionName: part})); err != nil {
 			return fmt.Errorf("create partition %s on target: %w", part, err)
 		}
 		p.report.Created++
@@ -217,7 +216,7 @@ func (p *preparer) indexes(ctx context.Context, db, name string) error {
 		}
 		req := &milvuspb.CreateIndexRequest{DbName: db, CollectionName: name, FieldName: idx.GetFieldName(),
 			IndexName: idx.GetIndexName(), ExtraParams: idx.GetParams()}
-		if err := call(p.tgt.CreateIndex(ctx, req)); err != nil {
+		if err := milvusx.CheckStatus(p.tgt.CreateIndex(ctx, req)); err != nil {
 			return fmt.Errorf("create index %s on target: %w", idx.GetIndexName(), err)
 		}
 		p.report.Created++
@@ -248,14 +247,14 @@ const indexNotExistCode = 700
 
 func (p *preparer) aliases(ctx context.Context, db, name string, aliases []string) error {
 	tgt, err := p.tgt.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
-	if err := callResp(tgt, err); err != nil {
+	if err := milvusx.Check(tgt, err); err != nil {
 		return fmt.Errorf("describe on target: %w", err)
 	}
 	for _, a := range aliases {
 		if slices.Contains(tgt.GetAliases(), a) {
 			continue
 		}
-		if err := call(p.tgt.CreateAlias(ctx, &milvuspb.CreateAliasRequest{DbName: db, CollectionName: name, Alias: a})); err != nil {
+		if err := milvusx.CheckStatus(p.tgt.CreateAlias(ctx, &milvuspb.CreateAliasRequest{DbName: db, CollectionName: name, Alias: a})); err != nil {
 			return fmt.Errorf("create alias %s on target: %w", a, err)
 		}
 		p.report.Created++
@@ -267,51 +266,30 @@ func (p *preparer) aliases(ctx context.Context, db, name string, aliases []strin
 // on the source.
 func (p *preparer) load(ctx context.Context, db, name string) error {
 	st, err := p.src.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
-	if err := callResp(st, err); err != nil {
+	if err := milvusx.Check(st, err); err != nil {
 		return fmt.Errorf("load state on source: %w", err)
 	}
 	if st.GetState() != commonpb.LoadState_LoadStateLoaded && st.GetState() != commonpb.LoadState_LoadStateLoading {
 		return nil
 	}
 	tst, err := p.tgt.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
-	if err := callResp(tst, err); err != nil {
+	if err := milvusx.Check(tst, err); err != nil {
 		return fmt.Errorf("load state on target: %w", err)
 	}
 	if tst.GetState() == commonpb.LoadState_LoadStateLoaded || tst.GetState() == commonpb.LoadState_LoadStateLoading {
 		return nil
 	}
-	if err := call(p.tgt.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{DbName: db, CollectionName: name})); err != nil {
+	if err := milvusx.CheckStatus(p.tgt.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{DbName: db, CollectionName: name})); err != nil {
 		return fmt.Errorf("load on target: %w", err)
 	}
 	p.report.Created++
 	return nil
 }
 
-// call turns a Milvus status reply into an error.
-func call(s *commonpb.Status, err error) error {
-	if err != nil {
-		return err
-	}
-	return milvusx.StatusError(s)
-}
-
-// statusReply is any Milvus reply that carries a status.
-type statusReply interface{ GetStatus() *commonpb.Status }
-
-func callResp(r statusReply, err error) error {
-	if err != nil {
-		return err
-	}
-	if r == nil {
-		return errors.New("empty reply")
-	}
-	return milvusx.StatusError(r.GetStatus())
-}
-
 // describeSchema returns a collection's schema.
 func describeSchema(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) (*schemapb.CollectionSchema, error) {
 	d, err := c.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
-	if err := callResp(d, err); err != nil {
+	if err := milvusx.Check(d, err); err != nil {
 		return nil, fmt.Errorf("describe %s.%s: %w", db, name, err)
 	}
 	return d.GetSchema(), nil

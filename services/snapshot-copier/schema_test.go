@@ -97,7 +97,7 @@ func describe(t *testing.T, ctx context.Context, c client.Client, db, name strin
 	raw, err := milvusx.Raw(c)
 	require.NoError(t, err)
 	d, err := raw.DescribeCollection(ctx, &milvuspb.DescribeCollectionRequest{DbName: db, CollectionName: name})
-	require.NoError(t, callResp(d, err))
+	require.NoError(t, milvusx.Check(d, err))
 	s := proto.Clone(d.GetSchema()).(*schemapb.CollectionSchema)
 	for _, f := range s.GetFields() {
 		f.FieldID = 0
@@ -121,7 +121,7 @@ func describe(t *testing.T, ctx context.Context, c client.Client, db, name strin
 		n.Indexes[i.GetIndexName()] = i.GetFieldName() + " " + strings.Join(params, ",")
 	}
 	st, err := raw.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
-	require.NoError(t, callResp(st, err))
+	require.NoError(t, milvusx.Check(st, err))
 	n.Loaded = st.GetState() == commonpb.LoadState_LoadStateLoaded || st.GetState() == commonpb.LoadState_LoadStateLoading
 	return n
 }
