@@ -151,7 +151,26 @@ func (h *harness) lag(id string, lag time.Duration, reached bool) {
 	require.NoError(h.t, err)
 }
 
-// waitState polls until the migration is in want, failing after 20s.
+// eventsHandled waits until the coordinator has acked every event on the
+// bus.
+func (h *harness) eventsHandled() {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := h.bus.JS.Consumer(ctxT(h.t), natsbus.EventsStream, eventsConsumer)
+		require.NoError(h.t, err)
+		ci, err := info.Info(ctxT(h.t))
+		require.NoError(h.t, err)
+		if ci.NumPending == 0 && ci.NumAckPending == 0 {
+			return
+		}
+		require.True(h.t, time.Now().Before(deadline), "events still pending: %d, unacked: %d", ci.NumPending, ci.NumAckPending)
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitState polls until the migration is in want and every event is
+// handled, failing after 20s.
 func (h *harness) waitState(id string, want zdmpb.MigrationState) *zdmpb.Migration {
 	h.t.Helper()
 	var last *zdmpb.Migration
@@ -161,6 +180,9 @@ func (h *harness) waitState(id string, want zdmpb.MigrationState) *zdmpb.Migrati
 		require.NoError(h.t, err)
 		last = resp.GetMigration()
 		if last.GetState() == want {
+			// The transition's side effects run after its write: wait
+			// until the handler that made it has finished.
+			h.eventsHandled()
 			return last
 		}
 		time.Sleep(20 * time.Millisecond)
