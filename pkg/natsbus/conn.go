@@ -72,3 +72,18 @@ func (c *Conn) Close(ctx context.Context) error {
 		return fmt.Errorf("drain NATS connection: %w", ctx.Err())
 	}
 }
+
+// StopConsuming drains cc, letting the message in hand finish, and waits
+// until it has stopped or ctx is done, then stops it outright. A nil cc is
+// a no-op.
+func StopConsuming(ctx context.Context, cc jetstream.ConsumeContext) {
+	if cc == nil {
+		return
+	}
+	cc.Drain()
+	select {
+	case <-cc.Closed():
+	case <-ctx.Done():
+		cc.Stop()
+	}
+}

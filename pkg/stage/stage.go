@@ -5,14 +5,17 @@ package stage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
@@ -110,4 +113,20 @@ const Pending = "PENDING"
 // Starts reports whether cmd starts (or resumes) a stage.
 func Starts(cmd *eventspb.StageCommand) bool {
 	return cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_START || cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_RESUME
+}
+
+// Connect opens clients to the command's source and target. On failure it
+// returns the code that names it for the stage report.
+func Connect(ctx context.Context, cmd *eventspb.StageCommand) (src, tgt client.Client, code string, err error) {
+	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
+		return nil, nil, "CLUSTER_MISSING", errors.New("the command names no source or target connection")
+	}
+	if src, err = milvusx.Connect(ctx, cmd.GetSource(), ""); err != nil {
+		return nil, nil, "SOURCE_UNREACHABLE", err
+	}
+	if tgt, err = milvusx.Connect(ctx, cmd.GetTarget(), ""); err != nil {
+		src.Close()
+		return nil, nil, "TARGET_UNREACHABLE", err
+	}
+	return src, tgt, "", nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -139,14 +140,7 @@ func (c *Coordinator) Start(ctx context.Context) error {
 // Stop ends event consumption (letting the event in hand finish) and the
 // timer.
 func (c *Coordinator) Stop(ctx context.Context) error {
-	if c.cc != nil {
-		c.cc.Drain()
-		select {
-		case <-c.cc.Closed():
-		case <-ctx.Done():
-			c.cc.Stop()
-		}
-	}
+	natsbus.StopConsuming(ctx, c.cc)
 	if c.stop != nil {
 		c.stop()
 	}

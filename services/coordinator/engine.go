@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
@@ -188,48 +189,20 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 // failure to write is retried later.
 func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	var err error
-	kind := subjectKind(msg.Subject())
-	switch kind {
+	switch subjectKind(msg.Subject()) {
 	case "stage":
-		var ev eventspb.StageCompleted
-		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
-			var span trace.Span
-			ctx, span = c.tracer().Start(ctx, "coordinator.stage_completed", trace.WithAttributes(
-				attribute.String("zdm.migration_id", ev.GetMigrationId()), attribute.String("zdm.stage", ev.GetStage().String())))
-			err = c.onStageCompleted(ctx, &ev)
-			span.End()
-		} else {
-			c.terminate(ctx, msg, err)
-			return
-		}
+		ctx, err = apply(c, ctx, msg, "coordinator.stage_completed", &eventspb.StageCompleted{}, c.onStageCompleted)
 	case "lag":
-		var ev eventspb.LagReport
-		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
-			var span trace.Span
-			ctx, span = c.tracer().Start(ctx, "coordinator.lag_report", trace.WithAttributes(
-				attribute.String("zdm.migration_id", ev.GetMigrationId())))
-			err = c.onLagReport(ctx, &ev)
-			span.End()
-		} else {
-			c.terminate(ctx, msg, err)
-			return
-		}
+		ctx, err = apply(c, ctx, msg, "coordinator.lag_report", &eventspb.LagReport{}, c.onLagReport)
 	case "plan":
-		var ev eventspb.CopyPlanned
-		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
-			err = c.onCopyPlanned(ctx, &ev)
-		} else {
-			c.terminate(ctx, msg, err)
-			return
-		}
+		ctx, err = apply(c, ctx, msg, "coordinator.copy_planned", &eventspb.CopyPlanned{}, c.onCopyPlanned)
 	case "unit":
-		var ev eventspb.WorkUnitDone
-		if ctx, err = natsbus.Decode(ctx, c.deps.Propagator, msg, &ev); err == nil {
-			err = c.onUnitDone(ctx, &ev)
-		} else {
-			c.terminate(ctx, msg, err)
-			return
-		}
+		ctx, err = apply(c, ctx, msg, "coordinator.unit_done", &eventspb.WorkUnitDone{}, c.onUnitDone)
+	}
+	if errors.Is(err, errMalformed) {
+		c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.Term()
+		return
 	}
 	switch {
 	case err == nil, errors.Is(err, ErrInvalidTransition), errors.Is(err, apierr.ErrNotFound):
@@ -248,9 +221,26 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-func (c *Coordinator) terminate(ctx context.Context, msg jetstream.Msg, err error) {
-	c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
-	_ = msg.Term()
+// errMalformed marks an event that cannot be decoded; it is terminated.
+var errMalformed = errors.New("malformed event")
+
+// migrationEvent is any bus event about one migration.
+type migrationEvent interface {
+	proto.Message
+	GetMigrationId() string
+}
+
+// apply decodes msg into ev and hands it to on, in a span that continues
+// the publisher's trace.
+func apply[T migrationEvent](c *Coordinator, ctx context.Context, msg jetstream.Msg, span string, ev T,
+	on func(context.Context, T) error) (context.Context, error) {
+	ctx, err := natsbus.Decode(ctx, c.deps.Propagator, msg, ev)
+	if err != nil {
+		return ctx, fmt.Errorf("%w: %w", errMalformed, err)
+	}
+	ctx, sp := c.tracer().Start(ctx, span, trace.WithAttributes(attribute.String("zdm.migration_id", ev.GetMigrationId())))
+	defer sp.End()
+	return ctx, on(ctx, ev)
 }
 
 // subjectKind is the last token of zdm.evt.<migration>.<kind>.

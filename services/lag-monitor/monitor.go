@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/stage"
 	"github.com/zdm-io/zdm/pkg/verify"
@@ -65,15 +66,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 
 // Stop implements service.Service.
 func (m *Monitor) Stop(ctx context.Context) error {
-	if m.cc == nil {
-		return nil
-	}
-	m.cc.Drain()
-	select {
-	case <-m.cc.Closed():
-	case <-ctx.Done():
-		m.cc.Stop()
-	}
+	natsbus.StopConsuming(ctx, m.cc)
 	return nil
 }
 
@@ -86,18 +79,11 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (strin
 	if !stage.Starts(cmd) {
 		return stage.Pending, nil
 	}
-	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
-		return "CLUSTER_MISSING", errors.New("the command names no source or target connection")
-	}
-	src, err := milvusx.Connect(ctx, cmd.GetSource(), "")
+	src, tgt, code, err := stage.Connect(ctx, cmd)
 	if err != nil {
-		return "SOURCE_UNREACHABLE", err
+		return code, err
 	}
 	defer src.Close()
-	tgt, err := milvusx.Connect(ctx, cmd.GetTarget(), "")
-	if err != nil {
-		return "TARGET_UNREACHABLE", err
-	}
 	defer tgt.Close()
 	rs, _ := milvusx.Raw(src)
 	rt, _ := milvusx.Raw(tgt)

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/stage"
@@ -130,14 +129,7 @@ func (c *Copier) Start(ctx context.Context) error {
 // Stop stops taking commands and units; units in hand are left to other
 // copiers, which resume them from their checkpoints.
 func (c *Copier) Stop(ctx context.Context) error {
-	if c.cc != nil {
-		c.cc.Drain()
-		select {
-		case <-c.cc.Closed():
-		case <-ctx.Done():
-			c.cc.Stop()
-		}
-	}
+	natsbus.StopConsuming(ctx, c.cc)
 	if c.cancel != nil {
 		c.cancel()
 	}
@@ -150,18 +142,11 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (strin
 	if !stage.Starts(cmd) {
 		return stage.Pending, nil // pause, resume and cancel of the copy arrive with throttling
 	}
-	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
-		return "CLUSTER_MISSING", errors.New("the command names no source or target connection")
-	}
-	src, err := milvusx.Connect(ctx, cmd.GetSource(), "")
+	src, tgt, code, err := stage.Connect(ctx, cmd)
 	if err != nil {
-		return "SOURCE_UNREACHABLE", err
+		return code, err
 	}
 	defer src.Close()
-	tgt, err := milvusx.Connect(ctx, cmd.GetTarget(), "")
-	if err != nil {
-		return "TARGET_UNREACHABLE", err
-	}
 	defer tgt.Close()
 	switch stageName := cmd.GetStage().String(); stageName {
 	case "STAGE_KIND_PREPARE_TARGET":
