@@ -47,6 +47,33 @@ type Table struct {
 	PK        *schemapb.FieldSchema
 	// Schema is the whole collection schema.
 	Schema *schemapb.CollectionSchema
+	// ReadTs, when set, is the source timestamp every read must see up
+	// to (see ReadTimestamp); zero reads with Strong consistency.
+	ReadTs uint64
+}
+
+// ReadTimestamp allocates a timestamp on c for Table.ReadTs: reads with it
+// see every write acknowledged before the call, like Strong consistency,
+// but only the first read waits for the servers to catch up to it; a
+// Strong read waits for the next time tick every time (about 200 ms on
+// Milvus 2.3). Servers without AllocTimestamp (milvus-lite) return 0.
+func ReadTimestamp(ctx context.Context, c milvuspb.MilvusServiceClient) (uint64, error) {
+	resp, err := c.AllocTimestamp(ctx, &milvuspb.AllocTimestampRequest{})
+	if err := Check(resp, err); err != nil {
+		if IsUnimplemented(err) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("allocate a read timestamp: %w", err)
+	}
+	return resp.GetTimestamp(), nil
+}
+
+// Consistency sets the consistency of a read of t on req.
+func (t Table) Consistency(req *milvuspb.QueryRequest) {
+	req.ConsistencyLevel = commonpb.ConsistencyLevel_Strong
+	if t.ReadTs != 0 {
+		req.ConsistencyLevel, req.GuaranteeTimestamp = commonpb.ConsistencyLevel_Customized, t.ReadTs
+	}
 }
 
 // DescribeTable reads the primary key of a collection.
@@ -76,19 +103,33 @@ type Page struct {
 	More bool
 }
 
-// QueryPage returns the next page of r above after: up to limit rows. It
-// does not trust the server to return the smallest keys first (milvus-lite
-// 3 returns a limited query's rows from each segment in turn): a full page
-// is accepted only when a keys-only count proves no other key lies at or
-// below its largest key; otherwise the page is narrowed and asked again.
+// QueryPage returns the next page of r above after: up to limit rows
+// (more if rows arrive in its key range meanwhile). It reads the page's
+// keys first (see QueryKeys), then every row between the first and the
+// last of them with a query that has no limit: a limited query makes each
+// shard and segment read a whole page of rows for the proxy to keep one,
+// so reading whole rows only once their key range is known reads each
+// row once.
 func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
-	return queryPage(ctx, src, t, r, after, limit, []string{"*"})
+	kp, err := QueryKeys(ctx, src, t, r, after, limit)
+	if err != nil || len(kp.Keys) == 0 {
+		return Page{}, err
+	}
+	data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, &kp.Last), 0, []string{"*"})
+	if err != nil {
+		return Page{}, err
+	}
+	return Page{Fields: data, Keys: keys, Last: kp.Last, More: kp.More}, nil
 }
 
-// QueryKeys is QueryPage reading only the primary keys; they come back in
-// ascending order.
+// QueryKeys returns the keys of the next page of r above after, up to
+// limit of them, in ascending order. It does not trust the server to
+// return the smallest keys first (milvus-lite 3 returns a limited query's
+// rows from each segment in turn): a full page is accepted only when a
+// second count proves no other key lies at or below its largest key;
+// otherwise the page is narrowed and asked again.
 func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
-	p, err := queryPage(ctx, src, t, r, after, limit, []string{t.PK.GetName()})
+	p, err := keyPage(ctx, src, t, r, after, limit)
 	slices.SortFunc(p.Keys, CompareKeys)
 	return p, err
 }
@@ -104,13 +145,14 @@ func CompareKeys(a, b Key) int {
 	return 0
 }
 
-func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int, fields []string) (Page, error) {
+func keyPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
+	pk := []string{t.PK.GetName()}
 	// The completeness check asks for one row more than a page, and
 	// Milvus caps every query at MaxQueryRows.
 	limit = max(min(limit, MaxQueryRows-1), 1)
 	var upTo *Key // inclusive upper bound while narrowing
 	for {
-		data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, upTo), limit, fields)
+		data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, upTo), limit, pk)
 		if err != nil {
 			return Page{}, err
 		}
@@ -123,7 +165,7 @@ func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 			return Page{Fields: data, Keys: keys, Last: last, More: upTo != nil}, nil
 		}
 		// A full page: it is complete only if no other key is <= last.
-		_, check, err := query(ctx, src, t, rangeExpr(t.PK, r, after, &last), limit+1, []string{t.PK.GetName()})
+		_, check, err := query(ctx, src, t, rangeExpr(t.PK, r, after, &last), limit+1, pk)
 		if err != nil {
 			return Page{}, err
 		}
@@ -139,14 +181,13 @@ func queryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 	}
 }
 
+// query reads the rows matching expr, up to limit of them (0: all).
 func query(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, expr string, limit int, fields []string) ([]*schemapb.FieldData, []Key, error) {
-	req := &milvuspb.QueryRequest{
-		DbName: t.Database, CollectionName: t.Collection,
-		Expr:             expr,
-		OutputFields:     fields,
-		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: strconv.Itoa(limit)}},
-		ConsistencyLevel: commonpb.ConsistencyLevel_Strong,
+	req := &milvuspb.QueryRequest{DbName: t.Database, CollectionName: t.Collection, Expr: expr, OutputFields: fields}
+	if limit > 0 {
+		req.QueryParams = []*commonpb.KeyValuePair{{Key: "limit", Value: strconv.Itoa(limit)}}
 	}
+	t.Consistency(req)
 	if t.Partition != "" {
 		req.PartitionNames = []string{t.Partition}
 	}
@@ -255,10 +296,10 @@ func HasMinInt64Key(ctx context.Context, c milvuspb.MilvusServiceClient, t Table
 		return false, nil
 	}
 	req := &milvuspb.QueryRequest{DbName: t.Database, CollectionName: t.Collection,
-		Expr:             fmt.Sprintf("%s < %d", t.PK.GetName(), int64(math.MinInt64+1)),
-		OutputFields:     []string{t.PK.GetName()},
-		QueryParams:      []*commonpb.KeyValuePair{{Key: "limit", Value: "1"}},
-		ConsistencyLevel: commonpb.ConsistencyLevel_Strong}
+		Expr:         fmt.Sprintf("%s < %d", t.PK.GetName(), int64(math.MinInt64+1)),
+		OutputFields: []string{t.PK.GetName()},
+		QueryParams:  []*commonpb.KeyValuePair{{Key: "limit", Value: "1"}}}
+	t.Consistency(req)
 	resp, err := c.Query(ctx, req)
 	if err := Check(resp, err); err != nil {
 		return false, fmt.Errorf("query %s.%s: %w", t.Database, t.Collection, err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
@@ -55,11 +54,19 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 		rangeRows = DefaultRangeRows
 	}
 	r := &Report{Database: t.Database, Collection: t.Collection}
+	// Each side reads at a timestamp of its own, taken now.
+	st, tt := t, t
 	var err error
-	if r.SourceCount, err = Count(ctx, src, t); err != nil {
+	if st.ReadTs, err = milvusx.ReadTimestamp(ctx, src); err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	if r.TargetCount, err = Count(ctx, tgt, t); err != nil {
+	if tt.ReadTs, err = milvusx.ReadTimestamp(ctx, tgt); err != nil {
+		return nil, fmt.Errorf("target: %w", err)
+	}
+	if r.SourceCount, err = Count(ctx, src, st); err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	if r.TargetCount, err = Count(ctx, tgt, tt); err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	parts := []string{t.Partition}
@@ -69,9 +76,8 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 		}
 	}
 	for _, p := range parts {
-		pt := t
-		pt.Partition = p
-		if err := compareTable(ctx, src, tgt, pt, rangeRows, r); err != nil {
+		st.Partition, tt.Partition = p, p
+		if err := compareTable(ctx, src, tgt, st, tt, rangeRows, r); err != nil {
 			return nil, err
 		}
 	}
@@ -79,18 +85,19 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 }
 
 // compareTable compares one table (a collection or one of its partitions)
-// range by range, adding to r.
-func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, rangeRows int, r *Report) error {
+// range by range, adding to r; st and tt are the table as each side reads
+// it.
+func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st, tt milvusx.Table, rangeRows int, r *Report) error {
 	var start *milvusx.Key
 	for {
 		// Read the next rangeRows source rows; the range ends where the
 		// following row begins, or is open at the end.
-		srcRows, next, err := digests(ctx, src, t, milvusx.Range{Start: start}, rangeRows)
+		srcRows, next, err := digests(ctx, src, st, milvusx.Range{Start: start}, rangeRows)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		rng := milvusx.Range{Start: start, End: next}
-		tgtRows, _, err := digests(ctx, tgt, t, rng, 0)
+		tgtRows, _, err := digests(ctx, tgt, tt, rng, 0)
 		if err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
@@ -190,10 +197,11 @@ func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool
 	return m, false
 }
 
-// Count returns count(*) of the table, with strong consistency.
+// Count returns count(*) of the table, read at t.ReadTs (or with Strong
+// consistency).
 func Count(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table) (int64, error) {
-	req := &milvuspb.QueryRequest{DbName: t.Database, CollectionName: t.Collection, OutputFields: []string{"count(*)"},
-		ConsistencyLevel: commonpb.ConsistencyLevel_Strong}
+	req := &milvuspb.QueryRequest{DbName: t.Database, CollectionName: t.Collection, OutputFields: []string{"count(*)"}}
+	t.Consistency(req)
 	if t.Partition != "" {
 		req.PartitionNames = []string{t.Partition}
 	}

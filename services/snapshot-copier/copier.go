@@ -35,12 +35,15 @@ type Config struct {
 	// UnitAckWait is how long a unit held by a copier that stopped
 	// answering waits before another copier takes it over. Default 30s.
 	UnitAckWait time.Duration
+	// BatchMiB caps each insert, and so the memory of a worker (about four
+	// batches). Default 8.
+	BatchMiB int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
-	return Config{Workers: 2, ID: fmt.Sprintf("%s-%d", host, os.Getpid()), UnitAckWait: 30 * time.Second}
+	return Config{Workers: 2, ID: fmt.Sprintf("%s-%d", host, os.Getpid()), UnitAckWait: 30 * time.Second, BatchMiB: DefaultBatchBytes >> 20}
 }
 
 // RegisterFlags defines the copier's flags on fs.
@@ -48,6 +51,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
 	fs.IntVar(&c.Workers, "copier-workers", d.Workers, "work units this process copies at once")
 	fs.StringVar(&c.ID, "copier-id", d.ID, "name of this copier in checkpoints and events")
+	fs.IntVar(&c.BatchMiB, "copier-batch-mib", d.BatchMiB, "MiB per insert into the target; a worker holds about four batches in memory")
 	fs.DurationVar(&c.UnitAckWait, "copier-unit-ack-wait", d.UnitAckWait, "how long a unit held by a copier that stopped answering waits before another copier takes it")
 }
 
@@ -56,6 +60,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Workers < 1 || c.Workers > 64 {
 		errs = append(errs, fmt.Errorf("--copier-workers %d: want 1 to 64", c.Workers))
+	}
+	if c.BatchMiB < 1 || c.BatchMiB > 32 {
+		errs = append(errs, fmt.Errorf("--copier-batch-mib %d: want 1 to 32 (Milvus refuses inserts over 64 MiB)", c.BatchMiB))
 	}
 	if c.ID == "" {
 		errs = append(errs, errors.New("--copier-id is empty"))
@@ -114,7 +121,7 @@ func (c *Copier) Start(ctx context.Context) error {
 	c.cancel = cancel
 	for i := range c.cfg.Workers {
 		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator,
-			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait}
+			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20}
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()

@@ -15,7 +15,7 @@ import (
 // capped at 64 MB, so pages are sized to stay well under it.
 const (
 	firstPageRows     = 256
-	DefaultBatchBytes = 16 << 20
+	DefaultBatchBytes = 8 << 20
 )
 
 // CopyStats are the rows and bytes a copy wrote.
@@ -35,43 +35,69 @@ type Checkpoint func(last milvusx.Key, stats CopyStats) error
 // target before a crash, and upsert replaces them instead of duplicating
 // them. Every other page uses insert, which is cheaper and cannot
 // duplicate: its keys are above everything written before.
+//
+// The next page is read while the current one is written, so a copy runs
+// at the pace of the slower side rather than of both added up; at most
+// two pages (one being written, the next being read or waiting for it)
+// are in memory.
 func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, resume *milvusx.Key, batchBytes int, cp Checkpoint) (CopyStats, error) {
 	if batchBytes <= 0 {
 		batchBytes = DefaultBatchBytes
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make(chan sizedPage)
+	read := make(chan error, 1)
+	go func() {
+		defer close(pages)
+		read <- readPages(ctx, src, t, r, resume, batchBytes, pages)
+	}()
 	var stats CopyStats
-	after := resume
 	upsertNext := resume != nil
+	for p := range pages {
+		if err := write(ctx, tgt, t, p.Fields, len(p.Keys), upsertNext); err != nil {
+			return stats, err // the deferred cancel stops the reader
+		}
+		upsertNext = false
+		stats.Rows += int64(len(p.Keys))
+		stats.Bytes += int64(p.size)
+		if cp != nil {
+			if err := cp(p.Last, stats); err != nil {
+				return stats, err
+			}
+		}
+	}
+	return stats, <-read
+}
+
+type sizedPage struct {
+	milvusx.Page
+	size int // bytes of the page's fields
+}
+
+// readPages sends the pages of r above after to out, sizing each from
+// the bytes per row of the one before, until the range ends.
+func readPages(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, after *milvusx.Key, batchBytes int, out chan<- sizedPage) error {
 	limit := firstPageRows
 	for {
 		page, err := milvusx.QueryPage(ctx, src, t, r, after, limit)
-		if err != nil {
-			return stats, err
-		}
-		if len(page.Keys) == 0 {
-			return stats, nil
+		if err != nil || len(page.Keys) == 0 {
+			return err
 		}
 		size := 0
 		for _, f := range page.Fields {
 			size += proto.Size(f)
 		}
-		if err := write(ctx, tgt, t, page.Fields, len(page.Keys), upsertNext); err != nil {
-			return stats, err
-		}
-		upsertNext = false
-		stats.Rows += int64(len(page.Keys))
-		stats.Bytes += int64(size)
-		last := page.Last
-		after = &last
-		if cp != nil {
-			if err := cp(last, stats); err != nil {
-				return stats, err
-			}
+		select {
+		case out <- sizedPage{page, size}:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 		if !page.More {
-			return stats, nil
+			return nil
 		}
-		// Size the next page from this one's bytes per row.
+		last := page.Last
+		after = &last
 		perRow := max(size/len(page.Keys), 1)
 		limit = min(max(batchBytes/perRow, 1), milvusx.MaxQueryRows)
 	}

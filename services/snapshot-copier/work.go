@@ -63,6 +63,10 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
+	readTs, err := milvusx.ReadTimestamp(ctx, raw)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
 	var out []*eventspb.WorkUnit
 	for _, db := range dbs {
 		if len(opts.Databases) > 0 && !slices.Contains(opts.Databases, db) {
@@ -77,6 +81,7 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 			if err != nil {
 				return nil, err
 			}
+			t.ReadTs = readTs
 			desc, err := describeSchema(ctx, raw, db, name)
 			if err != nil {
 				return nil, err
@@ -98,6 +103,7 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 						Database: db, Collection: name, Partition: part,
 						Range:        rangeToPB(u.Range, t.PK.GetDataType() == schemapb.DataType_VarChar),
 						ExpectedRows: u.Rows, Source: src, Target: tgt, BatchBytes: opts.BatchBytes,
+						ReadTimestamp: readTs,
 					}
 					if _, err := natsbus.Publish(ctx, js, prop, "zdm.work."+migration, wu.GetUnitId(), wu); err != nil {
 						return nil, err
@@ -130,6 +136,9 @@ type Worker struct {
 	// waits before another copier gets it; copiers report progress well
 	// within it. Default 30s.
 	AckWait time.Duration
+	// BatchBytes caps each insert of a unit that does not set its own;
+	// 0 means DefaultBatchBytes.
+	BatchBytes int
 
 	checkpoints jetstream.KeyValue
 	mu          sync.Mutex
@@ -222,7 +231,7 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		if err != nil {
 			return err
 		}
-		t.Partition = u.GetPartition()
+		t.Partition, t.ReadTs = u.GetPartition(), u.GetReadTimestamp()
 		base := CopyStats{Rows: cp.GetRows(), Bytes: cp.GetBytes()}
 		save := func(last milvusx.Key, s CopyStats) error {
 			cp.LastKey, cp.Rows, cp.Bytes = keyToPB(&last), base.Rows+s.Rows, base.Bytes+s.Bytes
@@ -233,7 +242,11 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 			_ = msg.InProgress() // still alive: keep the unit
 			return w.progress(ctx, u, cp)
 		}
-		if _, err := CopyRange(ctx, rs, rt, t, rangeFromPB(u.GetRange()), keyFromPB(cp.GetLastKey()), int(u.GetBatchBytes()), save); err != nil {
+		batch := int(u.GetBatchBytes())
+		if batch == 0 {
+			batch = w.BatchBytes
+		}
+		if _, err := CopyRange(ctx, rs, rt, t, rangeFromPB(u.GetRange()), keyFromPB(cp.GetLastKey()), batch, save); err != nil {
 			return err
 		}
 		cp.Complete, cp.Time, cp.CopierId = true, timestamppb.Now(), w.ID

@@ -30,8 +30,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+	copier "github.com/zdm-io/zdm/services/snapshot-copier"
 )
 
 const (
@@ -51,10 +54,13 @@ func main() {
 func run(ctx context.Context) error {
 	rows := flag.Int("rows", 200_000, "rows in the benchmark collection")
 	naiveRows := flag.Int("naive-rows", 50_000, "rows the naive copy is timed on (its rate is what counts)")
-	batchRows := flag.Int("batch-rows", 5000, "rows per insert, as the copier's 16 MiB batches hold at 768 dims")
+	batchMiB := flag.Int("batch-mib", copier.DefaultBatchBytes>>20, "the copier's batch size; the ceiling inserts as many rows at a time")
 	workers := flag.Int("workers", 2, "copier workers, and ceiling insert concurrency")
 	zdmBin := flag.String("zdm", "bin/zdm", "zdm binary")
 	flag.Parse()
+	// Rows per batch as the copier cuts them: its batches are sized by
+	// the bytes of the rows' fields.
+	batchRows := ptr((*batchMiB << 20) / rowBytes())
 	src, tgt := os.Getenv("ZDM_TEST_MILVUS_SOURCE"), os.Getenv("ZDM_TEST_MILVUS_TARGET")
 	if src == "" || tgt == "" {
 		return errors.New("ZDM_TEST_MILVUS_SOURCE/TARGET unset: run make testenv-up and source .testenv/env")
@@ -90,7 +96,7 @@ func run(ctx context.Context) error {
 
 	// (b) zdm's copy.
 	defer func() { _ = dropDatabase(ctx, tgt) }() // best effort on the way out
-	copyRate, rss, err := zdmCopy(ctx, *zdmBin, src, tgt, *workers)
+	copyRate, rss, err := zdmCopy(ctx, *zdmBin, src, tgt, *workers, *batchMiB)
 	if err != nil {
 		return fmt.Errorf("zdm copy: %w", err)
 	}
@@ -133,6 +139,17 @@ func schema() *entity.Schema {
 		WithField(entity.NewField().WithName("score").WithDataType(entity.FieldTypeFloat)).
 		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(dim))
 }
+
+// rowBytes is the size of one row's fields as the copier measures a page.
+func rowBytes() int {
+	size := 0
+	for _, f := range batch(100_000, 100) {
+		size += proto.Size(f.FieldData())
+	}
+	return size / 100
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // batch builds rows [from, from+n) deterministically.
 func batch(from, n int) []entity.Column {
@@ -284,7 +301,7 @@ func naiveCopy(ctx context.Context, src, tgt string, n int) (float64, error) {
 // zdmCopy runs an OFFLINE migration with two zdm processes, the copier in
 // its own, and returns the copy stage's rows per second and the copier's
 // peak resident memory.
-func zdmCopy(ctx context.Context, bin, src, tgt string, workers int) (float64, float64, error) {
+func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (float64, float64, error) {
 	dir, err := os.MkdirTemp("", "zdm-bench")
 	if err != nil {
 		return 0, 0, err
@@ -306,7 +323,7 @@ func zdmCopy(ctx context.Context, bin, src, tgt string, workers int) (float64, f
 		return 0, 0, err
 	}
 	copier := exec.CommandContext(ctx, bin, "-target", "snapshot-copier", "-nats-url", "nats://"+natsAddr, "-grpc-addr", addrs[3],
-		"-metrics-addr", addrs[4], "-copier-workers", strconv.Itoa(workers), "-log-level", "warn")
+		"-metrics-addr", addrs[4], "-copier-workers", strconv.Itoa(workers), "-copier-batch-mib", strconv.Itoa(batchMiB), "-log-level", "warn")
 	copier.Stderr = os.Stderr
 	if err := copier.Start(); err != nil {
 		return 0, 0, err

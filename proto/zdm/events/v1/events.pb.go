@@ -660,7 +660,12 @@ type WorkUnit struct {
 	// How to reach the target cluster.
 	Target *v1.ClusterConnection `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
 	// Largest insert request, in bytes; 0 means 16 MiB.
-	BatchBytes    int64 `protobuf:"varint,10,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
+	BatchBytes int64 `protobuf:"varint,10,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
+	// Source timestamp (Milvus TSO) every read of the unit must see up to,
+	// allocated when the copy was planned: reads see every write made
+	// before it without waiting for a time tick each. Zero: read with Strong
+	// consistency (servers without AllocTimestamp).
+	ReadTimestamp uint64 `protobuf:"varint,11,opt,name=read_timestamp,json=readTimestamp,proto3" json:"read_timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +766,13 @@ func (x *WorkUnit) GetTarget() *v1.ClusterConnection {
 func (x *WorkUnit) GetBatchBytes() int64 {
 	if x != nil {
 		return x.BatchBytes
+	}
+	return 0
+}
+
+func (x *WorkUnit) GetReadTimestamp() uint64 {
+	if x != nil {
+		return x.ReadTimestamp
 	}
 	return 0
 }
@@ -2014,7 +2026,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x03end\x18\x02 \x01(\tH\x01R\x03end\x88\x01\x01B\b\n" +
 	"\x06_startB\x06\n" +
 	"\x04_endB\b\n" +
-	"\x06bounds\"\xfb\x02\n" +
+	"\x06bounds\"\xa2\x03\n" +
 	"\bWorkUnit\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x1a\n" +
@@ -2029,7 +2041,8 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x06target\x18\t \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\x12\x1f\n" +
 	"\vbatch_bytes\x18\n" +
 	" \x01(\x03R\n" +
-	"batchBytes\"\xa7\x02\n" +
+	"batchBytes\x12%\n" +
+	"\x0eread_timestamp\x18\v \x01(\x04R\rreadTimestamp\"\xa7\x02\n" +
 	"\x12WorkUnitCheckpoint\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12/\n" +
 	"\x04done\x18\x02 \x01(\v2\x17.zdm.events.v1.KeyRangeB\x02\x18\x01R\x04done\x12\x12\n" +
