@@ -24,6 +24,11 @@ const (
 	ChangesStream = "ZDM_CHANGES"
 )
 
+// CopyControlsBucket is the KV bucket of CopyControl records, one per
+// running migration under its ID: the coordinator writes them, copiers
+// watch them.
+const CopyControlsBucket = "zdm_copy_controls"
+
 // DuplicateWindow is how long JetStream remembers message IDs to drop
 // duplicate publishes. It covers a publisher's retry after a crash and
 // restart.

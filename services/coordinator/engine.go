@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -55,17 +54,30 @@ func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdm
 	return m, nil
 }
 
-// effects does what entering m's state requires: the stage command for
-// the services, or releasing the clusters once the migration has ended.
+// effects does what entering m's state requires: the copy's control and
+// the stage command for the services, or releasing the clusters once the
+// migration has ended.
 // It is idempotent: a command's message ID names the transition that
 // caused it (its index in the history), not the record's revision, which
 // also moves with lag and progress updates; so a repeat is dropped by
 // JetStream.
 func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 	if IsTerminal(m.GetState()) {
-		return errors.Join(c.unlock(ctx, m.GetSourceClusterId(), m.GetMigrationId()),
+		return errors.Join(c.store.controls.purge(ctx, m.GetMigrationId()),
+			c.unlock(ctx, m.GetSourceClusterId(), m.GetMigrationId()),
 			c.unlock(ctx, m.GetTargetClusterId(), m.GetMigrationId()))
 	}
+	if err := c.putControl(ctx, m); err != nil {
+		return err
+	}
+	if err := c.command(ctx, m); err != nil {
+		return err
+	}
+	return c.resumeFinishedCopy(ctx, m)
+}
+
+// command publishes the stage command m's state needs, if any.
+func (c *Coordinator) command(ctx context.Context, m *zdmpb.Migration) error {
 	stage, action := commandFor(m)
 	if action == eventspb.StageAction_STAGE_ACTION_UNSPECIFIED {
 		return nil
@@ -92,6 +104,50 @@ func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 	subject := fmt.Sprintf("zdm.cmd.%s.%s", m.GetMigrationId(), stageToken(stage))
 	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, subject, cmd.GetEventId(), cmd)
 	return err
+}
+
+// putControl writes how the copy of m should run, unless the control
+// already stored comes from a newer revision of m.
+func (c *Coordinator) putControl(ctx context.Context, m *zdmpb.Migration) error {
+	ctl := &eventspb.CopyControl{MigrationId: m.GetMigrationId(), Paused: m.GetState() == paused,
+		Throttle: m.GetOptions().GetThrottle(), MigrationRevision: m.GetRevision()}
+	for range maxConflictRetries {
+		old, rev, err := c.store.controls.get(ctx, m.GetMigrationId())
+		switch {
+		case errors.Is(err, apierr.ErrNotFound):
+			_, err = c.store.controls.create(ctx, m.GetMigrationId(), ctl)
+		case err != nil:
+			return err
+		case old.GetMigrationRevision() >= ctl.GetMigrationRevision():
+			return nil
+		default:
+			err = c.store.controls.replace(ctx, m.GetMigrationId(), ctl, rev)
+		}
+		if !errors.Is(err, apierr.ErrAlreadyExists) && !errors.Is(err, apierr.ErrFailedPrecondition) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: copy control of %q changed during one update; retry", apierr.ErrUnavailable, m.GetMigrationId())
+}
+
+// resumeFinishedCopy ends the copy stage of a migration that is copying
+// with no unit left: the last units can finish while it is paused, when
+// their completion cannot move it on.
+func (c *Coordinator) resumeFinishedCopy(ctx context.Context, m *zdmpb.Migration) error {
+	if m.GetState() != copying {
+		return nil
+	}
+	rec, _, err := c.store.plans.get(ctx, m.GetMigrationId())
+	if errors.Is(err, apierr.ErrNotFound) || (err == nil && len(rec.GetPendingUnits()) > 0) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.copyDone(ctx, m.GetMigrationId()); err != nil && !errors.Is(err, ErrInvalidTransition) {
+		return err
+	}
+	return nil
 }
 
 // commandFor is the command a migration in its current state needs.
@@ -169,7 +225,7 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
 		Durable:        eventsConsumer,
 		AckPolicy:      jetstream.AckExplicitPolicy,
-		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag", "zdm.evt.*.plan", "zdm.evt.*.unit"},
+		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag", "zdm.evt.*.plan", "zdm.evt.*.unit", "zdm.evt.*.progress"},
 		AckWait:        c.cfg.EventAckWait,
 		MaxDeliver:     -1,
 	})
@@ -198,6 +254,8 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 		ctx, err = apply(c, ctx, msg, "coordinator.copy_planned", &eventspb.CopyPlanned{}, c.onCopyPlanned)
 	case "unit":
 		ctx, err = apply(c, ctx, msg, "coordinator.unit_done", &eventspb.WorkUnitDone{}, c.onUnitDone)
+	case "progress":
+		ctx, err = apply(c, ctx, msg, "coordinator.progress", &eventspb.Progress{}, c.onProgress)
 	}
 	if errors.Is(err, errMalformed) {
 		c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
@@ -382,83 +440,4 @@ func (c *Coordinator) sweep(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// onCopyPlanned records a copy's units and the collections' totals. A plan
-// repeated (a copier that planned again after a crash) changes nothing.
-func (c *Coordinator) onCopyPlanned(ctx context.Context, ev *eventspb.CopyPlanned) error {
-	if _, err := c.store.plans.create(ctx, ev.GetMigrationId(), ev); errors.Is(err, apierr.ErrAlreadyExists) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	_, _, err := c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
-		m.Collections = nil
-		for _, p := range ev.GetCollections() {
-			m.Collections = append(m.Collections, &zdmpb.CollectionProgress{
-				Database: p.GetDatabase(), Collection: p.GetCollection(), Phase: zdmpb.CollectionPhase_COLLECTION_PHASE_COPYING,
-				RowsTotal: p.GetRows(), UnitsTotal: p.GetUnits(),
-			})
-		}
-		m.UpdateTime = timestamppb.New(c.now())
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if len(ev.GetUnitIds()) == 0 {
-		return c.copyDone(ctx, ev.GetMigrationId())
-	}
-	return nil
-}
-
-// onUnitDone strikes a unit off the plan, adds it to its collection's
-// progress and, with the last unit, completes the copy stage. Striking off
-// is one revision-checked write, so a unit reported twice counts once.
-func (c *Coordinator) onUnitDone(ctx context.Context, ev *eventspb.WorkUnitDone) error {
-	if _, _, err := c.store.plans.get(ctx, ev.GetMigrationId()); errors.Is(err, apierr.ErrNotFound) {
-		// Units are published before their plan is announced: keep the
-		// event until the plan arrives.
-		return fmt.Errorf("%w: unit %s done before the copy plan arrived", errRetryLater, ev.GetUnitId())
-	}
-	removed, remaining := false, 0
-	_, _, err := c.store.plans.update(ctx, ev.GetMigrationId(), func(p *eventspb.CopyPlanned) error {
-		i := slices.Index(p.UnitIds, ev.GetUnitId())
-		if i < 0 {
-			remaining = len(p.GetUnitIds())
-			return errStop
-		}
-		p.UnitIds = slices.Delete(p.UnitIds, i, i+1)
-		removed, remaining = true, len(p.GetUnitIds())
-		return nil
-	})
-	if err != nil || !removed {
-		return err
-	}
-	_, _, err = c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
-		for _, cp := range m.GetCollections() {
-			if cp.GetDatabase() == ev.GetDatabase() && cp.GetCollection() == ev.GetCollection() {
-				cp.RowsCopied += ev.GetRows()
-				cp.BytesCopied += ev.GetBytes()
-				cp.UnitsDone++
-				if cp.UnitsDone == cp.UnitsTotal {
-					cp.Phase = zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED
-				}
-			}
-		}
-		m.UpdateTime = timestamppb.New(c.now())
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if remaining == 0 {
-		return c.copyDone(ctx, ev.GetMigrationId())
-	}
-	return nil
-}
-
-func (c *Coordinator) copyDone(ctx context.Context, id string) error {
-	_, err := c.transition(ctx, id, Event{Trigger: TriggerCopyDone, Time: c.now(), Actor: auth.System, Reason: "every work unit copied"})
-	return err
 }

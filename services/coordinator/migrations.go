@@ -139,9 +139,6 @@ func (c *Coordinator) checkTargetIsNew(ctx context.Context, id string, conn *zdm
 // validateCreate checks the request and returns its options with defaults
 // filled in.
 func validateCreate(req *zdmpb.CreateMigrationRequest) (*zdmpb.MigrationOptions, error) {
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: "+format, append([]any{apierr.ErrInvalidArgument}, a...)...)
-	}
 	if req.GetMigrationId() != "" {
 		if err := validateID("migration", req.GetMigrationId()); err != nil {
 			return nil, err
@@ -169,8 +166,8 @@ func validateCreate(req *zdmpb.CreateMigrationRequest) (*zdmpb.MigrationOptions,
 	if o.MaxSyncDuration, err = durationOption("options.max_sync_duration", o.GetMaxSyncDuration(), defaultMaxSync, minMaxSync, maxMaxSync); err != nil {
 		return nil, err
 	}
-	if o.GetThrottle().GetMaxRowsPerSecond() < 0 || o.GetThrottle().GetMaxBytesPerSecond() < 0 {
-		return nil, bad("options.throttle limits must not be negative (0 means unlimited)")
+	if err := validateThrottle("options.throttle", o.GetThrottle()); err != nil {
+		return nil, err
 	}
 	switch w := o.GetWorkUnitRows(); {
 	case w == 0:
@@ -312,6 +309,45 @@ func (c *Coordinator) ResumeMigration(ctx context.Context, req *zdmpb.ResumeMigr
 		return nil, err
 	}
 	return &zdmpb.ResumeMigrationResponse{Migration: m}, nil
+}
+
+// SetThrottle implements zdmpb.MigrationServiceServer.
+func (c *Coordinator) SetThrottle(ctx context.Context, req *zdmpb.SetThrottleRequest) (*zdmpb.SetThrottleResponse, error) {
+	if err := validateThrottle("throttle", req.GetThrottle()); err != nil {
+		return nil, err
+	}
+	m, rev, err := c.store.migrations.update(ctx, req.GetMigrationId(), func(m *zdmpb.Migration) error {
+		if IsTerminal(m.GetState()) {
+			return fmt.Errorf("%w: migration %q is %s; a throttle applies only to a running migration",
+				apierr.ErrFailedPrecondition, req.GetMigrationId(), stateName(m.GetState()))
+		}
+		if m.Options == nil {
+			m.Options = &zdmpb.MigrationOptions{}
+		}
+		m.Options.Throttle = req.GetThrottle()
+		m.UpdateTime = timestamppb.New(c.now())
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m = withRevision(m, rev)
+	if err := c.putControl(ctx, m); err != nil {
+		return nil, err
+	}
+	return &zdmpb.SetThrottleResponse{Migration: m}, nil
+}
+
+// bad is an InvalidArgument error.
+func bad(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{apierr.ErrInvalidArgument}, a...)...)
+}
+
+func validateThrottle(field string, t *zdmpb.Throttle) error {
+	if t.GetMaxRowsPerSecond() < 0 || t.GetMaxBytesPerSecond() < 0 {
+		return bad("%s limits must not be negative (0 means unlimited)", field)
+	}
+	return nil
 }
 
 func reasonOr(reason, def string) string {

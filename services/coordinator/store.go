@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
@@ -19,7 +20,8 @@ import (
 const (
 	MigrationsBucket = "zdm_migrations"
 	ClustersBucket   = "zdm_clusters"
-	// CopyPlansBucket holds, per migration, the copy's units still to do.
+	// CopyPlansBucket holds, per migration, the copy's units still to do
+	// and its progress.
 	CopyPlansBucket = "zdm_copy_plans"
 	// kvHistory is how many revisions of each key a bucket keeps, so a
 	// watcher that reconnects can replay what it missed.
@@ -126,6 +128,31 @@ func (t *table[T]) update(ctx context.Context, key string, fn func(T) error) (T,
 	return zero, 0, fmt.Errorf("%w: %s %q changed %d times during one update; retry", apierr.ErrUnavailable, t.kind, key, maxConflictRetries)
 }
 
+// replace stores v under key if it is still at revision rev. Errors:
+// apierr.ErrFailedPrecondition when another writer got there first.
+func (t *table[T]) replace(ctx context.Context, key string, v T, rev uint64) error {
+	data, err := proto.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = t.kv.Update(ctx, key, data, rev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return fmt.Errorf("%w: %s %q changed meanwhile; retry", apierr.ErrFailedPrecondition, t.kind, key)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s %q: %w", t.kind, key, err)
+	}
+	return nil
+}
+
+// purge removes key and its history, if present.
+func (t *table[T]) purge(ctx context.Context, key string) error {
+	if err := t.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("remove %s %q: %w", t.kind, key, err)
+	}
+	return nil
+}
+
 // delete removes key if it is still at revision rev.
 func (t *table[T]) delete(ctx context.Context, key string, rev uint64) error {
 	err := t.kv.Delete(ctx, key, jetstream.LastRevision(rev))
@@ -174,7 +201,8 @@ func (t *table[T]) list(ctx context.Context) ([]entry[T], error) {
 type store struct {
 	migrations *table[*zdmpb.Migration]
 	clusters   *table[*coordpb.ClusterRecord]
-	plans      *table[*eventspb.CopyPlanned]
+	plans      *table[*coordpb.CopyRecord]
+	controls   *table[*eventspb.CopyControl]
 }
 
 func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*store, error) {
@@ -186,11 +214,15 @@ func openStore(ctx context.Context, js jetstream.JetStream, replicas int) (*stor
 	if err != nil {
 		return nil, err
 	}
-	p, err := openTable(ctx, js, CopyPlansBucket, "copy plan", replicas, func() *eventspb.CopyPlanned { return &eventspb.CopyPlanned{} })
+	p, err := openTable(ctx, js, CopyPlansBucket, "copy plan", replicas, func() *coordpb.CopyRecord { return &coordpb.CopyRecord{} })
 	if err != nil {
 		return nil, err
 	}
-	return &store{migrations: m, clusters: c, plans: p}, nil
+	ctl, err := openTable(ctx, js, natsbus.CopyControlsBucket, "copy control", replicas, func() *eventspb.CopyControl { return &eventspb.CopyControl{} })
+	if err != nil {
+		return nil, err
+	}
+	return &store{migrations: m, clusters: c, plans: p, controls: ctl}, nil
 }
 
 // withRevision returns m with its revision field set to rev, the KV

@@ -119,9 +119,18 @@ func (c *Copier) Start(ctx context.Context) error {
 	c.cc = cc
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
+	controls := NewControls()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := controls.Run(wctx, c.deps.Bus.JS, c.deps.Bus.Replicas, c.cfg.ID, c.deps.Logger); err != nil {
+			c.deps.Logger.Error("copy controls stopped: pause and throttle no longer apply", "error", err)
+		}
+	}()
 	for i := range c.cfg.Workers {
 		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator,
-			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20}
+			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20,
+			Controls: controls}
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -147,7 +156,7 @@ func (c *Copier) Stop(ctx context.Context) error {
 // command carries out a prepare or copy command.
 func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
 	if !stage.Starts(cmd) {
-		return stage.Pending, nil // pause, resume and cancel of the copy arrive with throttling
+		return stage.Pending, nil // pause and resume reach the workers through the copy controls
 	}
 	src, tgt, code, err := stage.Connect(ctx, cmd)
 	if err != nil {

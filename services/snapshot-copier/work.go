@@ -31,6 +31,8 @@ const (
 	// workConsumer is the durable consumer every copier process shares, so
 	// each unit goes to one copier at a time.
 	workConsumer = "copiers"
+	// pausedRetry is how soon a unit of a paused migration comes back.
+	pausedRetry = 2 * time.Second
 )
 
 // PlanOptions tune PlanCopy.
@@ -139,6 +141,8 @@ type Worker struct {
 	// BatchBytes caps each insert of a unit that does not set its own;
 	// 0 means DefaultBatchBytes.
 	BatchBytes int
+	// Controls pause and throttle the copy; nil lets it run freely.
+	Controls *Controls
 
 	checkpoints jetstream.KeyValue
 	mu          sync.Mutex
@@ -200,6 +204,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		if ctx.Err() != nil {
 			return // stopping: the unit is redelivered to another copier
 		}
+		if errors.Is(err, errPaused) {
+			log.DebugContext(ctx, "migration paused; unit left on the queue")
+			_ = msg.NakWithDelay(pausedRetry)
+			return
+		}
 		log.ErrorContext(ctx, "work unit failed; will retry", slog.Any("error", err))
 		_ = msg.NakWithDelay(2 * time.Second)
 		return
@@ -217,6 +226,9 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		return err
 	}
 	if !cp.GetComplete() {
+		if err := w.Controls.Check(ctx, u.GetMigrationId()); err != nil {
+			return err
+		}
 		src, err := w.client(ctx, u.GetSource())
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
@@ -233,14 +245,22 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		}
 		t.Partition, t.ReadTs = u.GetPartition(), u.GetReadTimestamp()
 		base := CopyStats{Rows: cp.GetRows(), Bytes: cp.GetBytes()}
+		var prev CopyStats
+		alive := func() { _ = msg.InProgress() } // keep the unit
 		save := func(last milvusx.Key, s CopyStats) error {
 			cp.LastKey, cp.Rows, cp.Bytes = keyToPB(&last), base.Rows+s.Rows, base.Bytes+s.Bytes
 			cp.Time, cp.CopierId = timestamppb.Now(), w.ID
 			if rev, err = w.putCheckpoint(ctx, cp, rev); err != nil {
 				return err
 			}
-			_ = msg.InProgress() // still alive: keep the unit
-			return w.progress(ctx, u, cp)
+			alive()
+			if err := w.progress(ctx, u, cp); err != nil {
+				return err
+			}
+			// Pay for the page just written; stop here if paused.
+			page := CopyStats{Rows: s.Rows - prev.Rows, Bytes: s.Bytes - prev.Bytes}
+			prev = s
+			return w.Controls.Wait(ctx, u.GetMigrationId(), page.Rows, page.Bytes, alive)
 		}
 		batch := int(u.GetBatchBytes())
 		if batch == 0 {

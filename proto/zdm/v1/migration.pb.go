@@ -2225,6 +2225,107 @@ func (x *ResumeMigrationResponse) GetMigration() *Migration {
 	return nil
 }
 
+// SetThrottleRequest replaces a migration's copy throttle.
+type SetThrottleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// The new throttle; unset or zero limits mean unlimited.
+	Throttle      *Throttle `protobuf:"bytes,2,opt,name=throttle,proto3" json:"throttle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetThrottleRequest) Reset() {
+	*x = SetThrottleRequest{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetThrottleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetThrottleRequest) ProtoMessage() {}
+
+func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetThrottleRequest.ProtoReflect.Descriptor instead.
+func (*SetThrottleRequest) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SetThrottleRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *SetThrottleRequest) GetThrottle() *Throttle {
+	if x != nil {
+		return x.Throttle
+	}
+	return nil
+}
+
+// SetThrottleResponse carries the migration with its new options.
+type SetThrottleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The migration.
+	Migration     *Migration `protobuf:"bytes,1,opt,name=migration,proto3" json:"migration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetThrottleResponse) Reset() {
+	*x = SetThrottleResponse{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetThrottleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetThrottleResponse) ProtoMessage() {}
+
+func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetThrottleResponse.ProtoReflect.Descriptor instead.
+func (*SetThrottleResponse) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SetThrottleResponse) GetMigration() *Migration {
+	if x != nil {
+		return x.Migration
+	}
+	return nil
+}
+
 var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
@@ -2367,6 +2468,11 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\x16ResumeMigrationRequest\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\"J\n" +
 	"\x17ResumeMigrationResponse\x12/\n" +
+	"\tmigration\x18\x01 \x01(\v2\x11.zdm.v1.MigrationR\tmigration\"e\n" +
+	"\x12SetThrottleRequest\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12,\n" +
+	"\bthrottle\x18\x02 \x01(\v2\x10.zdm.v1.ThrottleR\bthrottle\"F\n" +
+	"\x13SetThrottleResponse\x12/\n" +
 	"\tmigration\x18\x01 \x01(\v2\x11.zdm.v1.MigrationR\tmigration*m\n" +
 	"\rMigrationType\x12\x1e\n" +
 	"\x1aMIGRATION_TYPE_UNSPECIFIED\x10\x00\x12 \n" +
@@ -2412,7 +2518,7 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\x17COLLECTION_PHASE_COPIED\x10\x04\x12\x1c\n" +
 	"\x18COLLECTION_PHASE_SYNCING\x10\x05\x12\x1d\n" +
 	"\x19COLLECTION_PHASE_VERIFIED\x10\x06\x12\x1b\n" +
-	"\x17COLLECTION_PHASE_FAILED\x10\a2\xd2\x05\n" +
+	"\x17COLLECTION_PHASE_FAILED\x10\a2\x9a\x06\n" +
 	"\x10MigrationService\x12R\n" +
 	"\x0fCreateMigration\x12\x1e.zdm.v1.CreateMigrationRequest\x1a\x1f.zdm.v1.CreateMigrationResponse\x12I\n" +
 	"\fGetMigration\x12\x1b.zdm.v1.GetMigrationRequest\x1a\x1c.zdm.v1.GetMigrationResponse\x12O\n" +
@@ -2423,7 +2529,8 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"Switchover\x12\x19.zdm.v1.SwitchoverRequest\x1a\x1a.zdm.v1.SwitchoverResponse\x12R\n" +
 	"\x0fCancelMigration\x12\x1e.zdm.v1.CancelMigrationRequest\x1a\x1f.zdm.v1.CancelMigrationResponse\x12O\n" +
 	"\x0ePauseMigration\x12\x1d.zdm.v1.PauseMigrationRequest\x1a\x1e.zdm.v1.PauseMigrationResponse\x12R\n" +
-	"\x0fResumeMigration\x12\x1e.zdm.v1.ResumeMigrationRequest\x1a\x1f.zdm.v1.ResumeMigrationResponseB\x7f\n" +
+	"\x0fResumeMigration\x12\x1e.zdm.v1.ResumeMigrationRequest\x1a\x1f.zdm.v1.ResumeMigrationResponse\x12F\n" +
+	"\vSetThrottle\x12\x1a.zdm.v1.SetThrottleRequest\x1a\x1b.zdm.v1.SetThrottleResponseB\x7f\n" +
 	"\n" +
 	"com.zdm.v1B\x0eMigrationProtoP\x01Z(github.com/zdm-io/zdm/proto/zdm/v1;zdmv1\xa2\x02\x03ZXX\xaa\x02\x06Zdm.V1\xca\x02\x06Zdm\\V1\xe2\x02\x12Zdm\\V1\\GPBMetadata\xea\x02\aZdm::V1b\x06proto3"
 
@@ -2440,7 +2547,7 @@ func file_zdm_v1_migration_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_v1_migration_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_zdm_v1_migration_proto_goTypes = []any{
 	(MigrationType)(0),              // 0: zdm.v1.MigrationType
 	(MigrationState)(0),             // 1: zdm.v1.MigrationState
@@ -2474,8 +2581,10 @@ var file_zdm_v1_migration_proto_goTypes = []any{
 	(*PauseMigrationResponse)(nil),  // 29: zdm.v1.PauseMigrationResponse
 	(*ResumeMigrationRequest)(nil),  // 30: zdm.v1.ResumeMigrationRequest
 	(*ResumeMigrationResponse)(nil), // 31: zdm.v1.ResumeMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
+	(*SetThrottleRequest)(nil),      // 32: zdm.v1.SetThrottleRequest
+	(*SetThrottleResponse)(nil),     // 33: zdm.v1.SetThrottleResponse
+	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 35: google.protobuf.Duration
 }
 var file_zdm_v1_migration_proto_depIdxs = []int32{
 	0,  // 0: zdm.v1.Migration.type:type_name -> zdm.v1.MigrationType
@@ -2486,31 +2595,31 @@ var file_zdm_v1_migration_proto_depIdxs = []int32{
 	11, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
 	12, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
 	13, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
-	32, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
-	32, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
-	32, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
-	33, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
+	34, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
+	34, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
+	34, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
+	35, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
 	1,  // 12: zdm.v1.Migration.paused_from_state:type_name -> zdm.v1.MigrationState
-	33, // 13: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
-	33, // 14: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
+	35, // 13: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
+	35, // 14: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
 	7,  // 15: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
 	8,  // 16: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
 	2,  // 17: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
 	3,  // 18: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
-	32, // 19: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
-	32, // 20: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
+	34, // 19: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
+	34, // 20: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
 	4,  // 21: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
-	33, // 22: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
-	33, // 23: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
-	33, // 24: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
-	32, // 25: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
-	32, // 26: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
-	32, // 27: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
+	35, // 22: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
+	35, // 23: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
+	35, // 24: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
+	34, // 25: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
+	34, // 26: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
+	34, // 27: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
 	1,  // 28: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
 	1,  // 29: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
-	32, // 30: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	34, // 30: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
 	2,  // 31: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
-	32, // 32: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
+	34, // 32: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
 	0,  // 33: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
 	6,  // 34: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
 	5,  // 35: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
@@ -2519,34 +2628,38 @@ var file_zdm_v1_migration_proto_depIdxs = []int32{
 	5,  // 38: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
 	5,  // 39: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
 	5,  // 40: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
-	33, // 41: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
+	35, // 41: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
 	5,  // 42: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
 	5,  // 43: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
 	5,  // 44: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
 	5,  // 45: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
-	14, // 46: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
-	16, // 47: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
-	18, // 48: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
-	20, // 49: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
-	22, // 50: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
-	24, // 51: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
-	26, // 52: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
-	28, // 53: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
-	30, // 54: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
-	15, // 55: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
-	17, // 56: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
-	19, // 57: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
-	21, // 58: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
-	23, // 59: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
-	25, // 60: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
-	27, // 61: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
-	29, // 62: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
-	31, // 63: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
-	55, // [55:64] is the sub-list for method output_type
-	46, // [46:55] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	7,  // 46: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
+	5,  // 47: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
+	14, // 48: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
+	16, // 49: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
+	18, // 50: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
+	20, // 51: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
+	22, // 52: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
+	24, // 53: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
+	26, // 54: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
+	28, // 55: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
+	30, // 56: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
+	32, // 57: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
+	15, // 58: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
+	17, // 59: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
+	19, // 60: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
+	21, // 61: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
+	23, // 62: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
+	25, // 63: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
+	27, // 64: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
+	29, // 65: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
+	31, // 66: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
+	33, // 67: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
+	58, // [58:68] is the sub-list for method output_type
+	48, // [48:58] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_zdm_v1_migration_proto_init() }
@@ -2560,7 +2673,7 @@ func file_zdm_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_v1_migration_proto_rawDesc), len(file_zdm_v1_migration_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

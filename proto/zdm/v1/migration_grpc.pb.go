@@ -28,6 +28,7 @@ const (
 	MigrationService_CancelMigration_FullMethodName = "/zdm.v1.MigrationService/CancelMigration"
 	MigrationService_PauseMigration_FullMethodName  = "/zdm.v1.MigrationService/PauseMigration"
 	MigrationService_ResumeMigration_FullMethodName = "/zdm.v1.MigrationService/ResumeMigration"
+	MigrationService_SetThrottle_FullMethodName     = "/zdm.v1.MigrationService/SetThrottle"
 )
 
 // MigrationServiceClient is the client API for MigrationService service.
@@ -98,6 +99,11 @@ type MigrationServiceClient interface {
 	// ResumeMigration resumes a paused migration where it stopped. Errors:
 	// FAILED_PRECONDITION unless the migration is PAUSED.
 	ResumeMigration(ctx context.Context, in *ResumeMigrationRequest, opts ...grpc.CallOption) (*ResumeMigrationResponse, error)
+	// SetThrottle changes the copy throttle of a running migration; copiers
+	// apply it within a second, to the page they copy next. Errors:
+	// INVALID_ARGUMENT for a negative limit, NOT_FOUND, FAILED_PRECONDITION
+	// once the migration has ended.
+	SetThrottle(ctx context.Context, in *SetThrottleRequest, opts ...grpc.CallOption) (*SetThrottleResponse, error)
 }
 
 type migrationServiceClient struct {
@@ -207,6 +213,16 @@ func (c *migrationServiceClient) ResumeMigration(ctx context.Context, in *Resume
 	return out, nil
 }
 
+func (c *migrationServiceClient) SetThrottle(ctx context.Context, in *SetThrottleRequest, opts ...grpc.CallOption) (*SetThrottleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetThrottleResponse)
+	err := c.cc.Invoke(ctx, MigrationService_SetThrottle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MigrationServiceServer is the server API for MigrationService service.
 // All implementations must embed UnimplementedMigrationServiceServer
 // for forward compatibility.
@@ -275,6 +291,11 @@ type MigrationServiceServer interface {
 	// ResumeMigration resumes a paused migration where it stopped. Errors:
 	// FAILED_PRECONDITION unless the migration is PAUSED.
 	ResumeMigration(context.Context, *ResumeMigrationRequest) (*ResumeMigrationResponse, error)
+	// SetThrottle changes the copy throttle of a running migration; copiers
+	// apply it within a second, to the page they copy next. Errors:
+	// INVALID_ARGUMENT for a negative limit, NOT_FOUND, FAILED_PRECONDITION
+	// once the migration has ended.
+	SetThrottle(context.Context, *SetThrottleRequest) (*SetThrottleResponse, error)
 	mustEmbedUnimplementedMigrationServiceServer()
 }
 
@@ -311,6 +332,9 @@ func (UnimplementedMigrationServiceServer) PauseMigration(context.Context, *Paus
 }
 func (UnimplementedMigrationServiceServer) ResumeMigration(context.Context, *ResumeMigrationRequest) (*ResumeMigrationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeMigration not implemented")
+}
+func (UnimplementedMigrationServiceServer) SetThrottle(context.Context, *SetThrottleRequest) (*SetThrottleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetThrottle not implemented")
 }
 func (UnimplementedMigrationServiceServer) mustEmbedUnimplementedMigrationServiceServer() {}
 func (UnimplementedMigrationServiceServer) testEmbeddedByValue()                          {}
@@ -488,6 +512,24 @@ func _MigrationService_ResumeMigration_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MigrationService_SetThrottle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetThrottleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MigrationServiceServer).SetThrottle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MigrationService_SetThrottle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MigrationServiceServer).SetThrottle(ctx, req.(*SetThrottleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MigrationService_ServiceDesc is the grpc.ServiceDesc for MigrationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -526,6 +568,10 @@ var MigrationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeMigration",
 			Handler:    _MigrationService_ResumeMigration_Handler,
+		},
+		{
+			MethodName: "SetThrottle",
+			Handler:    _MigrationService_SetThrottle_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -10,6 +10,7 @@ import (
 	v1 "github.com/zdm-io/zdm/proto/zdm/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -79,16 +80,331 @@ func (x *ClusterRecord) GetConnection() *v1.ClusterConnection {
 	return nil
 }
 
+// CopyRecord is a migration's copy as the coordinator tracks it. Stored in
+// bucket zdm_copy_plans under the migration ID; every write is
+// revision-checked, so an event applied twice counts once.
+type CopyRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Units not yet done.
+	PendingUnits []string `protobuf:"bytes,1,rep,name=pending_units,json=pendingUnits,proto3" json:"pending_units,omitempty"`
+	// Latest progress of units not yet done, by unit ID.
+	Running map[string]*CopyCount `protobuf:"bytes,2,rep,name=running,proto3" json:"running,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Per collection, the plan and what finished units copied.
+	Collections   []*CollectionCopy `protobuf:"bytes,3,rep,name=collections,proto3" json:"collections,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyRecord) Reset() {
+	*x = CopyRecord{}
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyRecord) ProtoMessage() {}
+
+func (x *CopyRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyRecord.ProtoReflect.Descriptor instead.
+func (*CopyRecord) Descriptor() ([]byte, []int) {
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CopyRecord) GetPendingUnits() []string {
+	if x != nil {
+		return x.PendingUnits
+	}
+	return nil
+}
+
+func (x *CopyRecord) GetRunning() map[string]*CopyCount {
+	if x != nil {
+		return x.Running
+	}
+	return nil
+}
+
+func (x *CopyRecord) GetCollections() []*CollectionCopy {
+	if x != nil {
+		return x.Collections
+	}
+	return nil
+}
+
+// CopyCount is rows and bytes copied in one collection (or unit).
+type CopyCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Database.
+	Database string `protobuf:"bytes,1,opt,name=database,proto3" json:"database,omitempty"`
+	// Collection.
+	Collection string `protobuf:"bytes,2,opt,name=collection,proto3" json:"collection,omitempty"`
+	// Rows.
+	Rows int64 `protobuf:"varint,3,opt,name=rows,proto3" json:"rows,omitempty"`
+	// Bytes.
+	Bytes         int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyCount) Reset() {
+	*x = CopyCount{}
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyCount) ProtoMessage() {}
+
+func (x *CopyCount) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyCount.ProtoReflect.Descriptor instead.
+func (*CopyCount) Descriptor() ([]byte, []int) {
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CopyCount) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *CopyCount) GetCollection() string {
+	if x != nil {
+		return x.Collection
+	}
+	return ""
+}
+
+func (x *CopyCount) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *CopyCount) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// CollectionCopy is one collection's share of a copy.
+type CollectionCopy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Units and rows planned.
+	UnitsTotal int64 `protobuf:"varint,1,opt,name=units_total,json=unitsTotal,proto3" json:"units_total,omitempty"`
+	// Rows when planned.
+	RowsTotal int64 `protobuf:"varint,2,opt,name=rows_total,json=rowsTotal,proto3" json:"rows_total,omitempty"`
+	// Rows and bytes of the units done.
+	Done *CopyCount `protobuf:"bytes,3,opt,name=done,proto3" json:"done,omitempty"`
+	// Units done.
+	UnitsDone int64 `protobuf:"varint,4,opt,name=units_done,json=unitsDone,proto3" json:"units_done,omitempty"`
+	// Totals (done and running) sampled at least five seconds apart over
+	// the last minute or so, for throughput.
+	Samples       []*CopySample `protobuf:"bytes,5,rep,name=samples,proto3" json:"samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectionCopy) Reset() {
+	*x = CollectionCopy{}
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectionCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectionCopy) ProtoMessage() {}
+
+func (x *CollectionCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectionCopy.ProtoReflect.Descriptor instead.
+func (*CollectionCopy) Descriptor() ([]byte, []int) {
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CollectionCopy) GetUnitsTotal() int64 {
+	if x != nil {
+		return x.UnitsTotal
+	}
+	return 0
+}
+
+func (x *CollectionCopy) GetRowsTotal() int64 {
+	if x != nil {
+		return x.RowsTotal
+	}
+	return 0
+}
+
+func (x *CollectionCopy) GetDone() *CopyCount {
+	if x != nil {
+		return x.Done
+	}
+	return nil
+}
+
+func (x *CollectionCopy) GetUnitsDone() int64 {
+	if x != nil {
+		return x.UnitsDone
+	}
+	return 0
+}
+
+func (x *CollectionCopy) GetSamples() []*CopySample {
+	if x != nil {
+		return x.Samples
+	}
+	return nil
+}
+
+// CopySample is a collection's copied total at a time.
+type CopySample struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When.
+	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// Rows copied by then.
+	Rows int64 `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
+	// Bytes copied by then.
+	Bytes         int64 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopySample) Reset() {
+	*x = CopySample{}
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopySample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopySample) ProtoMessage() {}
+
+func (x *CopySample) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopySample.ProtoReflect.Descriptor instead.
+func (*CopySample) Descriptor() ([]byte, []int) {
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CopySample) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *CopySample) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *CopySample) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_zdm_coordinator_v1_store_proto protoreflect.FileDescriptor
 
 const file_zdm_coordinator_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ezdm/coordinator/v1/store.proto\x12\x12zdm.coordinator.v1\x1a\x14zdm/v1/cluster.proto\"u\n" +
+	"\x1ezdm/coordinator/v1/store.proto\x12\x12zdm.coordinator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\"u\n" +
 	"\rClusterRecord\x12)\n" +
 	"\acluster\x18\x01 \x01(\v2\x0f.zdm.v1.ClusterR\acluster\x129\n" +
 	"\n" +
 	"connection\x18\x02 \x01(\v2\x19.zdm.v1.ClusterConnectionR\n" +
-	"connectionB\xcc\x01\n" +
+	"connection\"\x99\x02\n" +
+	"\n" +
+	"CopyRecord\x12#\n" +
+	"\rpending_units\x18\x01 \x03(\tR\fpendingUnits\x12E\n" +
+	"\arunning\x18\x02 \x03(\v2+.zdm.coordinator.v1.CopyRecord.RunningEntryR\arunning\x12D\n" +
+	"\vcollections\x18\x03 \x03(\v2\".zdm.coordinator.v1.CollectionCopyR\vcollections\x1aY\n" +
+	"\fRunningEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x123\n" +
+	"\x05value\x18\x02 \x01(\v2\x1d.zdm.coordinator.v1.CopyCountR\x05value:\x028\x01\"q\n" +
+	"\tCopyCount\x12\x1a\n" +
+	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
+	"\n" +
+	"collection\x18\x02 \x01(\tR\n" +
+	"collection\x12\x12\n" +
+	"\x04rows\x18\x03 \x01(\x03R\x04rows\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\"\xdc\x01\n" +
+	"\x0eCollectionCopy\x12\x1f\n" +
+	"\vunits_total\x18\x01 \x01(\x03R\n" +
+	"unitsTotal\x12\x1d\n" +
+	"\n" +
+	"rows_total\x18\x02 \x01(\x03R\trowsTotal\x121\n" +
+	"\x04done\x18\x03 \x01(\v2\x1d.zdm.coordinator.v1.CopyCountR\x04done\x12\x1d\n" +
+	"\n" +
+	"units_done\x18\x04 \x01(\x03R\tunitsDone\x128\n" +
+	"\asamples\x18\x05 \x03(\v2\x1e.zdm.coordinator.v1.CopySampleR\asamples\"f\n" +
+	"\n" +
+	"CopySample\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\x03R\x04rows\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytesB\xcc\x01\n" +
 	"\x16com.zdm.coordinator.v1B\n" +
 	"StoreProtoP\x01Z<github.com/zdm-io/zdm/proto/zdm/coordinator/v1;coordinatorv1\xa2\x02\x03ZCX\xaa\x02\x12Zdm.Coordinator.V1\xca\x02\x12Zdm\\Coordinator\\V1\xe2\x02\x1eZdm\\Coordinator\\V1\\GPBMetadata\xea\x02\x14Zdm::Coordinator::V1b\x06proto3"
 
@@ -104,20 +420,32 @@ func file_zdm_coordinator_v1_store_proto_rawDescGZIP() []byte {
 	return file_zdm_coordinator_v1_store_proto_rawDescData
 }
 
-var file_zdm_coordinator_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_zdm_coordinator_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_zdm_coordinator_v1_store_proto_goTypes = []any{
-	(*ClusterRecord)(nil),        // 0: zdm.coordinator.v1.ClusterRecord
-	(*v1.Cluster)(nil),           // 1: zdm.v1.Cluster
-	(*v1.ClusterConnection)(nil), // 2: zdm.v1.ClusterConnection
+	(*ClusterRecord)(nil),         // 0: zdm.coordinator.v1.ClusterRecord
+	(*CopyRecord)(nil),            // 1: zdm.coordinator.v1.CopyRecord
+	(*CopyCount)(nil),             // 2: zdm.coordinator.v1.CopyCount
+	(*CollectionCopy)(nil),        // 3: zdm.coordinator.v1.CollectionCopy
+	(*CopySample)(nil),            // 4: zdm.coordinator.v1.CopySample
+	nil,                           // 5: zdm.coordinator.v1.CopyRecord.RunningEntry
+	(*v1.Cluster)(nil),            // 6: zdm.v1.Cluster
+	(*v1.ClusterConnection)(nil),  // 7: zdm.v1.ClusterConnection
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_zdm_coordinator_v1_store_proto_depIdxs = []int32{
-	1, // 0: zdm.coordinator.v1.ClusterRecord.cluster:type_name -> zdm.v1.Cluster
-	2, // 1: zdm.coordinator.v1.ClusterRecord.connection:type_name -> zdm.v1.ClusterConnection
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	6, // 0: zdm.coordinator.v1.ClusterRecord.cluster:type_name -> zdm.v1.Cluster
+	7, // 1: zdm.coordinator.v1.ClusterRecord.connection:type_name -> zdm.v1.ClusterConnection
+	5, // 2: zdm.coordinator.v1.CopyRecord.running:type_name -> zdm.coordinator.v1.CopyRecord.RunningEntry
+	3, // 3: zdm.coordinator.v1.CopyRecord.collections:type_name -> zdm.coordinator.v1.CollectionCopy
+	2, // 4: zdm.coordinator.v1.CollectionCopy.done:type_name -> zdm.coordinator.v1.CopyCount
+	4, // 5: zdm.coordinator.v1.CollectionCopy.samples:type_name -> zdm.coordinator.v1.CopySample
+	8, // 6: zdm.coordinator.v1.CopySample.time:type_name -> google.protobuf.Timestamp
+	2, // 7: zdm.coordinator.v1.CopyRecord.RunningEntry.value:type_name -> zdm.coordinator.v1.CopyCount
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_zdm_coordinator_v1_store_proto_init() }
@@ -131,7 +459,7 @@ func file_zdm_coordinator_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_coordinator_v1_store_proto_rawDesc), len(file_zdm_coordinator_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

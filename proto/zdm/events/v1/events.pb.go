@@ -1862,6 +1862,86 @@ func (x *MigrationEvent) GetTransition() *v1.Transition {
 	return nil
 }
 
+// CopyControl is how a migration's copy should run now: paused or not,
+// and how fast. The coordinator keeps one per running migration in KV
+// bucket zdm_copy_controls under the migration ID, and removes it when the
+// migration ends; copiers watch the bucket and apply changes to the next
+// page they copy.
+type CopyControl struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// Copiers stop at the end of their current page, save their checkpoint
+	// and leave the migration's units on the queue until it is false.
+	Paused bool `protobuf:"varint,2,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Limits for the whole copy, shared evenly by the running copier
+	// processes.
+	Throttle *v1.Throttle `protobuf:"bytes,3,opt,name=throttle,proto3" json:"throttle,omitempty"`
+	// Revision of the migration record this control was derived from; a
+	// control is never replaced by one derived from an older revision.
+	MigrationRevision uint64 `protobuf:"varint,4,opt,name=migration_revision,json=migrationRevision,proto3" json:"migration_revision,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CopyControl) Reset() {
+	*x = CopyControl{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyControl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyControl) ProtoMessage() {}
+
+func (x *CopyControl) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyControl.ProtoReflect.Descriptor instead.
+func (*CopyControl) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CopyControl) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *CopyControl) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *CopyControl) GetThrottle() *v1.Throttle {
+	if x != nil {
+		return x.Throttle
+	}
+	return nil
+}
+
+func (x *CopyControl) GetMigrationRevision() uint64 {
+	if x != nil {
+		return x.MigrationRevision
+	}
+	return 0
+}
+
 // Bounds for an Int64 primary key.
 type KeyRange_IntBounds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1875,7 +1955,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +1967,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2010,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2022,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2135,7 +2215,12 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\tmigration\x18\x02 \x01(\v2\x11.zdm.v1.MigrationR\tmigration\x122\n" +
 	"\n" +
 	"transition\x18\x03 \x01(\v2\x12.zdm.v1.TransitionR\n" +
-	"transition*\xae\x01\n" +
+	"transition\"\xa5\x01\n" +
+	"\vCopyControl\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x16\n" +
+	"\x06paused\x18\x02 \x01(\bR\x06paused\x12,\n" +
+	"\bthrottle\x18\x03 \x01(\v2\x10.zdm.v1.ThrottleR\bthrottle\x12-\n" +
+	"\x12migration_revision\x18\x04 \x01(\x04R\x11migrationRevision*\xae\x01\n" +
 	"\vStageAction\x12\x1c\n" +
 	"\x18STAGE_ACTION_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12STAGE_ACTION_START\x10\x01\x12\x16\n" +
@@ -2164,7 +2249,7 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
 	(Operation)(0),                // 1: zdm.events.v1.Operation
@@ -2186,58 +2271,61 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*CollectionLag)(nil),         // 17: zdm.events.v1.CollectionLag
 	(*LagReport)(nil),             // 18: zdm.events.v1.LagReport
 	(*MigrationEvent)(nil),        // 19: zdm.events.v1.MigrationEvent
-	(*KeyRange_IntBounds)(nil),    // 20: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 21: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 22: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 23: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*v1.ClusterConnection)(nil),  // 25: zdm.v1.ClusterConnection
-	(v1.MigrationType)(0),         // 26: zdm.v1.MigrationType
-	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 28: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 29: zdm.v1.Transition
+	(*CopyControl)(nil),           // 20: zdm.events.v1.CopyControl
+	(*KeyRange_IntBounds)(nil),    // 21: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 22: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 23: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 24: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*v1.ClusterConnection)(nil),  // 26: zdm.v1.ClusterConnection
+	(v1.MigrationType)(0),         // 27: zdm.v1.MigrationType
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
+	(*v1.Migration)(nil),          // 29: zdm.v1.Migration
+	(*v1.Transition)(nil),         // 30: zdm.v1.Transition
+	(*v1.Throttle)(nil),           // 31: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	22, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	23, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	23, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	24, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	25, // 4: zdm.events.v1.StageCommand.source:type_name -> zdm.v1.ClusterConnection
-	25, // 5: zdm.events.v1.StageCommand.target:type_name -> zdm.v1.ClusterConnection
-	26, // 6: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	24, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	25, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	26, // 4: zdm.events.v1.StageCommand.source:type_name -> zdm.v1.ClusterConnection
+	26, // 5: zdm.events.v1.StageCommand.target:type_name -> zdm.v1.ClusterConnection
+	27, // 6: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
 	4,  // 7: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
-	24, // 8: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
-	22, // 9: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	24, // 10: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
-	20, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	21, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	25, // 8: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	23, // 9: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	25, // 10: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	21, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	22, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
 	6,  // 13: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	25, // 14: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
-	25, // 15: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
+	26, // 14: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
+	26, // 15: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
 	6,  // 16: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	24, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	25, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
 	9,  // 18: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	24, // 19: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	24, // 20: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	25, // 19: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	25, // 20: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
 	13, // 21: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
 	14, // 22: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
 	1,  // 23: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
 	12, // 24: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	24, // 25: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	24, // 26: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	27, // 27: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	24, // 28: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	27, // 29: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	24, // 30: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	25, // 25: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	25, // 26: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	28, // 27: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	25, // 28: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	28, // 29: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	25, // 30: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
 	17, // 31: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	24, // 32: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	28, // 33: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	29, // 34: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	25, // 32: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	29, // 33: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	30, // 34: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	31, // 35: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2257,15 +2345,15 @@ func file_zdm_events_v1_events_proto_init() {
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[18].OneofWrappers = []any{}
 	file_zdm_events_v1_events_proto_msgTypes[19].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,235 @@
+package copier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+)
+
+// CopiersBucket holds one key per live copier process; keys expire unless
+// renewed, so its size is the number of copiers sharing a throttle.
+const CopiersBucket = "zdm_copiers"
+
+// Liveness of copier processes in CopiersBucket.
+const (
+	copierTTL   = 15 * time.Second
+	copierRenew = 5 * time.Second
+)
+
+// errPaused stops a unit at a page boundary, its checkpoint saved, while
+// its migration is paused.
+var errPaused = errors.New("migration paused")
+
+// Controls follows the copy controls (pause, throttle) of every running
+// migration and applies them to this process's workers. A migration's
+// throttle is shared evenly by the live copier processes.
+type Controls struct {
+	mu      sync.Mutex
+	byID    map[string]*control
+	copiers int
+	// ready is closed once the controls stored at start are loaded.
+	ready chan struct{}
+}
+
+type control struct {
+	cfg         *eventspb.CopyControl
+	rows, bytes *rate.Limiter
+}
+
+// NewControls returns controls that let everything run until Run loads
+// the stored ones.
+func NewControls() *Controls {
+	return &Controls{byID: map[string]*control{}, copiers: 1, ready: make(chan struct{})}
+}
+
+// Run announces this copier as live and follows the controls bucket until
+// ctx is done.
+func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int, copierID string, log *slog.Logger) error {
+	defer c.markReady() // never leave workers waiting on a watch that failed
+	live, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CopiersBucket, TTL: copierTTL,
+		Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+	if err != nil {
+		return fmt.Errorf("copiers bucket: %w", err)
+	}
+	ctl, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: natsbus.CopyControlsBucket, History: 64,
+		Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+	if err != nil {
+		return fmt.Errorf("copy controls bucket: %w", err)
+	}
+	w, err := ctl.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch copy controls: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	renew := time.NewTicker(copierRenew)
+	defer renew.Stop()
+	c.announce(ctx, live, copierID, log)
+	for {
+		select {
+		case <-ctx.Done():
+			_ = live.Delete(context.WithoutCancel(ctx), kvKey(copierID)) // best effort: the key expires anyway
+			return nil
+		case <-renew.C:
+			c.announce(ctx, live, copierID, log)
+		case e, ok := <-w.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("copy controls watch ended")
+			}
+			if e == nil {
+				c.markReady()
+				continue
+			}
+			c.apply(e, log)
+		}
+	}
+}
+
+// announce renews this copier's liveness and recounts the live copiers.
+func (c *Controls) announce(ctx context.Context, live jetstream.KeyValue, copierID string, log *slog.Logger) {
+	if _, err := live.PutString(ctx, kvKey(copierID), time.Now().UTC().Format(time.RFC3339)); err != nil {
+		log.WarnContext(ctx, "announce copier", slog.Any("error", err))
+		return
+	}
+	keys, err := live.ListKeys(ctx)
+	if err != nil {
+		log.WarnContext(ctx, "count copiers", slog.Any("error", err))
+		return
+	}
+	n := 0
+	for range keys.Keys() {
+		n++
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n = max(n, 1); n != c.copiers {
+		c.copiers = n
+		for _, ctl := range c.byID {
+			c.setLimits(ctl)
+		}
+	}
+}
+
+func (c *Controls) markReady() {
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
+}
+
+func (c *Controls) apply(e jetstream.KeyValueEntry, log *slog.Logger) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(c.byID, e.Key())
+		return
+	}
+	var cfg eventspb.CopyControl
+	if err := proto.Unmarshal(e.Value(), &cfg); err != nil {
+		log.Error("malformed copy control ignored", slog.String("migration", e.Key()), slog.Any("error", err))
+		return
+	}
+	ctl, ok := c.byID[e.Key()]
+	if !ok {
+		ctl = &control{rows: rate.NewLimiter(rate.Inf, 1), bytes: rate.NewLimiter(rate.Inf, 1)}
+		c.byID[e.Key()] = ctl
+	}
+	ctl.cfg = &cfg
+	c.setLimits(ctl)
+}
+
+// setLimits sets ctl's limiters to this process's share of its throttle.
+// The burst is one second's share, so a limit holds over any second.
+func (c *Controls) setLimits(ctl *control) {
+	set := func(l *rate.Limiter, perSecond int64) {
+		if perSecond <= 0 {
+			l.SetLimit(rate.Inf)
+			return
+		}
+		share := float64(perSecond) / float64(c.copiers)
+		l.SetLimit(rate.Limit(share))
+		l.SetBurst(int(math.Max(share, 1)))
+	}
+	set(ctl.rows, ctl.cfg.GetThrottle().GetMaxRowsPerSecond())
+	set(ctl.bytes, ctl.cfg.GetThrottle().GetMaxBytesPerSecond())
+}
+
+// Check returns errPaused while migration is paused; nil Controls let
+// everything run. It waits for the
+// stored controls to load first, so a copier that starts while a
+// migration is paused does not copy a page of it.
+func (c *Controls) Check(ctx context.Context, migration string) error {
+	if c == nil {
+		return nil
+	}
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ctl := c.byID[migration]; ctl != nil && ctl.cfg.GetPaused() {
+		return errPaused
+	}
+	return nil
+}
+
+// Wait takes rows and bytes from migration's throttle, waiting as long as
+// it needs, and calling alive at least every second meanwhile. It returns
+// errPaused if the migration is paused.
+func (c *Controls) Wait(ctx context.Context, migration string, rows, bytes int64, alive func()) error {
+	if err := c.Check(ctx, migration); err != nil || c == nil {
+		return err
+	}
+	c.mu.Lock()
+	ctl := c.byID[migration]
+	c.mu.Unlock()
+	if ctl == nil {
+		return nil
+	}
+	for _, take := range []struct {
+		l *rate.Limiter
+		n int64
+	}{{ctl.rows, rows}, {ctl.bytes, bytes}} {
+		for n := take.n; n > 0; {
+			if take.l.Limit() == rate.Inf {
+				break
+			}
+			chunk := min(n, int64(take.l.Burst()))
+			if err := take.l.WaitN(ctx, int(chunk)); err != nil {
+				return err
+			}
+			n -= chunk
+			alive()
+		}
+	}
+	return nil
+}
+
+// kvKey makes a copier ID a valid KV key.
+func kvKey(id string) string {
+	b := []byte(id)
+	for i, ch := range b {
+		switch {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '-', ch == '_', ch == '=':
+		default:
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
