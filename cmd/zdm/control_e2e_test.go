@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -97,4 +98,57 @@ func getMigration(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceC
 	resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: id})
 	require.NoError(t, err)
 	return resp.GetMigration()
+}
+
+// TestE2ECancelDropsTarget cancels a copy under way: the migration ends
+// CANCELLED, the target holds nothing the migration made, no unit is left
+// on the queue to copy, and the clusters are unlocked.
+func TestE2ECancelDropsTarget(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	seedShop(t, ctx, srcAddr, 3000)
+
+	p := start(t)
+	conn := dial(t, p.addrs.GRPC)
+	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, clusters, srcAddr, tgtAddr)
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "gone", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000,
+			Throttle: &zdmpb.Throttle{MaxRowsPerSecond: 200}}})
+	require.NoError(t, err)
+	waitMigration(t, ctx, mig, "gone", time.Minute, func(m *zdmpb.Migration) bool {
+		for _, c := range m.GetCollections() {
+			if c.GetRowsCopied() > 0 {
+				return true
+			}
+		}
+		return false
+	}, nil)
+
+	_, err = mig.CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: "gone", Reason: "wrong target"})
+	require.NoError(t, err)
+	m := waitMigration(t, ctx, mig, "gone", time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_CANCELLED, m.GetState(), "error: %v", m.GetError())
+
+	tc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
+	require.NoError(t, err)
+	defer tc.Close()
+	dbs, err := milvusx.Databases(ctx, tc)
+	require.NoError(t, err)
+	require.NotContains(t, dbs, "shop", "the migration's database is still on the target")
+	colls, err := milvusx.UserCollections(ctx, tc)
+	require.NoError(t, err)
+	require.Empty(t, colls)
+	// Nothing comes back: no copier writes into the target afterwards.
+	time.Sleep(3 * time.Second)
+	colls, err = milvusx.UserCollections(ctx, tc)
+	require.NoError(t, err)
+	require.Empty(t, colls)
+	for _, id := range []string{"src", "tgt"} {
+		c, err := clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: id})
+		require.NoError(t, err)
+		require.Empty(t, c.GetCluster().GetLockedByMigrationId(), "%s still locked", id)
+	}
 }

@@ -109,7 +109,8 @@ func (c *Coordinator) command(ctx context.Context, m *zdmpb.Migration) error {
 // putControl writes how the copy of m should run, unless the control
 // already stored comes from a newer revision of m.
 func (c *Coordinator) putControl(ctx context.Context, m *zdmpb.Migration) error {
-	ctl := &eventspb.CopyControl{MigrationId: m.GetMigrationId(), Paused: m.GetState() == paused,
+	// A cancelling copy stops too, while the copier drops what it made.
+	ctl := &eventspb.CopyControl{MigrationId: m.GetMigrationId(), Paused: m.GetState() == paused || m.GetState() == cancelling,
 		Throttle: m.GetOptions().GetThrottle(), MigrationRevision: m.GetRevision()}
 	for range maxConflictRetries {
 		old, rev, err := c.store.controls.get(ctx, m.GetMigrationId())

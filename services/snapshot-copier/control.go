@@ -28,8 +28,12 @@ const (
 )
 
 // errPaused stops a unit at a page boundary, its checkpoint saved, while
-// its migration is paused.
-var errPaused = errors.New("migration paused")
+// its migration is paused; errEnded drops the unit of a migration that
+// has ended (its control is gone).
+var (
+	errPaused = errors.New("migration paused")
+	errEnded  = errors.New("migration ended")
+)
 
 // Controls follows the copy controls (pause, throttle) of every running
 // migration and applies them to this process's workers. A migration's
@@ -40,6 +44,7 @@ type Controls struct {
 	copiers int
 	// ready is closed once the controls stored at start are loaded.
 	ready chan struct{}
+	kv    jetstream.KeyValue
 }
 
 type control struct {
@@ -67,6 +72,9 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 	if err != nil {
 		return fmt.Errorf("copy controls bucket: %w", err)
 	}
+	c.mu.Lock()
+	c.kv = ctl
+	c.mu.Unlock()
 	w, err := ctl.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch copy controls: %w", err)
@@ -168,10 +176,10 @@ func (c *Controls) setLimits(ctl *control) {
 	set(ctl.bytes, ctl.cfg.GetThrottle().GetMaxBytesPerSecond())
 }
 
-// Check returns errPaused while migration is paused; nil Controls let
-// everything run. It waits for the
-// stored controls to load first, so a copier that starts while a
-// migration is paused does not copy a page of it.
+// Check returns errPaused while migration is paused and errEnded once it
+// has ended; nil Controls let everything run. It waits for the stored
+// controls to load first, so a copier that starts while a migration is
+// paused does not copy a page of it.
 func (c *Controls) Check(ctx context.Context, migration string) error {
 	if c == nil {
 		return nil
@@ -182,8 +190,23 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 		return ctx.Err()
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if ctl := c.byID[migration]; ctl != nil && ctl.cfg.GetPaused() {
+	ctl, kv := c.byID[migration], c.kv
+	c.mu.Unlock()
+	if ctl == nil && kv != nil {
+		// Not seen on the watch: ask the bucket, in case the watch lags.
+		e, err := kv.Get(ctx, migration)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return errEnded
+		case err != nil:
+			return fmt.Errorf("read copy control of %s: %w", migration, err)
+		}
+		c.apply(e, slog.Default())
+		c.mu.Lock()
+		ctl = c.byID[migration]
+		c.mu.Unlock()
+	}
+	if ctl != nil && ctl.cfg.GetPaused() {
 		return errPaused
 	}
 	return nil

@@ -112,7 +112,7 @@ func (c *Copier) HealthNames() []string {
 // Start consumes prepare and copy commands and starts the workers.
 func (c *Copier) Start(ctx context.Context) error {
 	cc, err := stage.Consume(ctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
-		[]string{"prepare_target", "copy_data"}, 30*time.Minute, c.command)
+		[]string{"prepare_target", "copy_data", "all"}, 30*time.Minute, c.command)
 	if err != nil {
 		return err
 	}
@@ -153,8 +153,11 @@ func (c *Copier) Stop(ctx context.Context) error {
 	return nil
 }
 
-// command carries out a prepare or copy command.
+// command carries out a prepare, copy or cancel command.
 func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+	if cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_CANCEL {
+		return c.cancelMigration(ctx, cmd)
+	}
 	if !stage.Starts(cmd) {
 		return stage.Pending, nil // pause and resume reach the workers through the copy controls
 	}
@@ -183,6 +186,28 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (strin
 	default:
 		return "UNKNOWN_STAGE", fmt.Errorf("copier has no stage %s", stageName)
 	}
+}
+
+// cancelMigration takes the migration's units off the queue (running ones
+// stop at their next page: the coordinator pauses a cancelling copy) and
+// drops what the migration created on the target.
+func (c *Copier) cancelMigration(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+	if err := PurgeUnits(ctx, c.deps.Bus.JS, cmd.GetMigrationId()); err != nil {
+		return "CANCEL_FAILED", err
+	}
+	src, tgt, code, err := stage.Connect(ctx, cmd)
+	if err != nil {
+		return code, err
+	}
+	defer src.Close()
+	defer tgt.Close()
+	dropped, err := DropCopied(ctx, src, tgt)
+	if err != nil {
+		return "CANCEL_FAILED", err
+	}
+	c.deps.Logger.InfoContext(ctx, "cancelled: dropped what the migration created on the target",
+		"migration", cmd.GetMigrationId(), "collections", dropped)
+	return "", nil
 }
 
 func (c *Copier) announcePlan(ctx context.Context, cmd *eventspb.StageCommand, units []*eventspb.WorkUnit) error {

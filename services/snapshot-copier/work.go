@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
@@ -97,7 +99,7 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 				pt.Partition = part
 				units, err := PlanUnits(ctx, raw, pt, opts.UnitRows)
 				if err != nil {
-					return nil, err
+					return nil, explainUnloaded(ctx, raw, db, name, err)
 				}
 				for i, u := range units {
 					wu := &eventspb.WorkUnit{
@@ -116,6 +118,17 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 		}
 	}
 	return out, nil
+}
+
+// explainUnloaded adds the likely cause to a read error on a collection
+// that is not loaded: Milvus reads only loaded collections.
+func explainUnloaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string, err error) error {
+	st, lerr := c.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
+	if milvusx.Check(st, lerr) != nil || st.GetState() == commonpb.LoadState_LoadStateLoaded {
+		return err
+	}
+	return fmt.Errorf("source collection %s.%s is not loaded (%s), and Milvus reads only loaded collections: "+
+		"load it on the source (it needs an index) and retry: %w", db, name, st.GetState(), err)
 }
 
 // unitID is stable for a migration, table and unit index, and a valid KV
@@ -203,6 +216,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if err := w.copyUnit(ctx, msg, &u); err != nil {
 		if ctx.Err() != nil {
 			return // stopping: the unit is redelivered to another copier
+		}
+		if errors.Is(err, errEnded) {
+			log.InfoContext(ctx, "migration ended; unit dropped")
+			_ = msg.Term()
+			return
 		}
 		if errors.Is(err, errPaused) {
 			log.DebugContext(ctx, "migration paused; unit left on the queue")

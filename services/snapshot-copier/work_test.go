@@ -123,3 +123,23 @@ func (w ztestWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
 }
+
+// TestIntegrationPlanRefusesUnloadedSource plans a copy of a collection
+// that is not loaded on standalone Milvus, which cannot read it: planning
+// fails and says why and what to do.
+func TestIntegrationPlanRefusesUnloadedSource(t *testing.T) {
+	ztest.Integration(t)
+	tier := ztest.PrimaryTier(t)
+	bus, _ := ztest.Bus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := ztest.NewPair(t, tier)
+	schema := entity.NewSchema().WithName("cold").
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(4))
+	require.NoError(t, p.Source.Client.CreateCollection(ctx, schema, 1))
+	_, err := PlanCopy(ctx, bus.JS, telemetry.Propagator(), "m-cold", &zdmpb.ClusterConnection{Endpoint: tier.Source},
+		&zdmpb.ClusterConnection{Endpoint: tier.Target}, PlanOptions{Databases: []string{p.Source.Database}})
+	require.ErrorContains(t, err, p.Source.Database+".cold is not loaded")
+	require.ErrorContains(t, err, "load it on the source")
+}
