@@ -116,11 +116,15 @@ func kinds() []fieldKind {
 			},
 			index: func() (entity.Index, error) { return entity.NewIndexBinFlat(entity.HAMMING, 16) }},
 		{name: "float16_vector", field: func() *entity.Field { return f("v", entity.FieldTypeFloat16Vector)().WithDim(kindDim) },
-			column: func(from, n int) entity.Column { return entity.NewColumnFloat16Vector("v", kindDim, halfs(from, n, fp16)) },
-			index:  flatL2},
+			column: func(from, n int) entity.Column {
+				return entity.NewColumnFloat16Vector("v", kindDim, halfs(from, n, fp16))
+			},
+			index: flatL2},
 		{name: "bfloat16_vector", field: func() *entity.Field { return f("v", entity.FieldTypeBFloat16Vector)().WithDim(kindDim) },
-			column: func(from, n int) entity.Column { return entity.NewColumnBFloat16Vector("v", kindDim, halfs(from, n, bf16)) },
-			index:  flatL2},
+			column: func(from, n int) entity.Column {
+				return entity.NewColumnBFloat16Vector("v", kindDim, halfs(from, n, bf16))
+			},
+			index: flatL2},
 		{name: "sparse_vector", field: f("v", entity.FieldTypeSparseVector),
 			column: func(from, n int) entity.Column {
 				return entity.NewColumnSparseVectors("v", typed[entity.SparseEmbedding](vals(from, n, func(id int) any {
