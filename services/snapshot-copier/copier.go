@@ -8,7 +8,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -117,6 +119,7 @@ func (c *Copier) Start(ctx context.Context) error {
 		return err
 	}
 	c.cc = cc
+	c.limitMemory()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
 	controls := NewControls()
@@ -140,6 +143,20 @@ func (c *Copier) Start(ctx context.Context) error {
 		}()
 	}
 	return nil
+}
+
+// limitMemory sets a soft memory limit for the process, unless GOMEMLIMIT
+// set one: each worker holds about four batches (the page being written
+// and its request, the page being read and its reply), and the garbage
+// collector would otherwise let the heap grow to twice that. Near the
+// limit the collector works harder; it never fails an allocation.
+func (c *Copier) limitMemory() {
+	if debug.SetMemoryLimit(-1) != math.MaxInt64 {
+		return // GOMEMLIMIT is set
+	}
+	limit := int64(c.cfg.Workers)*6*int64(c.cfg.BatchMiB<<20) + 96<<20
+	debug.SetMemoryLimit(limit)
+	c.deps.Logger.Info("copier memory limit set", "limit_mib", limit>>20, "override", "GOMEMLIMIT")
 }
 
 // Stop stops taking commands and units; units in hand are left to other

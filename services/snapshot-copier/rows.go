@@ -3,6 +3,7 @@ package copier
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
@@ -11,12 +12,58 @@ import (
 	"github.com/zdm-io/zdm/pkg/milvusx"
 )
 
-// Page sizes. Milvus caps a query's limit at 16384 rows; inserts are
-// capped at 64 MB, so pages are sized to stay well under it.
-const (
-	firstPageRows     = 256
-	DefaultBatchBytes = 8 << 20
-)
+// DefaultBatchBytes is the default size of a page: Milvus refuses
+// inserts over 64 MB, and a copier holds about four pages per worker.
+const DefaultBatchBytes = 8 << 20
+
+// maxValueBytes bounds one JSON, Array or sparse vector value for sizing
+// the first page: Milvus's default limit for a JSON value.
+const maxValueBytes = 64 << 10
+
+// firstPageRows is how many rows the first page of a range asks for: as
+// many as fit in batchBytes if every row is as large as the schema allows.
+// Later pages are sized from the bytes per row actually read.
+func firstPageRows(s *schemapb.CollectionSchema, batchBytes int) int {
+	size := 0
+	if s.GetEnableDynamicField() {
+		size += maxValueBytes
+	}
+	for _, f := range s.GetFields() {
+		dim := 0
+		for _, kv := range f.GetTypeParams() {
+			if kv.GetKey() == "dim" {
+				dim, _ = strconv.Atoi(kv.GetValue())
+			}
+		}
+		switch f.GetDataType() {
+		case schemapb.DataType_Bool, schemapb.DataType_Int8:
+			size++
+		case schemapb.DataType_Int16:
+			size += 2
+		case schemapb.DataType_Int32, schemapb.DataType_Float:
+			size += 4
+		case schemapb.DataType_Int64, schemapb.DataType_Double:
+			size += 8
+		case schemapb.DataType_VarChar, schemapb.DataType_String:
+			size += 4 // length prefix and tag
+			for _, kv := range f.GetTypeParams() {
+				if kv.GetKey() == "max_length" {
+					n, _ := strconv.Atoi(kv.GetValue())
+					size += n
+				}
+			}
+		case schemapb.DataType_FloatVector:
+			size += 4 * dim
+		case schemapb.DataType_BinaryVector:
+			size += dim / 8
+		case schemapb.DataType_Float16Vector, schemapb.DataType_BFloat16Vector:
+			size += 2 * dim
+		default: // JSON, Array, sparse vectors and what comes next
+			size += maxValueBytes
+		}
+	}
+	return min(max(batchBytes/max(size, 1), 1), milvusx.MaxQueryRows)
+}
 
 // CopyStats are the rows and bytes a copy wrote.
 type CopyStats struct {
@@ -78,7 +125,7 @@ type sizedPage struct {
 // readPages sends the pages of r above after to out, sizing each from
 // the bytes per row of the one before, until the range ends.
 func readPages(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, after *milvusx.Key, batchBytes int, out chan<- sizedPage) error {
-	limit := firstPageRows
+	limit := firstPageRows(t.Schema, batchBytes)
 	for {
 		page, err := milvusx.QueryPage(ctx, src, t, r, after, limit)
 		if err != nil || len(page.Keys) == 0 {

@@ -220,6 +220,11 @@ func timedLoad(ctx context.Context, addr string, rows, batchRows, workers int) (
 		return 0, err
 	default:
 	}
+	// Seal and persist the rows now, so the server's background flush does
+	// not run into the next measurement.
+	if err := c.Flush(ctx, collection, false); err != nil {
+		return 0, err
+	}
 	idx, err := entity.NewIndexFlat(entity.L2)
 	if err != nil {
 		return 0, err
@@ -295,7 +300,8 @@ func naiveCopy(ctx context.Context, src, tgt string, n int) (float64, error) {
 		}
 		copied += rs.Len()
 	}
-	return float64(copied) / time.Since(start).Seconds(), nil
+	rate := float64(copied) / time.Since(start).Seconds()
+	return rate, t.Flush(ctx, collection, false)
 }
 
 // zdmCopy runs an OFFLINE migration with two zdm processes, the copier in
