@@ -77,11 +77,14 @@ type Checkpoint func(last milvusx.Key, stats CopyStats) error
 
 // CopyRange copies the rows of r from src to tgt in pages by primary key:
 // each page asks for the next keys above the last one copied, never an
-// offset. When resume is set, copying starts after it, and the first page
-// is written with upsert: rows past the checkpoint may have reached the
-// target before a crash, and upsert replaces them instead of duplicating
-// them. Every other page uses insert, which is cheaper and cannot
-// duplicate: its keys are above everything written before.
+// offset. Pages are written with insert, which is cheaper than upsert and
+// cannot duplicate: a page's keys are above everything written before.
+//
+// When resume is set, copying starts after it. The page written after
+// that checkpoint may have reached the target before a crash, so the
+// target is asked for the largest key it holds above the checkpoint, and
+// pages are written with upsert, which replaces rows instead of
+// duplicating them, until that key is passed.
 //
 // The next page is read while the current one is written, so a copy runs
 // at the pace of the slower side rather than of both added up; at most
@@ -100,12 +103,17 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 		read <- readPages(ctx, src, t, r, resume, batchBytes, pages)
 	}()
 	var stats CopyStats
-	upsertNext := resume != nil
+	upsert, through, err := written(ctx, tgt, t, r, resume)
+	if err != nil {
+		return stats, err
+	}
 	for p := range pages {
-		if err := write(ctx, tgt, t, p.Fields, len(p.Keys), upsertNext); err != nil {
+		if err := write(ctx, tgt, t, p.Fields, len(p.Keys), upsert); err != nil {
 			return stats, err // the deferred cancel stops the reader
 		}
-		upsertNext = false
+		if upsert && through != nil && !milvusx.Less(p.Last, *through) {
+			upsert = false // past every key the target held
+		}
 		stats.Rows += int64(len(p.Keys))
 		stats.Bytes += int64(p.size)
 		if cp != nil {
@@ -115,6 +123,28 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 		}
 	}
 	return stats, <-read
+}
+
+// written reports whether the target holds rows of r above resume, which a
+// copy interrupted after writing a page but before its checkpoint left
+// there, and the largest of their keys (nil: too many to list, so upsert
+// to the end).
+func written(ctx context.Context, tgt milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, resume *milvusx.Key) (bool, *milvusx.Key, error) {
+	if resume == nil {
+		return false, nil, nil
+	}
+	t.ReadTs = 0 // a source timestamp means nothing to the target
+	p, err := milvusx.QueryKeys(ctx, tgt, t, r, resume, milvusx.MaxQueryRows)
+	if err != nil {
+		return false, nil, fmt.Errorf("target: %w", err)
+	}
+	switch {
+	case len(p.Keys) == 0:
+		return false, nil, nil
+	case p.More:
+		return true, nil, nil
+	}
+	return true, &p.Last, nil
 }
 
 type sizedPage struct {
