@@ -11,6 +11,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/ztest"
+	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -57,6 +58,13 @@ func TestE2EPauseThrottleResume(t *testing.T) {
 	require.LessOrEqual(t, c.GetRowsPerSecond(), float64(limit)*3, "throughput %.0f rows/s over a %d rows/s throttle", c.GetRowsPerSecond(), limit)
 	require.Positive(t, c.GetEta().AsDuration())
 	require.Equal(t, int64(rows), c.GetRowsTotal())
+	// The copier shows the unit in hand.
+	st, err := copierpb.NewSnapshotCopierServiceClient(conn).GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})
+	require.NoError(t, err)
+	require.NotEmpty(t, st.GetCopierId())
+	require.NotEmpty(t, st.GetActiveUnits(), "a throttled copy has a unit in hand")
+	require.Equal(t, "ctl", st.GetActiveUnits()[0].GetMigrationId())
+	require.Equal(t, "items", st.GetActiveUnits()[0].GetCollection())
 
 	// Pause: once the page in hand is written, nothing more is copied.
 	_, err = mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "ctl", Reason: "peak hours"})

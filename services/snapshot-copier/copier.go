@@ -83,9 +83,11 @@ type Copier struct {
 	cfg  Config
 	deps service.Deps
 
-	cc     jetstream.ConsumeContext
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cc       jetstream.ConsumeContext
+	controls *Controls
+	status   *Status
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 var _ service.Service = (*Copier)(nil)
@@ -95,7 +97,7 @@ func New(cfg Config, deps service.Deps) (*Copier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Copier{cfg: cfg, deps: deps}, nil
+	return &Copier{cfg: cfg, deps: deps, status: NewStatus()}, nil
 }
 
 // Name implements service.Service.
@@ -111,29 +113,32 @@ func (c *Copier) HealthNames() []string {
 	return []string{copierpb.SnapshotCopierService_ServiceDesc.ServiceName}
 }
 
-// Start consumes prepare and copy commands and starts the workers.
+// Start follows the copy controls, consumes prepare, copy and cancel
+// commands and starts the workers.
 func (c *Copier) Start(ctx context.Context) error {
-	cc, err := stage.Consume(ctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
-		[]string{"prepare_target", "copy_data", "all"}, 30*time.Minute, c.command)
-	if err != nil {
-		return err
-	}
-	c.cc = cc
 	c.limitMemory()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
-	controls := NewControls()
+	c.controls = NewControls()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := controls.Run(wctx, c.deps.Bus.JS, c.deps.Bus.Replicas, c.cfg.ID, c.deps.Logger); err != nil {
+		if err := c.controls.Run(wctx, c.deps.Bus.JS, c.deps.Bus.Replicas, c.cfg.ID, c.deps.Logger); err != nil {
 			c.deps.Logger.Error("copy controls stopped: pause and throttle no longer apply", "error", err)
 		}
 	}()
+	cc, err := stage.Consume(ctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
+		[]string{"prepare_target", "copy_data", "all"}, 30*time.Minute, c.command)
+	if err != nil {
+		cancel()
+		c.wg.Wait()
+		return err
+	}
+	c.cc = cc
 	for i := range c.cfg.Workers {
 		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator,
 			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20,
-			Controls: controls}
+			Controls: c.controls, Status: c.status}
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -178,6 +183,13 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (strin
 	if !stage.Starts(cmd) {
 		return stage.Pending, nil // pause and resume reach the workers through the copy controls
 	}
+	if err := c.controls.Check(ctx, cmd.GetMigrationId()); errors.Is(err, errEnded) {
+		// A command delivered after its migration ended (a redelivery, or
+		// one that lost a race with a cancel): doing it would recreate
+		// what the cancel dropped.
+		c.deps.Logger.InfoContext(ctx, "command of an ended migration ignored", "migration", cmd.GetMigrationId(), "stage", cmd.GetStage().String())
+		return stage.Pending, nil
+	}
 	src, tgt, code, err := stage.Connect(ctx, cmd)
 	if err != nil {
 		return code, err
@@ -192,7 +204,7 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (strin
 		return "", nil
 	case "STAGE_KIND_COPY_DATA":
 		units, err := PlanCopy(ctx, c.deps.Bus.JS, c.deps.Propagator, cmd.GetMigrationId(), cmd.GetSource(), cmd.GetTarget(),
-			PlanOptions{UnitRows: cmd.GetOptions().GetWorkUnitRows()})
+			PlanOptions{UnitRows: cmd.GetOptions().GetWorkUnitRows(), Replicas: c.deps.Bus.Replicas})
 		if err != nil {
 			return "PLAN_FAILED", err
 		}

@@ -41,7 +41,7 @@ func TestIntegrationPlanUnits(t *testing.T) {
 				if i > 0 {
 					require.Equal(t, units[i-1].Range.End, u.Range.Start, "units are contiguous")
 				}
-				stats, err := CopyRange(ctx, src, tgt, table, u.Range, nil, 0, nil)
+				stats, err := CopyRange(ctx, src, tgt, table, u.Range, CopyOptions{})
 				require.NoError(t, err)
 				require.Equal(t, u.Rows, stats.Rows, "unit %d", i)
 			}

@@ -70,17 +70,29 @@ type CopyStats struct {
 	Rows, Bytes int64
 }
 
-// Checkpoint is called after each batch is written to the target, with the
-// last key written; a unit resumed from that key neither loses nor repeats
-// a row. An error from it stops the copy.
-type Checkpoint func(last milvusx.Key, stats CopyStats) error
+// CopyOptions tune CopyRange.
+type CopyOptions struct {
+	// Resume, when set, is the last key of a previous copy's checkpoint.
+	Resume *milvusx.Key
+	// BatchBytes caps each page; 0 means DefaultBatchBytes.
+	BatchBytes int
+	// Pace, if set, is called before each page is written with its rows
+	// and bytes; it may wait (a throttle), and its error stops the copy
+	// before the page is written.
+	Pace func(rows, bytes int64) error
+	// Checkpoint, if set, is called after each page is written to the
+	// target, with the last key written and the totals so far; a unit
+	// resumed from that key neither loses nor repeats a row. Its error
+	// stops the copy.
+	Checkpoint func(last milvusx.Key, stats CopyStats) error
+}
 
 // CopyRange copies the rows of r from src to tgt in pages by primary key:
 // each page asks for the next keys above the last one copied, never an
 // offset. Pages are written with insert, which is cheaper than upsert and
 // cannot duplicate: a page's keys are above everything written before.
 //
-// When resume is set, copying starts after it. The page written after
+// When opts.Resume is set, copying starts after it. The page written after
 // that checkpoint may have reached the target before a crash, so the
 // target is asked for the largest key it holds above the checkpoint, and
 // pages are written with upsert, which replaces rows instead of
@@ -90,7 +102,8 @@ type Checkpoint func(last milvusx.Key, stats CopyStats) error
 // at the pace of the slower side rather than of both added up; at most
 // two pages (one being written, the next being read or waiting for it)
 // are in memory.
-func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, resume *milvusx.Key, batchBytes int, cp Checkpoint) (CopyStats, error) {
+func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, opts CopyOptions) (CopyStats, error) {
+	resume, batchBytes := opts.Resume, opts.BatchBytes
 	if batchBytes <= 0 {
 		batchBytes = DefaultBatchBytes
 	}
@@ -108,6 +121,11 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 		return stats, err
 	}
 	for p := range pages {
+		if opts.Pace != nil {
+			if err := opts.Pace(int64(len(p.Keys)), int64(p.size)); err != nil {
+				return stats, err
+			}
+		}
 		if err := write(ctx, tgt, t, p.Fields, len(p.Keys), upsert); err != nil {
 			return stats, err // the deferred cancel stops the reader
 		}
@@ -116,8 +134,8 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 		}
 		stats.Rows += int64(len(p.Keys))
 		stats.Bytes += int64(p.size)
-		if cp != nil {
-			if err := cp(p.Last, stats); err != nil {
+		if opts.Checkpoint != nil {
+			if err := opts.Checkpoint(p.Last, stats); err != nil {
 				return stats, err
 			}
 		}

@@ -81,20 +81,20 @@ func TestIntegrationCopyAndVerify(t *testing.T) {
 				// checkpoint: the last saved checkpoint is the second's.
 				var saved *milvusx.Key
 				calls := 0
-				stats, err := CopyRange(ctx, src, tgt, pt, milvusx.Range{}, nil, 8<<10, func(last milvusx.Key, _ CopyStats) error {
+				stats, err := CopyRange(ctx, src, tgt, pt, milvusx.Range{}, CopyOptions{BatchBytes: 8 << 10, Checkpoint: func(last milvusx.Key, _ CopyStats) error {
 					calls++
 					if calls == 3 {
 						return errCrash
 					}
 					saved = &last
 					return nil
-				})
+				}})
 				if calls < 3 {
 					require.NoError(t, err, "partition %q", p)
 				} else {
 					require.ErrorIs(t, err, errCrash)
 					require.NotNil(t, saved)
-					resumed, err := CopyRange(ctx, src, tgt, pt, milvusx.Range{}, saved, 8<<10, nil)
+					resumed, err := CopyRange(ctx, src, tgt, pt, milvusx.Range{}, CopyOptions{Resume: saved, BatchBytes: 8 << 10})
 					require.NoError(t, err)
 					stats.Rows += resumed.Rows
 					stats.Bytes += resumed.Bytes

@@ -185,7 +185,7 @@ func TestIntegrationEveryFieldType(t *testing.T) {
 				coll := "k_" + name
 				table, err := milvusx.DescribeTable(ctx, src, db, coll)
 				require.NoError(t, err)
-				stats, err := CopyRange(ctx, src, tgt, table, milvusx.Range{}, nil, 16<<10, nil)
+				stats, err := CopyRange(ctx, src, tgt, table, milvusx.Range{}, CopyOptions{BatchBytes: 16 << 10})
 				require.NoError(t, err, coll)
 				require.Equal(t, int64(rows), stats.Rows, coll)
 				report, err := verify.Collection(ctx, src, tgt, table, 250)

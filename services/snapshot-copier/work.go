@@ -22,6 +22,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -30,6 +31,8 @@ import (
 const (
 	// CheckpointsBucket holds one WorkUnitCheckpoint per unit ID.
 	CheckpointsBucket = "zdm_copy_checkpoints"
+	// UnitPlansBucket holds one TablePlan per table of a migration.
+	UnitPlansBucket = "zdm_copy_units"
 	// workConsumer is the durable consumer every copier process shares, so
 	// each unit goes to one copier at a time.
 	workConsumer = "copiers"
@@ -45,6 +48,8 @@ type PlanOptions struct {
 	UnitRows int64
 	// BatchBytes caps each insert; 0 means DefaultBatchBytes.
 	BatchBytes int64
+	// Replicas of the unit plans bucket.
+	Replicas int
 }
 
 // PlanCopy splits every collection (and partition) of the source
@@ -70,6 +75,11 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 	readTs, err := milvusx.ReadTimestamp(ctx, raw)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
+	}
+	plans, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: UnitPlansBucket,
+		Storage: jetstream.FileStorage, Replicas: max(opts.Replicas, 1)})
+	if err != nil {
+		return nil, fmt.Errorf("unit plans bucket: %w", err)
 	}
 	var out []*eventspb.WorkUnit
 	for _, db := range dbs {
@@ -97,16 +107,21 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 			for _, part := range parts {
 				pt := t
 				pt.Partition = part
-				units, err := PlanUnits(ctx, raw, pt, opts.UnitRows)
+				plan, err := tablePlan(ctx, plans, tableKey(migration, db, name, part), func() ([]Unit, error) {
+					units, err := PlanUnits(ctx, raw, pt, opts.UnitRows)
+					if err != nil {
+						return nil, explainUnloaded(ctx, raw, db, name, err)
+					}
+					return units, nil
+				}, t.PK.GetDataType() == schemapb.DataType_VarChar)
 				if err != nil {
-					return nil, explainUnloaded(ctx, raw, db, name, err)
+					return nil, err
 				}
-				for i, u := range units {
+				for i, u := range plan.GetUnits() {
 					wu := &eventspb.WorkUnit{
 						UnitId: unitID(migration, db, name, part, i), MigrationId: migration,
 						Database: db, Collection: name, Partition: part,
-						Range:        rangeToPB(u.Range, t.PK.GetDataType() == schemapb.DataType_VarChar),
-						ExpectedRows: u.Rows, Source: src, Target: tgt, BatchBytes: opts.BatchBytes,
+						Range: u.GetRange(), ExpectedRows: u.GetRows(), Source: src, Target: tgt, BatchBytes: opts.BatchBytes,
 						ReadTimestamp: readTs,
 					}
 					if _, err := natsbus.Publish(ctx, js, prop, "zdm.work."+migration, wu.GetUnitId(), wu); err != nil {
@@ -131,11 +146,54 @@ func explainUnloaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, na
 		"load it on the source (it needs an index) and retry: %w", db, name, st.GetState(), err)
 }
 
-// unitID is stable for a migration, table and unit index, and a valid KV
-// key whatever the database and collection names hold.
-func unitID(migration, db, coll, part string, i int) string {
+// tableKey names a table of a migration, as a valid KV key whatever the
+// database and collection names hold.
+func tableKey(migration, db, coll, part string) string {
 	h := sha256.Sum256([]byte(db + "\x00" + coll + "\x00" + part))
-	return fmt.Sprintf("%s.%s.%d", migration, hex.EncodeToString(h[:6]), i)
+	return migration + "." + hex.EncodeToString(h[:6])
+}
+
+// unitID is stable for a migration, table and unit index.
+func unitID(migration, db, coll, part string, i int) string {
+	return fmt.Sprintf("%s.%d", tableKey(migration, db, coll, part), i)
+}
+
+// tablePlan returns the units stored for a table, or plans them and
+// stores them before anything is published. A plan stored first by
+// another copier wins.
+func tablePlan(ctx context.Context, kv jetstream.KeyValue, key string, plan func() ([]Unit, error), strKeys bool) (*copierpb.TablePlan, error) {
+	read := func() (*copierpb.TablePlan, error) {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		var p copierpb.TablePlan
+		if err := proto.Unmarshal(e.Value(), &p); err != nil {
+			return nil, fmt.Errorf("decode unit plan %s: %w", key, err)
+		}
+		return &p, nil
+	}
+	if p, err := read(); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return p, err
+	}
+	units, err := plan()
+	if err != nil {
+		return nil, err
+	}
+	p := &copierpb.TablePlan{}
+	for _, u := range units {
+		p.Units = append(p.Units, &copierpb.PlannedUnit{Range: rangeToPB(u.Range, strKeys), Rows: u.Rows})
+	}
+	data, err := proto.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := kv.Create(ctx, key, data); errors.Is(err, jetstream.ErrKeyExists) {
+		return read()
+	} else if err != nil {
+		return nil, fmt.Errorf("store unit plan %s: %w", key, err)
+	}
+	return p, nil
 }
 
 // Worker copies work units pulled from the queue. Any number of workers,
@@ -156,6 +214,8 @@ type Worker struct {
 	BatchBytes int
 	// Controls pause and throttle the copy; nil lets it run freely.
 	Controls *Controls
+	// Status records the unit in hand, for GetCopierStatus; may be nil.
+	Status *Status
 
 	checkpoints jetstream.KeyValue
 	mu          sync.Mutex
@@ -213,7 +273,10 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	log := w.Logger.With(slog.String("unit", u.GetUnitId()), slog.String("collection", u.GetDatabase()+"."+u.GetCollection()))
-	if err := w.copyUnit(ctx, msg, &u); err != nil {
+	w.Status.begin(w.ID, &u)
+	err = w.copyUnit(ctx, msg, &u)
+	w.Status.end(w.ID, err == nil)
+	if err != nil {
 		if ctx.Err() != nil {
 			return // stopping: the unit is redelivered to another copier
 		}
@@ -263,8 +326,11 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		}
 		t.Partition, t.ReadTs = u.GetPartition(), u.GetReadTimestamp()
 		base := CopyStats{Rows: cp.GetRows(), Bytes: cp.GetBytes()}
-		var prev CopyStats
 		alive := func() { _ = msg.InProgress() } // keep the unit
+		// Pay for each page before it is written; stop there if paused.
+		pace := func(rows, bytes int64) error {
+			return w.Controls.Wait(ctx, u.GetMigrationId(), rows, bytes, alive)
+		}
 		save := func(last milvusx.Key, s CopyStats) error {
 			cp.LastKey, cp.Rows, cp.Bytes = keyToPB(&last), base.Rows+s.Rows, base.Bytes+s.Bytes
 			cp.Time, cp.CopierId = timestamppb.Now(), w.ID
@@ -272,19 +338,15 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 				return err
 			}
 			alive()
-			if err := w.progress(ctx, u, cp); err != nil {
-				return err
-			}
-			// Pay for the page just written; stop here if paused.
-			page := CopyStats{Rows: s.Rows - prev.Rows, Bytes: s.Bytes - prev.Bytes}
-			prev = s
-			return w.Controls.Wait(ctx, u.GetMigrationId(), page.Rows, page.Bytes, alive)
+			w.Status.progress(w.ID, cp.GetRows(), cp.GetBytes())
+			return w.progress(ctx, u, cp)
 		}
 		batch := int(u.GetBatchBytes())
 		if batch == 0 {
 			batch = w.BatchBytes
 		}
-		if _, err := CopyRange(ctx, rs, rt, t, rangeFromPB(u.GetRange()), keyFromPB(cp.GetLastKey()), batch, save); err != nil {
+		opts := CopyOptions{Resume: keyFromPB(cp.GetLastKey()), BatchBytes: batch, Pace: pace, Checkpoint: save}
+		if _, err := CopyRange(ctx, rs, rt, t, rangeFromPB(u.GetRange()), opts); err != nil {
 			return err
 		}
 		cp.Complete, cp.Time, cp.CopierId = true, timestamppb.Now(), w.ID

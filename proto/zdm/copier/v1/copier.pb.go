@@ -7,7 +7,7 @@
 package copierv1
 
 import (
-	v1 "github.com/zdm-io/zdm/proto/zdm/v1"
+	v1 "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -224,31 +224,33 @@ func (x *ActiveUnit) GetStartTime() *timestamppb.Timestamp {
 	return nil
 }
 
-// SetThrottleRequest sets a migration's throttle on this replica.
-type SetThrottleRequest struct {
+// TablePlan is how one table (a collection, or one of its partitions) of a
+// migration was cut into work units. It is stored in KV bucket
+// zdm_copy_units before any of its units is published, so a copier that
+// plans again after a crash publishes the same units, whatever the source
+// holds by then.
+type TablePlan struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The migration.
-	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	// New limits; zero fields mean unlimited.
-	Throttle      *v1.Throttle `protobuf:"bytes,2,opt,name=throttle,proto3" json:"throttle,omitempty"`
+	// The units, in key order.
+	Units         []*PlannedUnit `protobuf:"bytes,1,rep,name=units,proto3" json:"units,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *SetThrottleRequest) Reset() {
-	*x = SetThrottleRequest{}
+func (x *TablePlan) Reset() {
+	*x = TablePlan{}
 	mi := &file_zdm_copier_v1_copier_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *SetThrottleRequest) String() string {
+func (x *TablePlan) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*SetThrottleRequest) ProtoMessage() {}
+func (*TablePlan) ProtoMessage() {}
 
-func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
+func (x *TablePlan) ProtoReflect() protoreflect.Message {
 	mi := &file_zdm_copier_v1_copier_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -260,46 +262,43 @@ func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use SetThrottleRequest.ProtoReflect.Descriptor instead.
-func (*SetThrottleRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use TablePlan.ProtoReflect.Descriptor instead.
+func (*TablePlan) Descriptor() ([]byte, []int) {
 	return file_zdm_copier_v1_copier_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *SetThrottleRequest) GetMigrationId() string {
+func (x *TablePlan) GetUnits() []*PlannedUnit {
 	if x != nil {
-		return x.MigrationId
-	}
-	return ""
-}
-
-func (x *SetThrottleRequest) GetThrottle() *v1.Throttle {
-	if x != nil {
-		return x.Throttle
+		return x.Units
 	}
 	return nil
 }
 
-// SetThrottleResponse is empty on success.
-type SetThrottleResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+// PlannedUnit is one unit of a TablePlan.
+type PlannedUnit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its key range.
+	Range *v1.KeyRange `protobuf:"bytes,1,opt,name=range,proto3" json:"range,omitempty"`
+	// Rows in the range when planned.
+	Rows          int64 `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *SetThrottleResponse) Reset() {
-	*x = SetThrottleResponse{}
+func (x *PlannedUnit) Reset() {
+	*x = PlannedUnit{}
 	mi := &file_zdm_copier_v1_copier_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *SetThrottleResponse) String() string {
+func (x *PlannedUnit) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*SetThrottleResponse) ProtoMessage() {}
+func (*PlannedUnit) ProtoMessage() {}
 
-func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
+func (x *PlannedUnit) ProtoReflect() protoreflect.Message {
 	mi := &file_zdm_copier_v1_copier_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -311,16 +310,30 @@ func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use SetThrottleResponse.ProtoReflect.Descriptor instead.
-func (*SetThrottleResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use PlannedUnit.ProtoReflect.Descriptor instead.
+func (*PlannedUnit) Descriptor() ([]byte, []int) {
 	return file_zdm_copier_v1_copier_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PlannedUnit) GetRange() *v1.KeyRange {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
+func (x *PlannedUnit) GetRows() int64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
 }
 
 var File_zdm_copier_v1_copier_proto protoreflect.FileDescriptor
 
 const file_zdm_copier_v1_copier_proto_rawDesc = "" +
 	"\n" +
-	"\x1azdm/copier/v1/copier.proto\x12\rzdm.copier.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zdm/v1/migration.proto\"\x18\n" +
+	"\x1azdm/copier/v1/copier.proto\x12\rzdm.copier.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1azdm/events/v1/events.proto\"\x18\n" +
 	"\x16GetCopierStatusRequest\"\x93\x01\n" +
 	"\x17GetCopierStatusResponse\x12\x1b\n" +
 	"\tcopier_id\x18\x01 \x01(\tR\bcopierId\x12<\n" +
@@ -338,14 +351,14 @@ const file_zdm_copier_v1_copier_proto_rawDesc = "" +
 	"\x04rows\x18\x05 \x01(\x03R\x04rows\x12\x14\n" +
 	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\x129\n" +
 	"\n" +
-	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"e\n" +
-	"\x12SetThrottleRequest\x12!\n" +
-	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12,\n" +
-	"\bthrottle\x18\x02 \x01(\v2\x10.zdm.v1.ThrottleR\bthrottle\"\x15\n" +
-	"\x13SetThrottleResponse2\xcf\x01\n" +
+	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"=\n" +
+	"\tTablePlan\x120\n" +
+	"\x05units\x18\x01 \x03(\v2\x1a.zdm.copier.v1.PlannedUnitR\x05units\"P\n" +
+	"\vPlannedUnit\x12-\n" +
+	"\x05range\x18\x01 \x01(\v2\x17.zdm.events.v1.KeyRangeR\x05range\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\x03R\x04rows2y\n" +
 	"\x15SnapshotCopierService\x12`\n" +
-	"\x0fGetCopierStatus\x12%.zdm.copier.v1.GetCopierStatusRequest\x1a&.zdm.copier.v1.GetCopierStatusResponse\x12T\n" +
-	"\vSetThrottle\x12!.zdm.copier.v1.SetThrottleRequest\x1a\".zdm.copier.v1.SetThrottleResponseB\xaa\x01\n" +
+	"\x0fGetCopierStatus\x12%.zdm.copier.v1.GetCopierStatusRequest\x1a&.zdm.copier.v1.GetCopierStatusResponseB\xaa\x01\n" +
 	"\x11com.zdm.copier.v1B\vCopierProtoP\x01Z2github.com/zdm-io/zdm/proto/zdm/copier/v1;copierv1\xa2\x02\x03ZCX\xaa\x02\rZdm.Copier.V1\xca\x02\rZdm\\Copier\\V1\xe2\x02\x19Zdm\\Copier\\V1\\GPBMetadata\xea\x02\x0fZdm::Copier::V1b\x06proto3"
 
 var (
@@ -365,24 +378,23 @@ var file_zdm_copier_v1_copier_proto_goTypes = []any{
 	(*GetCopierStatusRequest)(nil),  // 0: zdm.copier.v1.GetCopierStatusRequest
 	(*GetCopierStatusResponse)(nil), // 1: zdm.copier.v1.GetCopierStatusResponse
 	(*ActiveUnit)(nil),              // 2: zdm.copier.v1.ActiveUnit
-	(*SetThrottleRequest)(nil),      // 3: zdm.copier.v1.SetThrottleRequest
-	(*SetThrottleResponse)(nil),     // 4: zdm.copier.v1.SetThrottleResponse
+	(*TablePlan)(nil),               // 3: zdm.copier.v1.TablePlan
+	(*PlannedUnit)(nil),             // 4: zdm.copier.v1.PlannedUnit
 	(*timestamppb.Timestamp)(nil),   // 5: google.protobuf.Timestamp
-	(*v1.Throttle)(nil),             // 6: zdm.v1.Throttle
+	(*v1.KeyRange)(nil),             // 6: zdm.events.v1.KeyRange
 }
 var file_zdm_copier_v1_copier_proto_depIdxs = []int32{
 	2, // 0: zdm.copier.v1.GetCopierStatusResponse.active_units:type_name -> zdm.copier.v1.ActiveUnit
 	5, // 1: zdm.copier.v1.ActiveUnit.start_time:type_name -> google.protobuf.Timestamp
-	6, // 2: zdm.copier.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
-	0, // 3: zdm.copier.v1.SnapshotCopierService.GetCopierStatus:input_type -> zdm.copier.v1.GetCopierStatusRequest
-	3, // 4: zdm.copier.v1.SnapshotCopierService.SetThrottle:input_type -> zdm.copier.v1.SetThrottleRequest
+	4, // 2: zdm.copier.v1.TablePlan.units:type_name -> zdm.copier.v1.PlannedUnit
+	6, // 3: zdm.copier.v1.PlannedUnit.range:type_name -> zdm.events.v1.KeyRange
+	0, // 4: zdm.copier.v1.SnapshotCopierService.GetCopierStatus:input_type -> zdm.copier.v1.GetCopierStatusRequest
 	1, // 5: zdm.copier.v1.SnapshotCopierService.GetCopierStatus:output_type -> zdm.copier.v1.GetCopierStatusResponse
-	4, // 6: zdm.copier.v1.SnapshotCopierService.SetThrottle:output_type -> zdm.copier.v1.SetThrottleResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_zdm_copier_v1_copier_proto_init() }

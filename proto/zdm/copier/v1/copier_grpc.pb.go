@@ -20,7 +20,6 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	SnapshotCopierService_GetCopierStatus_FullMethodName = "/zdm.copier.v1.SnapshotCopierService/GetCopierStatus"
-	SnapshotCopierService_SetThrottle_FullMethodName     = "/zdm.copier.v1.SnapshotCopierService/SetThrottle"
 )
 
 // SnapshotCopierServiceClient is the client API for SnapshotCopierService service.
@@ -28,15 +27,12 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // SnapshotCopierService is the internal API of one snapshot-copier replica.
-// Work reaches copiers through the JetStream work queue, not through this
-// API; it exists for inspection and for changing a running copy's throttle.
+// Work reaches copiers through the JetStream work queue, and pause and
+// throttle through the copy controls (MigrationService.SetThrottle), not
+// through this API; it exists for inspection.
 type SnapshotCopierServiceClient interface {
 	// GetCopierStatus reports what this replica is doing.
 	GetCopierStatus(ctx context.Context, in *GetCopierStatusRequest, opts ...grpc.CallOption) (*GetCopierStatusResponse, error)
-	// SetThrottle changes this replica's share of a migration's throttle
-	// while it runs. Errors: NOT_FOUND when the replica has no unit of the
-	// migration; INVALID_ARGUMENT for negative limits.
-	SetThrottle(ctx context.Context, in *SetThrottleRequest, opts ...grpc.CallOption) (*SetThrottleResponse, error)
 }
 
 type snapshotCopierServiceClient struct {
@@ -57,30 +53,17 @@ func (c *snapshotCopierServiceClient) GetCopierStatus(ctx context.Context, in *G
 	return out, nil
 }
 
-func (c *snapshotCopierServiceClient) SetThrottle(ctx context.Context, in *SetThrottleRequest, opts ...grpc.CallOption) (*SetThrottleResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(SetThrottleResponse)
-	err := c.cc.Invoke(ctx, SnapshotCopierService_SetThrottle_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // SnapshotCopierServiceServer is the server API for SnapshotCopierService service.
 // All implementations must embed UnimplementedSnapshotCopierServiceServer
 // for forward compatibility.
 //
 // SnapshotCopierService is the internal API of one snapshot-copier replica.
-// Work reaches copiers through the JetStream work queue, not through this
-// API; it exists for inspection and for changing a running copy's throttle.
+// Work reaches copiers through the JetStream work queue, and pause and
+// throttle through the copy controls (MigrationService.SetThrottle), not
+// through this API; it exists for inspection.
 type SnapshotCopierServiceServer interface {
 	// GetCopierStatus reports what this replica is doing.
 	GetCopierStatus(context.Context, *GetCopierStatusRequest) (*GetCopierStatusResponse, error)
-	// SetThrottle changes this replica's share of a migration's throttle
-	// while it runs. Errors: NOT_FOUND when the replica has no unit of the
-	// migration; INVALID_ARGUMENT for negative limits.
-	SetThrottle(context.Context, *SetThrottleRequest) (*SetThrottleResponse, error)
 	mustEmbedUnimplementedSnapshotCopierServiceServer()
 }
 
@@ -93,9 +76,6 @@ type UnimplementedSnapshotCopierServiceServer struct{}
 
 func (UnimplementedSnapshotCopierServiceServer) GetCopierStatus(context.Context, *GetCopierStatusRequest) (*GetCopierStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCopierStatus not implemented")
-}
-func (UnimplementedSnapshotCopierServiceServer) SetThrottle(context.Context, *SetThrottleRequest) (*SetThrottleResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method SetThrottle not implemented")
 }
 func (UnimplementedSnapshotCopierServiceServer) mustEmbedUnimplementedSnapshotCopierServiceServer() {}
 func (UnimplementedSnapshotCopierServiceServer) testEmbeddedByValue()                               {}
@@ -136,24 +116,6 @@ func _SnapshotCopierService_GetCopierStatus_Handler(srv interface{}, ctx context
 	return interceptor(ctx, in, info, handler)
 }
 
-func _SnapshotCopierService_SetThrottle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(SetThrottleRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(SnapshotCopierServiceServer).SetThrottle(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: SnapshotCopierService_SetThrottle_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(SnapshotCopierServiceServer).SetThrottle(ctx, req.(*SetThrottleRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // SnapshotCopierService_ServiceDesc is the grpc.ServiceDesc for SnapshotCopierService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,10 +126,6 @@ var SnapshotCopierService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCopierStatus",
 			Handler:    _SnapshotCopierService_GetCopierStatus_Handler,
-		},
-		{
-			MethodName: "SetThrottle",
-			Handler:    _SnapshotCopierService_SetThrottle_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
