@@ -149,8 +149,13 @@ func TestE2EAllInOne(t *testing.T) {
 	require.Equal(t, codes.InvalidArgument, status.Code(err), "errors reach callers with their code: %v", err)
 	// Logic that belongs to later work answers UNIMPLEMENTED, never a fake
 	// success.
-	_, err = copierpb.NewSnapshotCopierServiceClient(conn).GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})
+	_, err = lagpb.NewLagMonitorServiceClient(conn).GetLag(ctx, &lagpb.GetLagRequest{MigrationId: "m"})
 	require.Equal(t, codes.Unimplemented, status.Code(err))
+	// The copier answers for itself.
+	st, err := copierpb.NewSnapshotCopierServiceClient(conn).GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})
+	require.NoError(t, err)
+	require.NotEmpty(t, st.GetCopierId())
+	require.Empty(t, st.GetActiveUnits())
 
 	resp, err := http.Get("http://" + p.addrs.Metrics + "/metrics")
 	require.NoError(t, err)
