@@ -9,8 +9,11 @@ import (
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/zdm-io/zdm/pkg/ztest"
+	lagpb "github.com/zdm-io/zdm/proto/zdm/lag/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -126,7 +129,7 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 		entity.NewColumnFloatVector("vec", 16, [][]float32{v}))
 	require.NoError(t, err)
 
-	start(t, "-target", "lag-monitor", "-nats-url", p.addrs.NATS)
+	monitor := start(t, "-target", "lag-monitor", "-nats-url", p.addrs.NATS)
 	m := waitMigration(t, ctx, mig, "off2", 2*time.Minute, inState(zdmpb.MigrationState_MIGRATION_STATE_FAILED), nil)
 	require.Equal(t, "VERIFICATION_MISMATCH", m.GetError().GetCode())
 	require.Equal(t, zdmpb.StageKind_STAGE_KIND_VERIFY, m.GetError().GetStage())
@@ -136,4 +139,31 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 	src, err := clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "src"})
 	require.NoError(t, err)
 	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, src.GetCluster().GetLockState())
+
+	// The same verification through the lag monitor's API.
+	lag := lagpb.NewLagMonitorServiceClient(dial(t, monitor.addrs.GRPC))
+	pair := &lagpb.VerifyRequest{MigrationId: "off2", Source: &zdmpb.ClusterConnection{Endpoint: srcAddr},
+		Target: &zdmpb.ClusterConnection{Endpoint: tgtAddr}, RangeRows: 500}
+	rep, err := lag.Verify(ctx, pair)
+	require.NoError(t, err)
+	require.False(t, rep.GetMatch())
+	require.Len(t, rep.GetCollections(), 1)
+	items := rep.GetCollections()[0]
+	require.Equal(t, []int64{1200, 1199, 1200, 1199}, []int64{items.GetSourceCount(), items.GetTargetCount(), items.GetSourceDistinctKeys(), items.GetTargetDistinctKeys()})
+	var keys []string
+	for _, mm := range items.GetMismatches() {
+		keys = append(keys, mm.GetSampleKeys()...)
+	}
+	require.Equal(t, []string{"7", "100"}, keys)
+	for _, bad := range []struct {
+		req  *lagpb.VerifyRequest
+		code codes.Code
+	}{
+		{&lagpb.VerifyRequest{MigrationId: "off2"}, codes.InvalidArgument},
+		{&lagpb.VerifyRequest{Source: pair.Source, Target: pair.Target, Collections: []string{"items"}}, codes.InvalidArgument},
+		{&lagpb.VerifyRequest{Source: pair.Source, Target: pair.Target, Collections: []string{"shop.nope"}}, codes.NotFound},
+	} {
+		_, err := lag.Verify(ctx, bad.req)
+		require.Equal(t, bad.code, status.Code(err), "%v: %v", bad.req, err)
+	}
 }

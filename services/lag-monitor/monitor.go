@@ -7,11 +7,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/apierr"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
@@ -27,7 +32,7 @@ const Name = "lag-monitor"
 
 // Monitor serves LagMonitorService and runs verification stages. Lag
 // measurement lands with the CDC streamer; until then GetLag answers
-// UNIMPLEMENTED.
+// UNIMPLEMENTED. Verify answers for any pair of clusters it is given.
 type Monitor struct {
 	lagpb.UnimplementedLagMonitorServiceServer
 
@@ -85,30 +90,14 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (strin
 	}
 	defer src.Close()
 	defer tgt.Close()
-	rs, _ := milvusx.Raw(src)
-	rt, _ := milvusx.Raw(tgt)
-	dbs, err := milvusx.Databases(ctx, src)
+	reports, err := compareAll(ctx, src, tgt, nil, 0)
 	if err != nil {
 		return "VERIFY_FAILED", err
 	}
 	var bad []string
-	for _, db := range dbs {
-		names, err := milvusx.CollectionsIn(ctx, src, db)
-		if err != nil {
-			return "VERIFY_FAILED", err
-		}
-		for _, name := range names {
-			t, err := milvusx.DescribeTable(ctx, rs, db, name)
-			if err != nil {
-				return "VERIFY_FAILED", err
-			}
-			r, err := verify.Collection(ctx, rs, rt, t, 0)
-			if err != nil {
-				return "VERIFY_FAILED", err
-			}
-			if !r.Match() {
-				bad = append(bad, describe(r))
-			}
+	for _, r := range reports {
+		if !r.Match() {
+			bad = append(bad, describe(r))
 		}
 	}
 	if len(bad) == 0 {
@@ -119,6 +108,100 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (strin
 		bad, more = bad[:maxReported], fmt.Sprintf("; and %d more collections", len(bad)-maxReported)
 	}
 	return "VERIFICATION_MISMATCH", errors.New(strings.Join(bad, "; ") + more)
+}
+
+// compareAll verifies the given collections ("database.collection"; nil
+// for every collection of every source database). Errors:
+// apierr.ErrNotFound for a collection the source lacks.
+func compareAll(ctx context.Context, src, tgt client.Client, only []string, rangeRows int) ([]*verify.Report, error) {
+	rs, err := milvusx.Raw(src)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := milvusx.Raw(tgt)
+	if err != nil {
+		return nil, err
+	}
+	dbs, err := milvusx.Databases(ctx, src)
+	if err != nil {
+		return nil, fmt.Errorf("source: %w", err)
+	}
+	var all []string
+	for _, db := range dbs {
+		names, err := milvusx.CollectionsIn(ctx, src, db)
+		if err != nil {
+			return nil, fmt.Errorf("source: %w", err)
+		}
+		for _, n := range names {
+			all = append(all, db+"."+n)
+		}
+	}
+	if only != nil {
+		for _, c := range only {
+			if !slices.Contains(all, c) {
+				return nil, fmt.Errorf("%w: the source has no collection %s", apierr.ErrNotFound, c)
+			}
+		}
+		all = only
+	}
+	var out []*verify.Report
+	for _, c := range all {
+		db, name, _ := strings.Cut(c, ".")
+		t, err := milvusx.DescribeTable(ctx, rs, db, name)
+		if err != nil {
+			return nil, err
+		}
+		r, err := verify.Collection(ctx, rs, rt, t, rangeRows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Verify implements lagpb.LagMonitorServiceServer.
+func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.VerifyResponse, error) {
+	if req.GetSource() == nil || req.GetTarget() == nil {
+		return nil, fmt.Errorf("%w: source and target connections are required", apierr.ErrInvalidArgument)
+	}
+	for _, c := range req.GetCollections() {
+		if db, name, ok := strings.Cut(c, "."); !ok || db == "" || name == "" {
+			return nil, fmt.Errorf("%w: collection %q: want database.collection", apierr.ErrInvalidArgument, c)
+		}
+	}
+	if req.GetRangeRows() < 0 {
+		return nil, fmt.Errorf("%w: range_rows %d must not be negative", apierr.ErrInvalidArgument, req.GetRangeRows())
+	}
+	src, err := milvusx.Connect(ctx, req.GetSource(), "")
+	if err != nil {
+		return nil, fmt.Errorf("%w: source: %w", apierr.ErrFailedPrecondition, err)
+	}
+	defer src.Close()
+	tgt, err := milvusx.Connect(ctx, req.GetTarget(), "")
+	if err != nil {
+		return nil, fmt.Errorf("%w: target: %w", apierr.ErrFailedPrecondition, err)
+	}
+	defer tgt.Close()
+	reports, err := compareAll(ctx, src, tgt, req.GetCollections(), int(req.GetRangeRows()))
+	if errors.Is(err, apierr.ErrNotFound) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", apierr.ErrFailedPrecondition, err)
+	}
+	resp := &lagpb.VerifyResponse{Match: true}
+	for _, r := range reports {
+		cv := &lagpb.CollectionVerification{Database: r.Database, Collection: r.Collection,
+			SourceCount: r.SourceCount, TargetCount: r.TargetCount,
+			SourceDistinctKeys: r.SourceDistinct, TargetDistinctKeys: r.TargetDistinct, Time: timestamppb.Now()}
+		for _, mm := range r.Mismatches {
+			cv.Mismatches = append(cv.Mismatches, &lagpb.RangeMismatch{StartKey: mm.Start, EndKey: mm.End, SampleKeys: mm.SampleKeys})
+		}
+		resp.Collections = append(resp.Collections, cv)
+		resp.Match = resp.Match && r.Match()
+	}
+	return resp, nil
 }
 
 // describe names a mismatch: counts and the first ranges with sample keys.

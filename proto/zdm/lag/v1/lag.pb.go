@@ -7,6 +7,7 @@
 package lagv1
 
 import (
+	v1 "github.com/zdm-io/zdm/proto/zdm/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -127,12 +128,16 @@ func (x *GetLagResponse) GetAppliedWatermark() *timestamppb.Timestamp {
 // VerifyRequest asks for a verification.
 type VerifyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The migration whose clusters to compare.
+	// The migration the comparison is for, for logs and traces.
 	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	// Collections to verify as "database.collection"; empty means all.
 	Collections []string `protobuf:"bytes,2,rep,name=collections,proto3" json:"collections,omitempty"`
 	// Rows per checksum range. Default 10000.
-	RangeRows     int64 `protobuf:"varint,3,opt,name=range_rows,json=rangeRows,proto3" json:"range_rows,omitempty"`
+	RangeRows int64 `protobuf:"varint,3,opt,name=range_rows,json=rangeRows,proto3" json:"range_rows,omitempty"`
+	// The source cluster, as the coordinator holds it.
+	Source *v1.ClusterConnection `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// The target cluster.
+	Target        *v1.ClusterConnection `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +191,20 @@ func (x *VerifyRequest) GetRangeRows() int64 {
 		return x.RangeRows
 	}
 	return 0
+}
+
+func (x *VerifyRequest) GetSource() *v1.ClusterConnection {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *VerifyRequest) GetTarget() *v1.ClusterConnection {
+	if x != nil {
+		return x.Target
+	}
+	return nil
 }
 
 // VerifyResponse is the verification report.
@@ -421,17 +440,19 @@ var File_zdm_lag_v1_lag_proto protoreflect.FileDescriptor
 const file_zdm_lag_v1_lag_proto_rawDesc = "" +
 	"\n" +
 	"\x14zdm/lag/v1/lag.proto\x12\n" +
-	"zdm.lag.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n" +
+	"zdm.lag.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\"2\n" +
 	"\rGetLagRequest\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\"\x86\x01\n" +
 	"\x0eGetLagResponse\x12+\n" +
 	"\x03lag\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12G\n" +
-	"\x11applied_watermark\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10appliedWatermark\"s\n" +
+	"\x11applied_watermark\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x10appliedWatermark\"\xd9\x01\n" +
 	"\rVerifyRequest\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12 \n" +
 	"\vcollections\x18\x02 \x03(\tR\vcollections\x12\x1d\n" +
 	"\n" +
-	"range_rows\x18\x03 \x01(\x03R\trangeRows\"l\n" +
+	"range_rows\x18\x03 \x01(\x03R\trangeRows\x121\n" +
+	"\x06source\x18\x04 \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06source\x121\n" +
+	"\x06target\x18\x05 \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\"l\n" +
 	"\x0eVerifyResponse\x12\x14\n" +
 	"\x05match\x18\x01 \x01(\bR\x05match\x12D\n" +
 	"\vcollections\x18\x02 \x03(\v2\".zdm.lag.v1.CollectionVerificationR\vcollections\"\xe9\x02\n" +
@@ -482,22 +503,25 @@ var file_zdm_lag_v1_lag_proto_goTypes = []any{
 	(*RangeMismatch)(nil),          // 5: zdm.lag.v1.RangeMismatch
 	(*durationpb.Duration)(nil),    // 6: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil),  // 7: google.protobuf.Timestamp
+	(*v1.ClusterConnection)(nil),   // 8: zdm.v1.ClusterConnection
 }
 var file_zdm_lag_v1_lag_proto_depIdxs = []int32{
 	6, // 0: zdm.lag.v1.GetLagResponse.lag:type_name -> google.protobuf.Duration
 	7, // 1: zdm.lag.v1.GetLagResponse.applied_watermark:type_name -> google.protobuf.Timestamp
-	4, // 2: zdm.lag.v1.VerifyResponse.collections:type_name -> zdm.lag.v1.CollectionVerification
-	5, // 3: zdm.lag.v1.CollectionVerification.mismatches:type_name -> zdm.lag.v1.RangeMismatch
-	7, // 4: zdm.lag.v1.CollectionVerification.time:type_name -> google.protobuf.Timestamp
-	0, // 5: zdm.lag.v1.LagMonitorService.GetLag:input_type -> zdm.lag.v1.GetLagRequest
-	2, // 6: zdm.lag.v1.LagMonitorService.Verify:input_type -> zdm.lag.v1.VerifyRequest
-	1, // 7: zdm.lag.v1.LagMonitorService.GetLag:output_type -> zdm.lag.v1.GetLagResponse
-	3, // 8: zdm.lag.v1.LagMonitorService.Verify:output_type -> zdm.lag.v1.VerifyResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	8, // 2: zdm.lag.v1.VerifyRequest.source:type_name -> zdm.v1.ClusterConnection
+	8, // 3: zdm.lag.v1.VerifyRequest.target:type_name -> zdm.v1.ClusterConnection
+	4, // 4: zdm.lag.v1.VerifyResponse.collections:type_name -> zdm.lag.v1.CollectionVerification
+	5, // 5: zdm.lag.v1.CollectionVerification.mismatches:type_name -> zdm.lag.v1.RangeMismatch
+	7, // 6: zdm.lag.v1.CollectionVerification.time:type_name -> google.protobuf.Timestamp
+	0, // 7: zdm.lag.v1.LagMonitorService.GetLag:input_type -> zdm.lag.v1.GetLagRequest
+	2, // 8: zdm.lag.v1.LagMonitorService.Verify:input_type -> zdm.lag.v1.VerifyRequest
+	1, // 9: zdm.lag.v1.LagMonitorService.GetLag:output_type -> zdm.lag.v1.GetLagResponse
+	3, // 10: zdm.lag.v1.LagMonitorService.Verify:output_type -> zdm.lag.v1.VerifyResponse
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_zdm_lag_v1_lag_proto_init() }

@@ -34,7 +34,10 @@ type LagMonitorServiceClient interface {
 	GetLag(ctx context.Context, in *GetLagRequest, opts ...grpc.CallOption) (*GetLagResponse, error)
 	// Verify compares source and target collections: count(*), distinct
 	// primary-key count and checksums per primary-key range over whole rows
-	// (vectors included). Blocks until done or the deadline passes.
+	// (vectors included). Blocks until done or the deadline passes. Errors:
+	// INVALID_ARGUMENT without both connections or with a malformed
+	// collection name, NOT_FOUND for a collection the source lacks,
+	// FAILED_PRECONDITION when a cluster cannot be reached or read.
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 }
 
@@ -77,7 +80,10 @@ type LagMonitorServiceServer interface {
 	GetLag(context.Context, *GetLagRequest) (*GetLagResponse, error)
 	// Verify compares source and target collections: count(*), distinct
 	// primary-key count and checksums per primary-key range over whole rows
-	// (vectors included). Blocks until done or the deadline passes.
+	// (vectors included). Blocks until done or the deadline passes. Errors:
+	// INVALID_ARGUMENT without both connections or with a malformed
+	// collection name, NOT_FOUND for a collection the source lacks,
+	// FAILED_PRECONDITION when a cluster cannot be reached or read.
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	mustEmbedUnimplementedLagMonitorServiceServer()
 }
