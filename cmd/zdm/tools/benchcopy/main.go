@@ -2,7 +2,8 @@
 // ingest ceiling and a naive copy, on the test rig's primary tier (make
 // bench-copy). It prints one name=value line per figure.
 //
-// In one run it (a) inserts pre-generated rows straight into the target
+// In one run (each measurement repeated, -repeat, and the median
+// reported) it (a) inserts pre-generated rows straight into the target
 // with the copier's batch size and concurrency: the ceiling; (b) runs an
 // OFFLINE migration with bin/zdm, the copier in a process of its own, and
 // times the copy stage; (c) copies with the single-threaded SDK query
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +59,7 @@ func run(ctx context.Context) error {
 	batchMiB := flag.Int("batch-mib", copier.DefaultBatchBytes>>20, "the copier's batch size; the ceiling inserts as many rows at a time")
 	workers := flag.Int("workers", 2, "copier workers, and ceiling insert concurrency")
 	zdmBin := flag.String("zdm", "bin/zdm", "zdm binary")
+	repeat := flag.Int("repeat", 3, "runs of each measurement; each figure is their median (peak RSS: their maximum)")
 	flag.Parse()
 	// Rows per batch as the copier cuts them: its batches are sized by
 	// the bytes of the rows' fields.
@@ -71,37 +74,51 @@ func run(ctx context.Context) error {
 		}
 	}
 
+	// Each figure is the median of several runs: on a small shared
+	// machine one run of anything varies by a third.
+	var ceilings, naives, copies []float64
+	var rss float64
 	// (a) The ceiling: straight inserts into the target.
-	ceiling, err := timedLoad(ctx, tgt, *rows, *batchRows, *workers)
-	if err != nil {
-		return fmt.Errorf("ceiling: %w", err)
-	}
-	if err := dropDatabase(ctx, tgt); err != nil {
-		return err
+	for range *repeat {
+		ceiling, err := timedLoad(ctx, tgt, *rows, *batchRows, *workers)
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		if err := dropDatabase(ctx, tgt); err != nil {
+			return err
+		}
+		ceilings = append(ceilings, ceiling)
 	}
 	// The source data, loaded so it can be queried.
 	if _, err := timedLoad(ctx, src, *rows, *batchRows, *workers); err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer func() { _ = dropDatabase(ctx, src) }() // best effort on the way out
-
-	// (c) The naive copy, before zdm's, while the target is empty.
-	naive, err := naiveCopy(ctx, src, tgt, *naiveRows)
-	if err != nil {
-		return fmt.Errorf("naive copy: %w", err)
-	}
-	if err := dropDatabase(ctx, tgt); err != nil {
-		return err
-	}
-
-	// (b) zdm's copy.
 	defer func() { _ = dropDatabase(ctx, tgt) }() // best effort on the way out
-	copyRate, rss, err := zdmCopy(ctx, *zdmBin, src, tgt, *workers, *batchMiB)
-	if err != nil {
-		return fmt.Errorf("zdm copy: %w", err)
+	for range *repeat {
+		// (c) The naive copy, into an empty target.
+		naive, err := naiveCopy(ctx, src, tgt, *naiveRows)
+		if err != nil {
+			return fmt.Errorf("naive copy: %w", err)
+		}
+		if err := dropDatabase(ctx, tgt); err != nil {
+			return err
+		}
+		// (b) zdm's copy.
+		copyRate, peak, err := zdmCopy(ctx, *zdmBin, src, tgt, *workers, *batchMiB)
+		if err != nil {
+			return fmt.Errorf("zdm copy: %w", err)
+		}
+		if err := dropDatabase(ctx, tgt); err != nil {
+			return err
+		}
+		naives, copies, rss = append(naives, naive), append(copies, copyRate), max(rss, peak)
 	}
+	fmt.Fprintf(os.Stderr, "benchcopy: runs: ceiling %.0f, copy %.0f, naive %.0f rows/s\n", ceilings, copies, naives)
+	ceiling, naive, copyRate := median(ceilings), median(naives), median(copies)
 
 	fmt.Printf("rows=%d\n", *rows)
+	fmt.Printf("runs=%d\n", *repeat)
 	fmt.Printf("ceiling_rows_per_s=%.0f\n", ceiling)
 	fmt.Printf("copy_rows_per_s=%.0f\n", copyRate)
 	fmt.Printf("naive_rows_per_s=%.0f\n", naive)
@@ -109,6 +126,11 @@ func run(ctx context.Context) error {
 	fmt.Printf("speedup_vs_naive=%.2f\n", copyRate/naive)
 	fmt.Printf("copier_peak_rss_mib=%.0f\n", rss)
 	return nil
+}
+
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	return s[len(s)/2]
 }
 
 func connect(ctx context.Context, addr, db string) (client.Client, error) {
