@@ -57,10 +57,17 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 	again, err := PlanCopy(ctx, bus.JS, prop, "m1", src, tgt, PlanOptions{Databases: []string{db}, UnitRows: 400, BatchBytes: 4 << 10})
 	require.NoError(t, err)
 	require.Len(t, again, 11)
-	for i := range units {
-		first, second := proto.Clone(units[i]).(*eventspb.WorkUnit), proto.Clone(again[i]).(*eventspb.WorkUnit)
+	// Collections come in the server's order, which may change: compare
+	// by unit ID.
+	byID := map[string]*eventspb.WorkUnit{}
+	for _, u := range units {
+		byID[u.GetUnitId()] = u
+	}
+	for _, u := range again {
+		require.NotNil(t, byID[u.GetUnitId()], "unit %s is new", u.GetUnitId())
+		first, second := proto.Clone(byID[u.GetUnitId()]).(*eventspb.WorkUnit), proto.Clone(u).(*eventspb.WorkUnit)
 		first.ReadTimestamp, second.ReadTimestamp = 0, 0 // each planning reads at a timestamp of its own
-		require.True(t, proto.Equal(first, second), "unit %d planned differently:\n%v\n%v", i, first, second)
+		require.True(t, proto.Equal(first, second), "unit %s planned differently:\n%v\n%v", u.GetUnitId(), first, second)
 	}
 	stream, err := bus.JS.Stream(ctx, natsbus.WorkStream)
 	require.NoError(t, err)
