@@ -214,7 +214,7 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 
 // Wait takes rows and bytes from migration's throttle, waiting as long as
 // it needs, and calling alive at least every second meanwhile. It returns
-// errPaused if the migration is paused.
+// errPaused if the migration is paused, or becomes paused while waiting.
 func (c *Controls) Wait(ctx context.Context, migration string, rows, bytes int64, alive func()) error {
 	if err := c.Check(ctx, migration); err != nil || c == nil {
 		return err
@@ -239,6 +239,11 @@ func (c *Controls) Wait(ctx context.Context, migration string, rows, bytes int64
 			}
 			n -= chunk
 			alive()
+			// A long wait (a big page under a low limit) must not outlast
+			// a pause by more than a second's worth.
+			if err := c.Check(ctx, migration); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
