@@ -189,10 +189,8 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	c.mu.Lock()
-	ctl, kv := c.byID[migration], c.kv
-	c.mu.Unlock()
-	if ctl == nil && kv != nil {
+	isPaused, known, kv := c.paused(migration)
+	if !known && kv != nil {
 		// Not seen on the watch: ask the bucket, in case the watch lags.
 		e, err := kv.Get(ctx, migration)
 		switch {
@@ -202,14 +200,21 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 			return fmt.Errorf("read copy control of %s: %w", migration, err)
 		}
 		c.apply(e, slog.Default())
-		c.mu.Lock()
-		ctl = c.byID[migration]
-		c.mu.Unlock()
+		isPaused, _, _ = c.paused(migration)
 	}
-	if ctl != nil && ctl.cfg.GetPaused() {
+	if isPaused {
 		return errPaused
 	}
 	return nil
+}
+
+// paused reports, under the lock, whether migration is paused and whether
+// its control is known.
+func (c *Controls) paused(migration string) (paused, known bool, kv jetstream.KeyValue) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ctl := c.byID[migration]
+	return ctl != nil && ctl.cfg.GetPaused(), ctl != nil, c.kv
 }
 
 // Wait takes rows and bytes from migration's throttle, waiting as long as
