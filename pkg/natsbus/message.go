@@ -47,3 +47,16 @@ func Decode(ctx context.Context, prop propagation.TextMapPropagator, msg jetstre
 	}
 	return prop.Extract(ctx, propagation.HeaderCarrier(http.Header(msg.Headers()))), nil
 }
+
+// GetProto reads key from kv into m and returns the key's revision.
+// Errors: jetstream.ErrKeyNotFound (wrapped) when the key does not exist.
+func GetProto(ctx context.Context, kv jetstream.KeyValue, key string, m proto.Message) (uint64, error) {
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	if err := proto.Unmarshal(e.Value(), m); err != nil {
+		return 0, fmt.Errorf("decode %s at revision %d: %w", key, e.Revision(), err)
+	}
+	return e.Revision(), nil
+}

@@ -110,25 +110,17 @@ func (c *Coordinator) command(ctx context.Context, m *zdmpb.Migration) error {
 // already stored comes from a newer revision of m.
 func (c *Coordinator) putControl(ctx context.Context, m *zdmpb.Migration) error {
 	// A cancelling copy stops too, while the copier drops what it made.
-	ctl := &eventspb.CopyControl{MigrationId: m.GetMigrationId(), Paused: m.GetState() == paused || m.GetState() == cancelling,
+	want := &eventspb.CopyControl{MigrationId: m.GetMigrationId(), Paused: m.GetState() == paused || m.GetState() == cancelling,
 		Throttle: m.GetOptions().GetThrottle(), MigrationRevision: m.GetRevision()}
-	for range maxConflictRetries {
-		old, rev, err := c.store.controls.get(ctx, m.GetMigrationId())
-		switch {
-		case errors.Is(err, apierr.ErrNotFound):
-			_, err = c.store.controls.create(ctx, m.GetMigrationId(), ctl)
-		case err != nil:
-			return err
-		case old.GetMigrationRevision() >= ctl.GetMigrationRevision():
-			return nil
-		default:
-			err = c.store.controls.replace(ctx, m.GetMigrationId(), ctl, rev)
+	_, _, err := c.store.controls.upsert(ctx, m.GetMigrationId(), func(ctl *eventspb.CopyControl) error {
+		if ctl.GetMigrationRevision() >= want.GetMigrationRevision() {
+			return errStop
 		}
-		if !errors.Is(err, apierr.ErrAlreadyExists) && !errors.Is(err, apierr.ErrFailedPrecondition) {
-			return err
-		}
-	}
-	return fmt.Errorf("%w: copy control of %q changed during one update; retry", apierr.ErrUnavailable, m.GetMigrationId())
+		proto.Reset(ctl)
+		proto.Merge(ctl, want)
+		return nil
+	})
+	return err
 }
 
 // resumeFinishedCopy ends the copy stage of a migration that is copying

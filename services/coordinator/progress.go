@@ -105,14 +105,10 @@ func (c *Coordinator) onUnitDone(ctx context.Context, ev *eventspb.WorkUnitDone)
 	return nil
 }
 
-// updateCopy applies fn to a migration's copy record, then samples the
-// totals of unit's collection. It reports whether fn changed anything.
+// updateCopy applies fn to a migration's copy record and samples the
+// collections' totals in the same write. It reports whether fn changed
+// anything.
 func (c *Coordinator) updateCopy(ctx context.Context, id, unit string, fn func(*coordpb.CopyRecord) error) (bool, error) {
-	if _, _, err := c.store.plans.get(ctx, id); errors.Is(err, apierr.ErrNotFound) {
-		// Units are published before their plan is announced: keep the
-		// event until the plan arrives.
-		return false, fmt.Errorf("%w: unit %s reported before the copy plan arrived", errRetryLater, unit)
-	}
 	changed := false
 	_, _, err := c.store.plans.update(ctx, id, func(rec *coordpb.CopyRecord) error {
 		changed = false
@@ -123,6 +119,11 @@ func (c *Coordinator) updateCopy(ctx context.Context, id, unit string, fn func(*
 		sample(rec, c.now())
 		return nil
 	})
+	if errors.Is(err, apierr.ErrNotFound) {
+		// Units are published before their plan is announced: keep the
+		// event until the plan arrives.
+		return false, fmt.Errorf("%w: unit %s reported before the copy plan arrived", errRetryLater, unit)
+	}
 	return changed, err
 }
 

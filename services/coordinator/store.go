@@ -99,11 +99,25 @@ func (t *table[T]) create(ctx context.Context, key string, v T) (uint64, error) 
 // still at the revision read, retrying from a fresh read when another
 // writer got there first. fn may run more than once and must decide from
 // the value it is given. Returning errStop from fn ends the update with no
-// write and no error; any other error ends it with that error.
+// write and no error; any other error ends it with that error. Errors:
+// apierr.ErrNotFound when key does not exist.
 func (t *table[T]) update(ctx context.Context, key string, fn func(T) error) (T, uint64, error) {
+	return t.modify(ctx, key, false, fn)
+}
+
+// upsert is update for a key that may not exist yet: fn then gets an
+// empty value, and the write creates the key.
+func (t *table[T]) upsert(ctx context.Context, key string, fn func(T) error) (T, uint64, error) {
+	return t.modify(ctx, key, true, fn)
+}
+
+func (t *table[T]) modify(ctx context.Context, key string, create bool, fn func(T) error) (T, uint64, error) {
 	var zero T
 	for range maxConflictRetries {
 		v, rev, err := t.get(ctx, key)
+		if create && errors.Is(err, apierr.ErrNotFound) {
+			v, rev, err = t.new(), 0, nil
+		}
 		if err != nil {
 			return zero, 0, err
 		}
@@ -116,8 +130,13 @@ func (t *table[T]) update(ctx context.Context, key string, fn func(T) error) (T,
 		if err != nil {
 			return zero, 0, err
 		}
-		newRev, err := t.kv.Update(ctx, key, data, rev)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		var newRev uint64
+		if rev == 0 {
+			newRev, err = t.kv.Create(ctx, key, data)
+		} else {
+			newRev, err = t.kv.Update(ctx, key, data, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			continue
 		}
 		if err != nil {
@@ -126,23 +145,6 @@ func (t *table[T]) update(ctx context.Context, key string, fn func(T) error) (T,
 		return v, newRev, nil
 	}
 	return zero, 0, fmt.Errorf("%w: %s %q changed %d times during one update; retry", apierr.ErrUnavailable, t.kind, key, maxConflictRetries)
-}
-
-// replace stores v under key if it is still at revision rev. Errors:
-// apierr.ErrFailedPrecondition when another writer got there first.
-func (t *table[T]) replace(ctx context.Context, key string, v T, rev uint64) error {
-	data, err := proto.Marshal(v)
-	if err != nil {
-		return err
-	}
-	_, err = t.kv.Update(ctx, key, data, rev)
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return fmt.Errorf("%w: %s %q changed meanwhile; retry", apierr.ErrFailedPrecondition, t.kind, key)
-	}
-	if err != nil {
-		return fmt.Errorf("write %s %q: %w", t.kind, key, err)
-	}
-	return nil
 }
 
 // purge removes key and its history, if present.

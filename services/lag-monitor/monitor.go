@@ -122,19 +122,9 @@ func compareAll(ctx context.Context, src, tgt client.Client, only []string, rang
 	if err != nil {
 		return nil, err
 	}
-	dbs, err := milvusx.Databases(ctx, src)
+	all, err := milvusx.UserCollections(ctx, src)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
-	}
-	var all []string
-	for _, db := range dbs {
-		names, err := milvusx.CollectionsIn(ctx, src, db)
-		if err != nil {
-			return nil, fmt.Errorf("source: %w", err)
-		}
-		for _, n := range names {
-			all = append(all, db+"."+n)
-		}
 	}
 	if only != nil {
 		for _, c := range only {

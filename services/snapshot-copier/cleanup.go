@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
@@ -15,50 +16,55 @@ import (
 )
 
 // DropCopied undoes PrepareTarget: it drops from the target every
-// collection the source has (with its aliases), then every database it
-// left empty that the source also has, except the default one. The
-// target was empty when the migration was created, so these are what zdm
-// made. It returns the collections dropped.
+// collection the source has (with its aliases), then every database of the
+// source it left empty, except the default one. The target was empty when
+// the migration was created, so these are what zdm made. It returns the
+// collections dropped.
 func DropCopied(ctx context.Context, src, tgt client.Client) ([]string, error) {
 	t, err := milvusx.Raw(tgt)
 	if err != nil {
 		return nil, err
 	}
-	dbs, err := milvusx.Databases(ctx, src)
+	fromSource, err := milvusx.UserCollections(ctx, src)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	tgtDBs, err := milvusx.Databases(ctx, tgt)
+	onTarget, err := milvusx.UserCollections(ctx, tgt)
 	if err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
 	var dropped []string
-	for _, db := range dbs {
-		if !slices.Contains(tgtDBs, db) {
+	for _, c := range fromSource {
+		if !slices.Contains(onTarget, c) {
 			continue
 		}
-		names, err := milvusx.CollectionsIn(ctx, src, db)
-		if err != nil {
-			return dropped, fmt.Errorf("source: %w", err)
+		db, name, _ := strings.Cut(c, ".")
+		if err := dropCollection(ctx, t, db, name); err != nil {
+			return dropped, err
 		}
-		onTarget, err := milvusx.CollectionsIn(ctx, tgt, db)
+		dropped = append(dropped, c)
+	}
+	dbs, err := milvusx.Databases(ctx, src)
+	if err != nil {
+		return dropped, fmt.Errorf("source: %w", err)
+	}
+	tgtDBs, err := milvusx.Databases(ctx, tgt)
+	if err != nil {
+		return dropped, fmt.Errorf("target: %w", err)
+	}
+	for _, db := range dbs {
+		if db == milvusx.DefaultDatabase || !slices.Contains(tgtDBs, db) {
+			continue
+		}
+		left, err := milvusx.CollectionsIn(ctx, tgt, db)
 		if err != nil {
 			return dropped, fmt.Errorf("target: %w", err)
 		}
-		for _, name := range names {
-			if !slices.Contains(onTarget, name) {
-				continue
-			}
-			if err := dropCollection(ctx, t, db, name); err != nil {
-				return dropped, err
-			}
-			dropped = append(dropped, db+"."+name)
-			onTarget = slices.DeleteFunc(onTarget, func(n string) bool { return n == name })
+		if len(left) > 0 {
+			continue
 		}
-		if db != milvusx.DefaultDatabase && len(onTarget) == 0 {
-			if err := milvusx.CheckStatus(t.DropDatabase(ctx, &milvuspb.DropDatabaseRequest{DbName: db})); err != nil {
-				return dropped, fmt.Errorf("drop database %s on target: %w", db, err)
-			}
+		if err := milvusx.CheckStatus(t.DropDatabase(ctx, &milvuspb.DropDatabaseRequest{DbName: db})); err != nil {
+			return dropped, fmt.Errorf("drop database %s on target: %w", db, err)
 		}
 	}
 	return dropped, nil

@@ -45,6 +45,7 @@ type Controls struct {
 	// ready is closed once the controls stored at start are loaded.
 	ready chan struct{}
 	kv    jetstream.KeyValue
+	log   *slog.Logger
 }
 
 type control struct {
@@ -73,7 +74,7 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 		return fmt.Errorf("copy controls bucket: %w", err)
 	}
 	c.mu.Lock()
-	c.kv = ctl
+	c.kv, c.log = ctl, log
 	c.mu.Unlock()
 	w, err := ctl.WatchAll(ctx)
 	if err != nil {
@@ -101,7 +102,7 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 				c.markReady()
 				continue
 			}
-			c.apply(e, log)
+			c.apply(e)
 		}
 	}
 }
@@ -139,7 +140,7 @@ func (c *Controls) markReady() {
 	}
 }
 
-func (c *Controls) apply(e jetstream.KeyValueEntry, log *slog.Logger) {
+func (c *Controls) apply(e jetstream.KeyValueEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {
@@ -148,7 +149,7 @@ func (c *Controls) apply(e jetstream.KeyValueEntry, log *slog.Logger) {
 	}
 	var cfg eventspb.CopyControl
 	if err := proto.Unmarshal(e.Value(), &cfg); err != nil {
-		log.Error("malformed copy control ignored", slog.String("migration", e.Key()), slog.Any("error", err))
+		c.log.Error("malformed copy control ignored", slog.String("migration", e.Key()), slog.Any("error", err))
 		return
 	}
 	ctl, ok := c.byID[e.Key()]
@@ -199,7 +200,7 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 		case err != nil:
 			return fmt.Errorf("read copy control of %s: %w", migration, err)
 		}
-		c.apply(e, slog.Default())
+		c.apply(e)
 		isPaused, _, _ = c.paused(migration)
 	}
 	if isPaused {

@@ -163,15 +163,11 @@ func unitID(migration, db, coll, part string, i int) string {
 // another copier wins.
 func tablePlan(ctx context.Context, kv jetstream.KeyValue, key string, plan func() ([]Unit, error), strKeys bool) (*copierpb.TablePlan, error) {
 	read := func() (*copierpb.TablePlan, error) {
-		e, err := kv.Get(ctx, key)
-		if err != nil {
-			return nil, err
+		p := &copierpb.TablePlan{}
+		if _, err := natsbus.GetProto(ctx, kv, key, p); err != nil {
+			return nil, fmt.Errorf("unit plan: %w", err)
 		}
-		var p copierpb.TablePlan
-		if err := proto.Unmarshal(e.Value(), &p); err != nil {
-			return nil, fmt.Errorf("decode unit plan %s: %w", key, err)
-		}
-		return &p, nil
+		return p, nil
 	}
 	if p, err := read(); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return p, err
@@ -363,18 +359,15 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 
 // checkpoint returns the unit's checkpoint and its revision (0: none yet).
 func (w *Worker) checkpoint(ctx context.Context, id string) (*eventspb.WorkUnitCheckpoint, uint64, error) {
-	e, err := w.checkpoints.Get(ctx, id)
+	cp := &eventspb.WorkUnitCheckpoint{UnitId: id}
+	rev, err := natsbus.GetProto(ctx, w.checkpoints, id, cp)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return &eventspb.WorkUnitCheckpoint{UnitId: id}, 0, nil
+		return cp, 0, nil
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("read checkpoint %s: %w", id, err)
+		return nil, 0, fmt.Errorf("checkpoint: %w", err)
 	}
-	var cp eventspb.WorkUnitCheckpoint
-	if err := proto.Unmarshal(e.Value(), &cp); err != nil {
-		return nil, 0, fmt.Errorf("decode checkpoint %s: %w", id, err)
-	}
-	return &cp, e.Revision(), nil
+	return cp, rev, nil
 }
 
 // putCheckpoint writes cp if the stored one is still at rev: a copier that

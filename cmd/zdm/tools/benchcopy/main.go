@@ -191,26 +191,37 @@ func batch(from, n int) []entity.Column {
 		entity.NewColumnInt32("year", years), entity.NewColumnFloat("score", scores), entity.NewColumnFloatVector("vec", dim, vecs)}
 }
 
+// createCollection creates the benchmark database and collection on addr
+// and returns a client bound to the database.
+func createCollection(ctx context.Context, addr string) (client.Client, error) {
+	admin, err := connect(ctx, addr, "")
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	if err := admin.CreateDatabase(ctx, database); err != nil {
+		return nil, err
+	}
+	c, err := connect(ctx, addr, database)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.CreateCollection(ctx, schema(), 2); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
 // timedLoad creates the collection and inserts pre-generated rows with
 // workers concurrent inserters; it returns rows per second of the inserts
 // alone, then indexes and loads the collection.
 func timedLoad(ctx context.Context, addr string, rows, batchRows, workers int) (float64, error) {
-	admin, err := connect(ctx, addr, "")
-	if err != nil {
-		return 0, err
-	}
-	defer admin.Close()
-	if err := admin.CreateDatabase(ctx, database); err != nil {
-		return 0, err
-	}
-	c, err := connect(ctx, addr, database)
+	c, err := createCollection(ctx, addr)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
-	if err := c.CreateCollection(ctx, schema(), 2); err != nil {
-		return 0, err
-	}
 	var batches [][]entity.Column
 	for from := 1; from <= rows; from += batchRows {
 		batches = append(batches, batch(from, min(batchRows, rows-from+1)))
@@ -286,22 +297,11 @@ func naiveCopy(ctx context.Context, src, tgt string, n int) (float64, error) {
 		return 0, err
 	}
 	defer s.Close()
-	admin, err := connect(ctx, tgt, "")
-	if err != nil {
-		return 0, err
-	}
-	defer admin.Close()
-	if err := admin.CreateDatabase(ctx, database); err != nil {
-		return 0, err
-	}
-	t, err := connect(ctx, tgt, database)
+	t, err := createCollection(ctx, tgt)
 	if err != nil {
 		return 0, err
 	}
 	defer t.Close()
-	if err := t.CreateCollection(ctx, schema(), 2); err != nil {
-		return 0, err
-	}
 	start := time.Now()
 	it, err := s.QueryIterator(ctx, client.NewQueryIteratorOption(collection).WithBatchSize(1000).
 		WithOutputFields("id", "title", "year", "score", "vec"))
