@@ -110,7 +110,7 @@ testenv-up: ## Install and start the real Milvus servers of every tier (idempote
 	$(TESTENV) up
 
 .PHONY: testenv-down
-testenv-down: ## Stop the test rig's servers.
+testenv-down: ## Stop the test rig's servers and delete their data.
 	$(TESTENV) down
 
 .PHONY: testenv-status

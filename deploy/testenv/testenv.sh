@@ -2,13 +2,14 @@
 # Real-server test rig: a source and a target Milvus for each tier.
 #
 #   deploy/testenv/testenv.sh up      install (once) and start every tier
-#   deploy/testenv/testenv.sh down    stop every server by its saved pid
+#   deploy/testenv/testenv.sh down    stop every server by its saved pid, delete its data
 #   deploy/testenv/testenv.sh status  show what runs
 #
 # Everything lives under $ZDM_TESTENV_DIR (default .testenv/ in the repo):
 # one Python venv per tier, data/, logs/, pids/, and env, a file of shell
 # `export` lines with every address. `up` is idempotent: running servers are
-# left alone, missing ones are started and health-waited.
+# left alone, missing ones are started, empty, and health-waited: a server's
+# data lasts as long as it runs.
 #
 # Tiers (see docs/testing.md):
 #   milvus  milvus==2.3.5 standalone (embedded etcd, local storage); the
@@ -85,7 +86,7 @@ start_milvus() {
   running "$name" && return
   port_open "${p[0]}" && die "port ${p[0]} for $name is taken by another process"
   local data="$dir/data/$name" logf="$dir/logs/$name.log"
-  mkdir -p "$data"
+  rm -rf "$data" && mkdir -p "$data" # every start is an empty server
   # The embedded etcd ignores --etcd-port; its listen addresses come from
   # the file named by ETCD_CONFIG_PATH, so two instances can coexist.
   cat >"$data/etcd.yaml" <<EOF
@@ -98,10 +99,12 @@ initial-advertise-peer-urls: http://$host:${p[10]}
 initial-cluster: $name=http://$host:${p[10]}
 EOF
   # The rig writes gigabytes (make bench-copy loads 600 MB per run), so the
-  # write-ahead log keeps 10 minutes instead of 3 days and files of dropped
-  # collections and compacted segments go after 5 minutes instead of 3 hours.
+  # write-ahead log keeps 10 minutes instead of 3 days, is compacted every 5
+  # minutes instead of daily, and files of dropped collections and compacted
+  # segments go after 5 minutes instead of 3 hours.
   ETCD_CONFIG_PATH="$data/etcd.yaml" setsid "$dir/venv-milvus/bin/milvus-server" --data "$data" \
     --extra-config rocksmq.retentionTimeInMinutes=10 --extra-config rocksmq.retentionSizeInMB=1024 \
+    --extra-config rocksmq.compactionInterval=300 \
     --extra-config dataCoord.gc.interval=60 --extra-config dataCoord.gc.dropTolerance=300 \
     --proxy-port "${p[0]}" --proxy-internal-port "${p[1]}" --root-coord-port "${p[2]}" \
     --query-coord-port "${p[3]}" --query-node-port "${p[4]}" --index-coord-port "${p[5]}" \
@@ -118,7 +121,7 @@ start_lite3() {
   running "$name" && return
   port_open "$port" && die "port $port for $name is taken by another process"
   local data="$dir/data/$name" logf="$dir/logs/$name.log"
-  mkdir -p "$data"
+  rm -rf "$data" && mkdir -p "$data" # every start is an empty server
   setsid "$dir/venv-lite3/bin/milvus-lite" server --data-dir "$data" --host "$host" --port "$port" \
     </dev/null >"$logf" 2>&1 &
   echo $! >"$(pidfile "$name")"
@@ -131,7 +134,7 @@ start_lite2() {
   running "$name" && return
   port_open "$port" && die "port $port for $name is taken by another process"
   local data="$dir/data/$name" logf="$dir/logs/$name.log"
-  mkdir -p "$data"
+  rm -rf "$data" && mkdir -p "$data" # every start is an empty server
   local lib
   lib=$(echo "$dir"/venv-lite2/lib/python3*/site-packages/milvus_lite/lib)
   [[ -x $lib/milvus ]] || die "milvus-lite 2.5.1 binary not found under $lib"
@@ -201,7 +204,7 @@ up)
   # A full disk shows up as odd failures deep inside pip or Milvus; say it
   # plainly first. The venvs take about 1 GiB, the servers' data a few more.
   free_mib=$(df -Pm "$dir" | awk 'NR == 2 {print $4}')
-  ((free_mib >= 3072)) || die "only $free_mib MiB free on the disk of $dir; the rig needs 3 GiB (make testenv-down && rm -rf $dir/data frees what it wrote)"
+  ((free_mib >= 3072)) || die "only $free_mib MiB free on the disk of $dir; the rig needs 3 GiB (make testenv-down frees what the servers wrote)"
   venv milvus $MILVUS_PKG
   venv lite3 $LITE3_PKGS
   venv lite2 $LITE2_PKG
@@ -214,7 +217,7 @@ up)
   ;;
 down)
   for n in $(names); do stop_one "$n"; done
-  rm -f "$dir/env"
+  rm -rf "$dir/env" "${dir:?}/data"
   ;;
 status)
   for n in $(names); do
