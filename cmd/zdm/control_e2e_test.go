@@ -76,6 +76,9 @@ func TestE2EPauseThrottleResume(t *testing.T) {
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_PAUSED, after.GetState())
 	require.Equal(t, items(before).GetRowsCopied(), items(after).GetRowsCopied(), "rows were copied while paused")
 	require.Less(t, items(after).GetRowsCopied(), int64(rows))
+	require.Zero(t, items(after).GetRowsPerSecond(), "a paused copy shows no throughput")
+	require.Zero(t, items(after).GetBytesPerSecond())
+	require.Nil(t, items(after).GetEta(), "a paused copy shows no ETA")
 
 	// Lift the throttle while paused, then resume: the copy finishes.
 	for _, bad := range []*zdmpb.SetThrottleRequest{

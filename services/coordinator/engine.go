@@ -73,6 +73,9 @@ func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 	if err := c.command(ctx, m); err != nil {
 		return err
 	}
+	if err := c.restartRate(ctx, m); err != nil {
+		return err
+	}
 	return c.resumeFinishedCopy(ctx, m)
 }
 

@@ -214,6 +214,30 @@ func collectionProgress(rec *coordpb.CopyRecord, cc *coordpb.CollectionCopy, now
 	return p
 }
 
+// restartRate forgets a copy's throughput samples when the copy is paused
+// or resumed: a paused copy shows no rate and no ETA, and a resumed one a
+// rate measured since it resumed, not averaged over the pause.
+func (c *Coordinator) restartRate(ctx context.Context, m *zdmpb.Migration) error {
+	pausedCopy := m.GetState() == paused && m.GetPausedFromState() == copying
+	resumedCopy := m.GetState() == copying && lastTransition(m).GetFromState() == paused
+	if !pausedCopy && !resumedCopy {
+		return nil
+	}
+	_, _, err := c.store.plans.update(ctx, m.GetMigrationId(), func(rec *coordpb.CopyRecord) error {
+		for _, cc := range rec.GetCollections() {
+			cc.Samples = nil
+		}
+		return nil
+	})
+	if errors.Is(err, apierr.ErrNotFound) {
+		return nil // paused before the copy was planned
+	}
+	if err != nil {
+		return err
+	}
+	return c.showCopy(ctx, m.GetMigrationId())
+}
+
 func (c *Coordinator) copyDone(ctx context.Context, id string) error {
 	_, err := c.transition(ctx, id, Event{Trigger: TriggerCopyDone, Time: c.now(), Actor: auth.System, Reason: "every work unit copied"})
 	return err
