@@ -98,14 +98,7 @@ listen-peer-urls: http://$host:${p[10]}
 initial-advertise-peer-urls: http://$host:${p[10]}
 initial-cluster: $name=http://$host:${p[10]}
 EOF
-  # The rig writes gigabytes (make bench-copy loads 600 MB per run), so the
-  # write-ahead log keeps 10 minutes instead of 3 days, is compacted every 5
-  # minutes instead of daily, and files of dropped collections and compacted
-  # segments go after 5 minutes instead of 3 hours.
   ETCD_CONFIG_PATH="$data/etcd.yaml" setsid "$dir/venv-milvus/bin/milvus-server" --data "$data" \
-    --extra-config rocksmq.retentionTimeInMinutes=10 --extra-config rocksmq.retentionSizeInMB=1024 \
-    --extra-config rocksmq.compactionInterval=300 \
-    --extra-config dataCoord.gc.interval=60 --extra-config dataCoord.gc.dropTolerance=300 \
     --proxy-port "${p[0]}" --proxy-internal-port "${p[1]}" --root-coord-port "${p[2]}" \
     --query-coord-port "${p[3]}" --query-node-port "${p[4]}" --index-coord-port "${p[5]}" \
     --index-node-port "${p[6]}" --data-coord-port "${p[7]}" --data-node-port "${p[8]}" \
