@@ -199,6 +199,7 @@ func query(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, expr 
 	if err != nil {
 		return nil, nil, err
 	}
+	TypeEmptyArrays(resp.GetFieldsData(), t.Schema)
 	return resp.GetFieldsData(), keys, nil
 }
 
