@@ -4,6 +4,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // InCI reports whether tests run in CI (CI set to a true value).
@@ -29,4 +30,18 @@ func Missing(t testing.TB, what string) {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
+}
+
+// Eventually polls cond every 50 ms until it holds, failing t with msg
+// (formatted with args) when it has not within timeout. Call it from the
+// test's goroutine.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: "+msg, append([]any{timeout}, args...)...)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
