@@ -92,6 +92,32 @@ func redact(err error, conn *zdmpb.ClusterConnection) error {
 	return errors.New(msg)
 }
 
+// ErrNotMilvus means a server answers gRPC but not Milvus's API.
+var ErrNotMilvus = errors.New("answers gRPC but is not a Milvus server")
+
+// CheckMilvus proves that the server behind c is Milvus by listing the
+// collections of DefaultDatabase, a call that every Milvus server zdm
+// meets answers (Milvus 2.3 and later, milvus-lite 2.5 and 3.x). Connect
+// alone proves nothing: the SDK takes a server without Milvus's Connect
+// call for an old Milvus, so it accepts any gRPC server. It returns an error
+// wrapping ErrNotMilvus when the server lacks the call, and the call's
+// error when it fails otherwise; a reply with a failed status still proves
+// Milvus and is no error. It blocks until the reply or ctx's end.
+func CheckMilvus(ctx context.Context, c client.Client) error {
+	raw, err := Raw(c)
+	if err != nil {
+		return err
+	}
+	_, err = raw.ShowCollections(ctx, &milvuspb.ShowCollectionsRequest{DbName: DefaultDatabase})
+	if IsUnimplemented(err) {
+		return ErrNotMilvus
+	}
+	if err != nil {
+		return fmt.Errorf("show collections: %w", err)
+	}
+	return nil
+}
+
 // ServerVersion returns the version the server reports, or "unknown" for
 // servers without GetVersion (milvus-lite 2.5).
 func ServerVersion(ctx context.Context, c client.Client) (string, error) {

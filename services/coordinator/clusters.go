@@ -2,11 +2,8 @@ package coordinator
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
-	"regexp"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -16,20 +13,9 @@ import (
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
-// idPattern is the format of cluster and migration IDs: usable as KV keys,
-// NATS subject tokens and DNS labels.
-var idPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-
-func validateID(kind, id string) error {
-	if !idPattern.MatchString(id) {
-		return fmt.Errorf("%w: %s ID %q: want 1 to 63 lowercase letters, digits or '-', starting with a letter", apierr.ErrInvalidArgument, kind, id)
-	}
-	return nil
-}
-
 // RegisterCluster implements zdmpb.ClusterServiceServer.
 func (c *Coordinator) RegisterCluster(ctx context.Context, req *zdmpb.RegisterClusterRequest) (*zdmpb.RegisterClusterResponse, error) {
-	if err := validateID("cluster", req.GetClusterId()); err != nil {
+	if err := checkIDs(req); err != nil {
 		return nil, err
 	}
 	conn := req.GetConnection()
@@ -58,20 +44,6 @@ func (c *Coordinator) RegisterCluster(ctx context.Context, req *zdmpb.RegisterCl
 	return &zdmpb.RegisterClusterResponse{Cluster: cl}, nil
 }
 
-func validateConnection(conn *zdmpb.ClusterConnection) error {
-	host, port, err := net.SplitHostPort(conn.GetEndpoint())
-	if err != nil || host == "" || port == "" {
-		return fmt.Errorf("%w: connection.endpoint %q: want host:port, for example milvus.internal:19530", apierr.ErrInvalidArgument, conn.GetEndpoint())
-	}
-	if up := conn.GetUserPassword(); up != nil && up.GetUsername() == "" {
-		return fmt.Errorf("%w: connection.user_password.username is empty", apierr.ErrInvalidArgument)
-	}
-	if t := conn.GetTls(); !t.GetEnabled() && (len(t.GetCaPem()) > 0 || len(t.GetClientCertPem()) > 0) {
-		return fmt.Errorf("%w: connection.tls has certificates but enabled is false", apierr.ErrInvalidArgument)
-	}
-	return nil
-}
-
 func authKind(conn *zdmpb.ClusterConnection) zdmpb.AuthKind {
 	switch conn.GetAuth().(type) {
 	case *zdmpb.ClusterConnection_UserPassword:
@@ -82,7 +54,9 @@ func authKind(conn *zdmpb.ClusterConnection) zdmpb.AuthKind {
 	return zdmpb.AuthKind_AUTH_KIND_NONE
 }
 
-// probe checks that the cluster answers and returns its version.
+// probe checks, within ProbeTimeout, that the cluster answers and is
+// Milvus, and returns its version. A gRPC server that is not Milvus is
+// FailedPrecondition saying so.
 func (c *Coordinator) probe(ctx context.Context, id string, conn *zdmpb.ClusterConnection) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
 	defer cancel()
@@ -91,6 +65,11 @@ func (c *Coordinator) probe(ctx context.Context, id string, conn *zdmpb.ClusterC
 		return "", unreachable(id, err)
 	}
 	defer mc.Close()
+	if err := milvusx.CheckMilvus(ctx, mc); errors.Is(err, milvusx.ErrNotMilvus) {
+		return "", fmt.Errorf("%w: cluster %q: endpoint %s answers gRPC but is not a Milvus server; check the host and port", apierr.ErrFailedPrecondition, id, conn.GetEndpoint())
+	} else if err != nil {
+		return "", unreachable(id, err)
+	}
 	v, err := milvusx.ServerVersion(ctx, mc)
 	if err != nil {
 		return "", unreachable(id, err)
@@ -104,6 +83,9 @@ func unreachable(id string, err error) error {
 
 // GetCluster implements zdmpb.ClusterServiceServer.
 func (c *Coordinator) GetCluster(ctx context.Context, req *zdmpb.GetClusterRequest) (*zdmpb.GetClusterResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	rec, _, err := c.store.clusters.get(ctx, req.GetClusterId())
 	if err != nil {
 		return nil, err
@@ -133,11 +115,14 @@ func (c *Coordinator) shown(ctx context.Context, cl *zdmpb.Cluster) (*zdmpb.Clus
 
 // ListClusters implements zdmpb.ClusterServiceServer.
 func (c *Coordinator) ListClusters(ctx context.Context, req *zdmpb.ListClustersRequest) (*zdmpb.ListClustersResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	size, err := pageSize(req.GetPageSize())
 	if err != nil {
 		return nil, err
 	}
-	after, err := decodeToken(req.GetPageToken())
+	after, err := clusterPages.after(req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -151,7 +136,7 @@ func (c *Coordinator) ListClusters(ctx context.Context, req *zdmpb.ListClustersR
 			continue
 		}
 		if len(resp.Clusters) == size {
-			resp.NextPageToken = encodeToken(resp.Clusters[size-1].GetClusterId())
+			resp.NextPageToken = clusterPages.token(resp.Clusters[size-1].GetClusterId())
 			break
 		}
 		cl, err := c.shown(ctx, e.val.GetCluster())
@@ -167,6 +152,9 @@ func (c *Coordinator) ListClusters(ctx context.Context, req *zdmpb.ListClustersR
 // and the delete are one revision-checked step: a migration that locks the
 // cluster meanwhile makes the delete fail and the check run again.
 func (c *Coordinator) DeregisterCluster(ctx context.Context, req *zdmpb.DeregisterClusterRequest) (*zdmpb.DeregisterClusterResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	for range maxConflictRetries {
 		rec, rev, err := c.store.clusters.get(ctx, req.GetClusterId())
 		if err != nil {
@@ -263,18 +251,4 @@ func pageSize(n int32) (int, error) {
 		return 1000, nil
 	}
 	return int(n), nil
-}
-
-// Page tokens are opaque to callers: the last key of the previous page.
-func encodeToken(key string) string { return base64.RawURLEncoding.EncodeToString([]byte(key)) }
-
-func decodeToken(tok string) (string, error) {
-	if tok == "" {
-		return "", nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return "", fmt.Errorf("%w: page_token is not one this server issued", apierr.ErrInvalidArgument)
-	}
-	return string(b), nil
 }

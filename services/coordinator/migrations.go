@@ -43,6 +43,9 @@ const (
 
 // CreateMigration implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigrationRequest) (*zdmpb.CreateMigrationResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	opts, err := validateCreate(req)
 	if err != nil {
 		return nil, err
@@ -136,21 +139,13 @@ func (c *Coordinator) checkTargetIsNew(ctx context.Context, id string, conn *zdm
 		apierr.ErrFailedPrecondition, id, len(colls), strings.Join(shown, ", "), more)
 }
 
-// validateCreate checks the request and returns its options with defaults
-// filled in.
+// validateCreate checks the request, its IDs checked already, and returns
+// its options with defaults filled in.
 func validateCreate(req *zdmpb.CreateMigrationRequest) (*zdmpb.MigrationOptions, error) {
-	if req.GetMigrationId() != "" {
-		if err := validateID("migration", req.GetMigrationId()); err != nil {
-			return nil, err
-		}
-	}
 	switch req.GetType() {
 	case zeroDowntime, offline:
 	default:
 		return nil, bad("type %s: want MIGRATION_TYPE_ZERO_DOWNTIME or MIGRATION_TYPE_OFFLINE", req.GetType())
-	}
-	if req.GetSourceClusterId() == "" || req.GetTargetClusterId() == "" {
-		return nil, bad("source_cluster_id and target_cluster_id are required")
 	}
 	if req.GetSourceClusterId() == req.GetTargetClusterId() {
 		return nil, bad("source and target are the same cluster %q", req.GetSourceClusterId())
@@ -206,6 +201,9 @@ func newMigrationID() string {
 
 // GetMigration implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) GetMigration(ctx context.Context, req *zdmpb.GetMigrationRequest) (*zdmpb.GetMigrationResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	m, rev, err := c.store.migrations.get(ctx, req.GetMigrationId())
 	if err != nil {
 		return nil, err
@@ -217,11 +215,14 @@ func (c *Coordinator) GetMigration(ctx context.Context, req *zdmpb.GetMigrationR
 // by (create time, ID), newest first, so a migration created while a
 // caller pages neither shifts nor repeats the rest.
 func (c *Coordinator) ListMigrations(ctx context.Context, req *zdmpb.ListMigrationsRequest) (*zdmpb.ListMigrationsResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	size, err := pageSize(req.GetPageSize())
 	if err != nil {
 		return nil, err
 	}
-	tok, err := decodeToken(req.GetPageToken())
+	tok, err := migrationPages.after(req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +248,7 @@ func (c *Coordinator) ListMigrations(ctx context.Context, req *zdmpb.ListMigrati
 			continue
 		}
 		if len(resp.Migrations) == size {
-			resp.NextPageToken = encodeToken(listKey(resp.Migrations[size-1]))
+			resp.NextPageToken = migrationPages.token(listKey(resp.Migrations[size-1]))
 			break
 		}
 		resp.Migrations = append(resp.Migrations, m)
@@ -262,6 +263,9 @@ func listKey(m *zdmpb.Migration) string {
 
 // StopSync implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) StopSync(ctx context.Context, req *zdmpb.StopSyncRequest) (*zdmpb.StopSyncResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	if !req.GetConfirmWritesStopped() {
 		return nil, fmt.Errorf("%w: confirm_writes_stopped must be true: stop every write to the source first, then call StopSync again", apierr.ErrInvalidArgument)
 	}
@@ -274,6 +278,9 @@ func (c *Coordinator) StopSync(ctx context.Context, req *zdmpb.StopSyncRequest) 
 
 // Switchover implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) Switchover(ctx context.Context, req *zdmpb.SwitchoverRequest) (*zdmpb.SwitchoverResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	if _, err := durationOption("max_write_pause", req.GetMaxWritePause(), defaultMaxWritePause, minMaxWritePause, maxMaxWritePause); err != nil {
 		return nil, err
 	}
@@ -286,6 +293,9 @@ func (c *Coordinator) Switchover(ctx context.Context, req *zdmpb.SwitchoverReque
 
 // CancelMigration implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) CancelMigration(ctx context.Context, req *zdmpb.CancelMigrationRequest) (*zdmpb.CancelMigrationResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerCancel, reasonOr(req.GetReason(), "cancel requested"))
 	if err != nil {
 		return nil, err
@@ -295,6 +305,9 @@ func (c *Coordinator) CancelMigration(ctx context.Context, req *zdmpb.CancelMigr
 
 // PauseMigration implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) PauseMigration(ctx context.Context, req *zdmpb.PauseMigrationRequest) (*zdmpb.PauseMigrationResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerPause, reasonOr(req.GetReason(), "pause requested"))
 	if err != nil {
 		return nil, err
@@ -304,6 +317,9 @@ func (c *Coordinator) PauseMigration(ctx context.Context, req *zdmpb.PauseMigrat
 
 // ResumeMigration implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) ResumeMigration(ctx context.Context, req *zdmpb.ResumeMigrationRequest) (*zdmpb.ResumeMigrationResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerResume, "resume requested")
 	if err != nil {
 		return nil, err
@@ -313,6 +329,9 @@ func (c *Coordinator) ResumeMigration(ctx context.Context, req *zdmpb.ResumeMigr
 
 // SetThrottle implements zdmpb.MigrationServiceServer.
 func (c *Coordinator) SetThrottle(ctx context.Context, req *zdmpb.SetThrottleRequest) (*zdmpb.SetThrottleResponse, error) {
+	if err := checkIDs(req); err != nil {
+		return nil, err
+	}
 	if err := validateThrottle("throttle", req.GetThrottle()); err != nil {
 		return nil, err
 	}

@@ -206,6 +206,12 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 	if to == completed && ev.TargetEndpoint != "" {
 		m.TargetEndpoint = ev.TargetEndpoint
 	}
+	if ev.Trigger == TriggerVerified {
+		// Verification compares every collection: each one is verified.
+		for _, c := range m.GetCollections() {
+			c.Phase = zdmpb.CollectionPhase_COLLECTION_PHASE_VERIFIED
+		}
+	}
 	m.State = to
 	m.UpdateTime = at
 	if IsTerminal(to) {

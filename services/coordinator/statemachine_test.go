@@ -105,7 +105,8 @@ func TestIsTerminal(t *testing.T) {
 }
 
 func TestZeroDowntimeFlowStages(t *testing.T) {
-	m := &zdmpb.Migration{Type: zeroDowntime, State: pending, Stages: NewStages(zeroDowntime)}
+	m := &zdmpb.Migration{Type: zeroDowntime, State: pending, Stages: NewStages(zeroDowntime),
+		Collections: []*zdmpb.CollectionProgress{{Database: "shop", Collection: "items", Phase: zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED}}}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	steps := []Trigger{TriggerStart, TriggerPrepareDone, TriggerPause, TriggerResume, TriggerCopyDone, TriggerLagReached, TriggerStopSync, TriggerDrained, TriggerVerified}
 	for i, trig := range steps {
@@ -113,8 +114,10 @@ func TestZeroDowntimeFlowStages(t *testing.T) {
 		require.NoError(t, err, trig.String())
 		if trig != TriggerVerified {
 			require.Empty(t, m.GetTargetEndpoint(), "the endpoint is recorded only on completion")
+			require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED, m.GetCollections()[0].GetPhase(), "not verified before %s", trig)
 		}
 	}
+	require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_VERIFIED, m.GetCollections()[0].GetPhase())
 	require.Equal(t, completed, m.GetState())
 	require.Equal(t, "next:19530", m.GetTargetEndpoint())
 	for _, s := range m.GetStages() {

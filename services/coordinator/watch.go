@@ -17,6 +17,9 @@ import (
 // even a watcher that was away for longer than the kept revisions misses
 // no transition.
 func (c *Coordinator) WatchMigration(req *zdmpb.WatchMigrationRequest, stream grpc.ServerStreamingServer[zdmpb.WatchMigrationResponse]) error {
+	if err := checkIDs(req); err != nil {
+		return err
+	}
 	ctx := stream.Context()
 	id := req.GetMigrationId()
 	cur, rev, err := c.store.migrations.get(ctx, id)
