@@ -53,7 +53,7 @@ func TestE2EOfflineMigration(t *testing.T) {
 	require.Equal(t, int64(rows), items.GetRowsTotal())
 	require.Equal(t, int64(rows), items.GetRowsCopied())
 	require.Equal(t, items.GetUnitsTotal(), items.GetUnitsDone())
-	require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED, items.GetPhase())
+	require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_VERIFIED, items.GetPhase(), "verification passed")
 
 	// Independently of zdm's own verification, the target equals the source.
 	report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
