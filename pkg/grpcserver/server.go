@@ -39,13 +39,22 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	log    *slog.Logger
+	// stopping is cancelled when Shutdown begins; it ends every open
+	// stream (a watch can last for days) so a graceful stop does not wait
+	// for them.
+	stopping   context.Context
+	endStreams context.CancelFunc
 }
+
+// errShuttingDown ends the streams open when the server shuts down.
+var errShuttingDown = errors.New("zdm is shutting down")
 
 // New returns a server that is not yet serving. Register services on
 // Registrar before calling Serve. Extra options (TLS credentials, auth
 // interceptors) are appended to zdm's own.
 func New(deps Deps, opts ...grpc.ServerOption) *Server {
 	s := &Server{health: health.NewServer(), log: deps.Logger}
+	s.stopping, s.endStreams = context.WithCancel(context.Background())
 	base := []grpc.ServerOption{
 		grpc.StatsHandler(otelgrpc.NewServerHandler(
 			otelgrpc.WithTracerProvider(deps.TracerProvider),
@@ -54,7 +63,7 @@ func New(deps Deps, opts ...grpc.ServerOption) *Server {
 		)),
 		// Errors are converted to gRPC status once, here, and logged after.
 		grpc.ChainUnaryInterceptor(s.logUnary, apierr.UnaryServerInterceptor(deps.Logger)),
-		grpc.ChainStreamInterceptor(s.logStream, apierr.StreamServerInterceptor(deps.Logger)),
+		grpc.ChainStreamInterceptor(s.logStream, s.endOnShutdown, apierr.StreamServerInterceptor(deps.Logger)),
 	}
 	s.grpc = grpc.NewServer(append(base, opts...)...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -89,11 +98,13 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown reports NOT_SERVING for every service, so load balancers stop
-// sending work, then lets in-flight RPCs finish until ctx is done, after
-// which remaining RPCs and streams are cancelled. It blocks until the
-// server has stopped.
+// sending work, ends open streams with UNAVAILABLE (clients reconnect
+// elsewhere or later; a watch resumes from its last revision), then lets
+// in-flight unary RPCs finish until ctx is done, after which they are
+// cancelled. It blocks until the server has stopped.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.health.Shutdown()
+	s.endStreams()
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -107,6 +118,28 @@ func (s *Server) Shutdown(ctx context.Context) {
 		<-done
 	}
 }
+
+// endOnShutdown gives each stream a context that Shutdown cancels, and
+// tells the client why its stream ended.
+func (s *Server) endOnShutdown(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	ctx, cancel := context.WithCancelCause(ss.Context())
+	defer cancel(nil)
+	stop := context.AfterFunc(s.stopping, func() { cancel(errShuttingDown) })
+	defer stop()
+	err := h(srv, &stream{ServerStream: ss, ctx: ctx})
+	if err != nil && errors.Is(context.Cause(ctx), errShuttingDown) {
+		return status.Error(codes.Unavailable, "zdm is shutting down; reconnect (a watch resumes with from_revision)")
+	}
+	return err
+}
+
+// stream is a ServerStream with a context of its own.
+type stream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *stream) Context() context.Context { return s.ctx }
 
 func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()

@@ -5,7 +5,9 @@ package service
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
@@ -48,4 +50,20 @@ type Service interface {
 	// Stop ends background work, letting work in hand finish until ctx is
 	// done. It blocks until the service has stopped.
 	Stop(ctx context.Context) error
+}
+
+// Wait waits for wg until ctx is done; it returns ctx's error when the
+// wait was cut short, so Stop can say what did not finish in time.
+func Wait(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("background work still running: %w", ctx.Err())
+	}
 }

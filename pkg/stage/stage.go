@@ -31,9 +31,13 @@ type Handler func(ctx context.Context, cmd *eventspb.StageCommand) (code string,
 // h runs for at most timeout, telling JetStream every few seconds that it
 // is still working, so a command held by a replica that died is
 // redelivered within ackWait, not after the whole timeout. The command is
-// acked after its result is published. It returns once consuming has
-// started; stop it with the returned context's Drain.
-func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, logger *slog.Logger,
+// acked after its result is published. h's context derives from run, the
+// service's run context: when run ends (the service stops) the handler is
+// cancelled and its command, neither failed nor done, goes back to the
+// queue for the next replica or start. ctx bounds the consumer's creation
+// only. It returns once consuming has started; stop it with the returned
+// context's Drain after ending run.
+func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, logger *slog.Logger,
 	durable string, stages []string, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
 	var subjects []string
 	for _, s := range stages {
@@ -48,7 +52,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextM
 	}
 	return cons.Consume(func(msg jetstream.Msg) {
 		var cmd eventspb.StageCommand
-		mctx, err := natsbus.Decode(context.Background(), prop, msg, &cmd)
+		mctx, err := natsbus.Decode(run, prop, msg, &cmd)
 		if err != nil {
 			logger.Error("malformed command dropped", slog.Any("error", err))
 			_ = msg.Term()
@@ -69,6 +73,14 @@ func Consume(ctx context.Context, js jetstream.JetStream, prop propagation.TextM
 			}
 		}()
 		code, herr := h(hctx, &cmd)
+		if run.Err() != nil {
+			// Stopping: whatever the handler got done, the command is
+			// redelivered and carried out again (handlers are idempotent).
+			logger.InfoContext(mctx, "stopping: command left for redelivery", slog.String("migration", cmd.GetMigrationId()),
+				slog.String("stage", cmd.GetStage().String()))
+			_ = msg.Nak()
+			return
+		}
 		if herr != nil {
 			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
 				slog.String("stage", cmd.GetStage().String()), slog.Any("error", herr))

@@ -122,30 +122,30 @@ func (c *Coordinator) Start(ctx context.Context) error {
 	if err := c.reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile after start: %w", err)
 	}
-	cc, err := c.consumeEvents(ctx)
+	run, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	cc, err := c.consumeEvents(ctx, run)
 	if err != nil {
+		cancel()
 		return err
 	}
-	c.cc = cc
-	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c.stop = cancel
+	c.cc, c.stop = cc, cancel
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		c.sweepLoop(loopCtx)
+		c.sweepLoop(run)
 	}()
 	return nil
 }
 
-// Stop ends event consumption (letting the event in hand finish) and the
-// timer.
+// Stop ends the run context that event handling and the timer derive from
+// (an event cut short is redelivered: handling is revision-checked and
+// idempotent), then stops consuming.
 func (c *Coordinator) Stop(ctx context.Context) error {
-	natsbus.StopConsuming(ctx, c.cc)
 	if c.stop != nil {
 		c.stop()
 	}
-	c.wg.Wait()
-	return nil
+	natsbus.StopConsuming(ctx, c.cc)
+	return service.Wait(ctx, &c.wg)
 }
 
 func (c *Coordinator) now() time.Time { return c.cfg.Now().UTC() }

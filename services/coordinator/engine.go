@@ -216,8 +216,9 @@ func (c *Coordinator) tracer() trace.Tracer {
 	return c.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/coordinator")
 }
 
-// consumeEvents starts handling stage and lag events from the bus.
-func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeContext, error) {
+// consumeEvents starts handling stage and lag events from the bus; each
+// handler derives from run.
+func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.ConsumeContext, error) {
 	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
 		Durable:        eventsConsumer,
 		AckPolicy:      jetstream.AckExplicitPolicy,
@@ -229,7 +230,7 @@ func (c *Coordinator) consumeEvents(ctx context.Context) (jetstream.ConsumeConte
 		return nil, fmt.Errorf("events consumer: %w", err)
 	}
 	return cons.Consume(func(msg jetstream.Msg) {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.EventAckWait)
+		ctx, cancel := context.WithTimeout(run, c.cfg.EventAckWait)
 		defer cancel()
 		c.handleEvent(ctx, msg)
 	})
@@ -269,6 +270,10 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	case errors.Is(err, errRetryLater):
 		c.deps.Logger.DebugContext(ctx, "event early; will retry", slog.String("subject", msg.Subject()), slog.Any("reason", err))
 		_ = msg.NakWithDelay(500 * time.Millisecond)
+	case ctx.Err() != nil:
+		// Stopping, or out of time: the event comes back.
+		c.deps.Logger.InfoContext(ctx, "event cut short; will retry", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.Nak()
 	default:
 		c.deps.Logger.ErrorContext(ctx, "event not applied; will retry", slog.String("subject", msg.Subject()), slog.Any("error", err))
 		_ = msg.NakWithDelay(time.Second)

@@ -38,6 +38,8 @@ type Monitor struct {
 
 	deps service.Deps
 	cc   jetstream.ConsumeContext
+	// stop ends the run context that verifications derive from.
+	stop context.CancelFunc
 }
 
 var _ service.Service = (*Monitor)(nil)
@@ -60,17 +62,23 @@ func (m *Monitor) HealthNames() []string {
 
 // Start consumes verification commands.
 func (m *Monitor) Start(ctx context.Context) error {
-	cc, err := stage.Consume(ctx, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
+	run, stop := context.WithCancel(context.WithoutCancel(ctx))
+	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
 		[]string{"verify"}, time.Hour, m.verify)
 	if err != nil {
+		stop()
 		return err
 	}
-	m.cc = cc
+	m.cc, m.stop = cc, stop
 	return nil
 }
 
-// Stop implements service.Service.
+// Stop cancels a verification in hand (its command is redelivered and
+// the verification runs again) and stops consuming.
 func (m *Monitor) Stop(ctx context.Context) error {
+	if m.stop != nil {
+		m.stop()
+	}
 	natsbus.StopConsuming(ctx, m.cc)
 	return nil
 }

@@ -127,7 +127,7 @@ func (c *Copier) Start(ctx context.Context) error {
 			c.deps.Logger.Error("copy controls stopped: pause and throttle no longer apply", "error", err)
 		}
 	}()
-	cc, err := stage.Consume(ctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
+	cc, err := stage.Consume(ctx, wctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
 		[]string{"prepare_target", "copy_data", "all"}, 30*time.Minute, c.command)
 	if err != nil {
 		cancel()
@@ -164,15 +164,16 @@ func (c *Copier) limitMemory() {
 	c.deps.Logger.Info("copier memory limit set", "limit_mib", limit>>20, "override", "GOMEMLIMIT")
 }
 
-// Stop stops taking commands and units; units in hand are left to other
-// copiers, which resume them from their checkpoints.
+// Stop cancels the work in hand and stops taking commands and units;
+// units in hand are left to other copiers (or this one's next start),
+// which resume them from their checkpoints, and a command in hand is
+// redelivered. It returns when every worker has stopped or ctx is done.
 func (c *Copier) Stop(ctx context.Context) error {
-	natsbus.StopConsuming(ctx, c.cc)
 	if c.cancel != nil {
 		c.cancel()
 	}
-	c.wg.Wait()
-	return nil
+	natsbus.StopConsuming(ctx, c.cc)
+	return service.Wait(ctx, &c.wg)
 }
 
 // command carries out a prepare, copy or cancel command.

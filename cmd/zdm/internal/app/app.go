@@ -66,22 +66,11 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	if err != nil {
 		return err
 	}
-	// Every step below registers its undo; they run in reverse on the way
-	// out, each bounded by the shutdown timeout.
-	var undo []func(context.Context) error
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
-		defer cancel()
-		for i := len(undo) - 1; i >= 0; i-- {
-			if uerr := undo[i](sctx); uerr != nil {
-				logger.Error("shutdown step failed", slog.Any("error", uerr))
-				err = errors.Join(err, uerr)
-			}
-		}
-		if err == nil {
-			logger.Info("zdm stopped")
-		}
-	}()
+	// Every step below registers how to undo it. On the way out the API
+	// stops first, then the rest in reverse order of start, each within
+	// its share of the shutdown timeout (see shutdown).
+	var api, undo []step
+	defer func() { shutdown(ctx, cfg.ShutdownTimeout, append(api, reversed(undo)...), logger) }()
 
 	res, err := telemetry.NewResource(ctx, "zdm", Version)
 	if err != nil {
@@ -91,13 +80,13 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	if err != nil {
 		return err
 	}
-	undo = append(undo, tp.Shutdown)
+	undo = append(undo, step{"trace export", 1, tp.Shutdown})
 	reg := telemetry.NewRegistry()
 	mp, err := telemetry.NewMeterProvider(reg, res)
 	if err != nil {
 		return err
 	}
-	undo = append(undo, mp.Shutdown)
+	undo = append(undo, step{"metrics provider", 1, mp.Shutdown})
 	prop := telemetry.Propagator()
 
 	var addrs Addrs
@@ -107,9 +96,9 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	}
 	if embedded != nil {
 		addrs.NATS = embedded.ClientURL()
-		undo = append(undo, func(context.Context) error { embedded.Shutdown(); return nil })
+		undo = append(undo, step{"embedded NATS", 1, func(context.Context) error { embedded.Shutdown(); return nil }})
 	}
-	undo = append(undo, bus.Close)
+	undo = append(undo, step{"NATS connection drain", 2, bus.Close})
 	bus.Replicas = cfg.StreamReplicas
 	if err := natsbus.EnsureStreams(ctx, bus.JS, bus.Replicas); err != nil {
 		return err
@@ -146,25 +135,22 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(grpcLis) }()
-	undo = append(undo, func(ctx context.Context) error { srv.Shutdown(ctx); return nil })
+	api = append(api, step{"gRPC API", 3, func(ctx context.Context) error { srv.Shutdown(ctx); return nil }})
 	go func() {
 		if err := metrics.Serve(metricsLis); !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- fmt.Errorf("metrics server: %w", err)
 		}
 	}()
-	undo = append(undo, metrics.Shutdown)
+	api = append(api, step{"metrics endpoint", 1, metrics.Shutdown})
 
 	for _, s := range services {
 		if err := s.Start(ctx); err != nil {
 			return fmt.Errorf("start %s: %w", s.Name(), err)
 		}
-		undo = append(undo, func(ctx context.Context) error {
+		undo = append(undo, step{s.Name(), 2, func(ctx context.Context) error {
 			srv.SetServing(false, s.HealthNames()...)
-			if err := s.Stop(ctx); err != nil {
-				return fmt.Errorf("stop %s: %w", s.Name(), err)
-			}
-			return nil
-		})
+			return s.Stop(ctx)
+		}})
 		srv.SetServing(true, s.HealthNames()...)
 	}
 	srv.SetServing(true, "")
@@ -182,6 +168,51 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	case err := <-serveErr:
 		return err
 	}
+}
+
+// step is one part of the shutdown: what it stops and its weight, its
+// share of the shutdown time relative to the steps after it.
+type step struct {
+	name   string
+	weight int
+	stop   func(context.Context) error
+}
+
+func reversed(s []step) []step {
+	out := make([]step, len(s))
+	for i, st := range s {
+		out[len(s)-1-i] = st
+	}
+	return out
+}
+
+// shutdown runs steps in order, all within timeout. Each step gets its
+// weighted share of the time that is left, so one that hangs (a drain that
+// never ends) cannot use up the time of the steps after it, and time a
+// step leaves unused goes to the rest. A step that fails or runs out of
+// time is logged and the next one runs: once asked to stop, zdm stops.
+func shutdown(ctx context.Context, timeout time.Duration, steps []step, logger *slog.Logger) {
+	base := context.WithoutCancel(ctx)
+	deadline := time.Now().Add(timeout)
+	weights := 0
+	for _, st := range steps {
+		weights += st.weight
+	}
+	for _, st := range steps {
+		share := time.Until(deadline) * time.Duration(st.weight) / time.Duration(weights)
+		weights -= st.weight
+		sctx, cancel := context.WithTimeout(base, share)
+		start := time.Now()
+		err := st.stop(sctx)
+		cancel()
+		if err != nil {
+			logger.Warn("shutdown step did not finish cleanly", slog.String("step", st.name),
+				slog.String("share", share.Round(time.Millisecond).String()), slog.Any("error", err))
+			continue
+		}
+		logger.Info("stopped", slog.String("step", st.name), slog.String("took", time.Since(start).Round(time.Millisecond).String()))
+	}
+	logger.Info("zdm stopped")
 }
 
 // apiSecurity returns the server options for TLS and API keys.

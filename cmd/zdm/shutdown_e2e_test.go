@@ -1,0 +1,174 @@
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/zdm-io/zdm/pkg/ztest"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// binaryProcess is bin/zdm run as a process on a fixed gRPC address and
+// data directory, so a restart finds its embedded JetStream again.
+type binaryProcess struct {
+	t    *testing.T
+	args []string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	exit chan error
+}
+
+func startBinary(t *testing.T, args ...string) *binaryProcess {
+	t.Helper()
+	bin, err := zdmBinary()
+	require.NoError(t, err)
+	p := &binaryProcess{t: t, args: args, logs: &syncBuffer{}, exit: make(chan error, 1)}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	require.NoError(t, p.cmd.Start())
+	go func() { p.exit <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			<-p.exit
+		}
+	})
+	return p
+}
+
+// sigterm asks the process to stop and returns its exit error and how long
+// it took, failing after limit.
+func (p *binaryProcess) sigterm(limit time.Duration) (error, time.Duration) {
+	p.t.Helper()
+	start := time.Now()
+	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-p.exit:
+		return err, time.Since(start)
+	case <-time.After(limit):
+		p.t.Fatalf("zdm still running %s after SIGTERM; logs:\n%s", limit, p.logs)
+	}
+	return nil, 0
+}
+
+// stoppedSteps are the shutdown steps in the order the logs report them.
+func (p *binaryProcess) stoppedSteps() []string {
+	var steps []string
+	for _, line := range strings.Split(p.logs.String(), "\n") {
+		var rec struct{ Msg, Step string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "stopped" {
+			steps = append(steps, rec.Step)
+		}
+	}
+	return steps
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitHealthy(t *testing.T, addr string, logs *syncBuffer) {
+	t.Helper()
+	conn := dial(t, addr)
+	ztest.Eventually(t, 30*time.Second, func() bool {
+		st, err := healthOf(t, conn, "")
+		return err == nil && st == healthpb.HealthCheckResponse_SERVING
+	}, "zdm not SERVING; logs:\n%s", logs)
+}
+
+// TestE2ESigtermDuringCopy sends SIGTERM to bin/zdm while a copy runs and
+// two WatchMigration streams are open: the streams end with UNAVAILABLE,
+// the process stops in the documented order and exits 0 within its
+// shutdown timeout, and after a restart the copy resumes and the target
+// equals the source.
+func TestE2ESigtermDuringCopy(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	const rows = 12000
+	seedShop(t, ctx, srcAddr, rows)
+
+	addr, dataDir := freeAddr(t), t.TempDir()
+	const timeout = 5 * time.Second
+	args := []string{"-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0", "-data-dir", dataDir,
+		"-shutdown-timeout", timeout.String()}
+	p := startBinary(t, args...)
+	waitHealthy(t, addr, p.logs)
+	conn := dial(t, addr)
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
+	// A throttle keeps the copy running while the process is stopped.
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "term", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 2000,
+			Throttle: &zdmpb.Throttle{MaxRowsPerSecond: 1500}}})
+	require.NoError(t, err)
+
+	ended := make(chan error, 2)
+	for range 2 {
+		w, err := mig.WatchMigration(ctx, &zdmpb.WatchMigrationRequest{MigrationId: "term"})
+		require.NoError(t, err)
+		go func() {
+			for {
+				if _, err := w.Recv(); err != nil {
+					ended <- err
+					return
+				}
+			}
+		}()
+	}
+	m := waitMigration(t, ctx, mig, "term", time.Minute, func(m *zdmpb.Migration) bool {
+		copied := int64(0)
+		for _, c := range m.GetCollections() {
+			copied += c.GetRowsCopied()
+		}
+		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COPYING && copied > 0
+	}, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COPYING, m.GetState())
+
+	exitErr, took := p.sigterm(timeout + 3*time.Second)
+	require.NoError(t, exitErr, "exit status after SIGTERM; logs:\n%s", p.logs)
+	require.Less(t, took, timeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
+	t.Logf("stopped %s after SIGTERM", took.Round(time.Millisecond))
+	for range 2 {
+		select {
+		case err := <-ended:
+			require.Equal(t, codes.Unavailable, status.Code(err), "a watch is ended by the server at shutdown: %v", err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a watch stream was not ended by the shutdown")
+		}
+	}
+	// The API stops first, then the services in reverse order of start,
+	// then the bus, the embedded NATS server and telemetry.
+	require.Equal(t, []string{"gRPC API", "metrics endpoint", "coordinator", "lag-monitor", "cdc-streamer", "snapshot-copier",
+		"NATS connection drain", "embedded NATS", "metrics provider", "trace export"}, p.stoppedSteps(), "logs:\n%s", p.logs)
+	require.NotContains(t, p.logs.String(), "did not finish cleanly")
+
+	// Restarted on the same data directory, the copy goes on from its
+	// checkpoints and completes; the target equals the source.
+	q := startBinary(t, args...)
+	waitHealthy(t, addr, q.logs)
+	m = waitMigration(t, ctx, mig, "term", 2*time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v; logs:\n%s", m.GetError(), q.logs)
+	report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
+	require.True(t, report.Match(), report.String())
+	require.Equal(t, int64(rows), report.TargetCount)
+	require.Equal(t, report.TargetCount, report.TargetDistinct, "no row twice")
+	exitErr, _ = q.sigterm(timeout + 3*time.Second)
+	require.NoError(t, exitErr)
+}
