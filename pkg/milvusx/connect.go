@@ -22,6 +22,9 @@ import (
 // without database support (milvus-lite 2.5).
 const DefaultDatabase = "default"
 
+// ErrConnect marks a failure to connect to a cluster.
+var ErrConnect = errors.New("connect to Milvus")
+
 // Connect opens an SDK client to the cluster described by conn, using
 // database db ("" for the default). It blocks until connected or ctx ends.
 // Errors never contain the credentials.
@@ -46,7 +49,7 @@ func Connect(ctx context.Context, conn *zdmpb.ClusterConnection, db string) (cli
 	}
 	c, err := client.NewClient(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect to Milvus at %s: %w", conn.GetEndpoint(), redact(err, conn))
+		return nil, fmt.Errorf("%w at %s: %w", ErrConnect, conn.GetEndpoint(), redact(err, conn))
 	}
 	return c, nil
 }

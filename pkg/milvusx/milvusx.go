@@ -5,25 +5,56 @@ package milvusx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
+
+	grpc_retry "github.com/grpc-ecosystem/go-grpc-middleware/retry"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 // Raw returns the generated Milvus service stub behind an SDK client; the
-// client's interceptors (database name, credentials) still apply.
+// client's interceptors (database name, credentials) still apply. Its
+// calls try a server that does not answer rawAttempts times, within about
+// a second, where the SDK's own calls try six times over some 20 seconds:
+// zdm retries its work itself, with backoff, and shows a cluster that is
+// down as soon as a call fails.
 func Raw(c client.Client) (milvuspb.MilvusServiceClient, error) {
 	g, ok := c.(*client.GrpcClient)
-	if !ok || g.Service == nil {
+	if !ok || g.Conn == nil {
 		return nil, fmt.Errorf("milvus client %T has no raw service stub", c)
 	}
-	return g.Service, nil
+	return milvuspb.NewMilvusServiceClient(fewerRetries{g.Conn}), nil
+}
+
+// rawAttempts is how many times a raw call tries a server that answers
+// UNAVAILABLE.
+const rawAttempts = 3
+
+// fewerRetries lowers the SDK's retry count for every call on a connection.
+type fewerRetries struct{ grpc.ClientConnInterface }
+
+func (c fewerRetries) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.ClientConnInterface.Invoke(ctx, method, args, reply, append(opts, grpc_retry.WithMax(rawAttempts))...)
+}
+
+// IsUnreachable reports whether err says the server did not answer (as
+// opposed to answering with an error): the connection failed or the call
+// ran out of time.
+func IsUnreachable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrConnect)
 }
 
 // CollectionNames lists the collections of the client's database. Unlike
@@ -115,4 +146,35 @@ func PagedPartitions(ctx context.Context, c milvuspb.MilvusServiceClient, db, na
 		return []string{""}, err
 	}
 	return parts, nil
+}
+
+// EnsureLoaded loads collection db.name if it is not loaded and waits
+// until it is, polling every 200 ms until ctx ends. Milvus queries only
+// loaded collections, and a server that restarts can come back with its
+// collections released (milvus-lite 3 does).
+func EnsureLoaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string) error {
+	requested := false
+	for {
+		st, err := c.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
+		if err := Check(st, err); err != nil {
+			return fmt.Errorf("load state of %s.%s: %w", db, name, err)
+		}
+		switch st.GetState() {
+		case commonpb.LoadState_LoadStateLoaded:
+			return nil
+		case commonpb.LoadState_LoadStateNotLoad:
+			if !requested {
+				if err := CheckStatus(c.LoadCollection(ctx, &milvuspb.LoadCollectionRequest{DbName: db, CollectionName: name})); err != nil {
+					return fmt.Errorf("load %s.%s: %w", db, name, err)
+				}
+				requested = true
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("load %s.%s: %w", db, name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

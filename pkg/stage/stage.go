@@ -18,6 +18,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
 // Handler carries out one command. Its error fails the stage, with the
@@ -81,6 +82,23 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			_ = msg.Nak()
 			return
 		}
+		if role := Unreachable(herr); role != zdmpb.ClusterRole_CLUSTER_ROLE_UNSPECIFIED {
+			// A cluster that does not answer fails the attempt, not the
+			// stage: the command is retried with backoff, and the
+			// coordinator shows the cluster as down and fails the
+			// migration if it stays down too long.
+			attempt := Attempt(msg)
+			logger.WarnContext(mctx, "cluster does not answer; will retry", slog.String("migration", cmd.GetMigrationId()),
+				slog.String("stage", cmd.GetStage().String()), slog.String("cluster", role.String()),
+				slog.Uint64("attempt", attempt), slog.Any("error", herr))
+			ev := &eventspb.WorkFailed{EventId: fmt.Sprintf("failed-%s-d%d", cmd.GetEventId(), attempt),
+				MigrationId: cmd.GetMigrationId(), Stage: cmd.GetStage(), Worker: durable}
+			if err := PublishFailure(mctx, js, prop, ev, herr); err != nil {
+				logger.WarnContext(mctx, "report failed attempt", slog.Any("error", err))
+			}
+			_ = msg.NakWithDelay(Backoff(attempt))
+			return
+		}
 		if herr != nil {
 			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
 				slog.String("stage", cmd.GetStage().String()), slog.Any("error", herr))
@@ -127,18 +145,30 @@ func Starts(cmd *eventspb.StageCommand) bool {
 	return cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_START || cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_RESUME
 }
 
+// connectTimeout bounds connecting to a cluster: the SDK's connect
+// otherwise waits as long as its context lets it.
+const connectTimeout = 10 * time.Second
+
 // Connect opens clients to the command's source and target. On failure it
-// returns the code that names it for the stage report.
+// returns the code that names it for the stage report; a cluster that
+// does not answer is a ClusterError that Unreachable recognises.
 func Connect(ctx context.Context, cmd *eventspb.StageCommand) (src, tgt client.Client, code string, err error) {
 	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
 		return nil, nil, "CLUSTER_MISSING", errors.New("the command names no source or target connection")
 	}
-	if src, err = milvusx.Connect(ctx, cmd.GetSource(), ""); err != nil {
-		return nil, nil, "SOURCE_UNREACHABLE", err
+	if src, err = ConnectCluster(ctx, cmd.GetSource()); err != nil {
+		return nil, nil, "SOURCE_UNREACHABLE", OnSource(err)
 	}
-	if tgt, err = milvusx.Connect(ctx, cmd.GetTarget(), ""); err != nil {
+	if tgt, err = ConnectCluster(ctx, cmd.GetTarget()); err != nil {
 		src.Close()
-		return nil, nil, "TARGET_UNREACHABLE", err
+		return nil, nil, "TARGET_UNREACHABLE", OnTarget(err)
 	}
 	return src, tgt, "", nil
+}
+
+// ConnectCluster connects to conn's default database within connectTimeout.
+func ConnectCluster(ctx context.Context, conn *zdmpb.ClusterConnection) (client.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	return milvusx.Connect(ctx, conn, "")
 }

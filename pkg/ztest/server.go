@@ -17,6 +17,28 @@ import (
 // target, which must be empty.
 func NewServer(t testing.TB, tier string) string {
 	t.Helper()
+	return StartServer(t, tier).Addr
+}
+
+// Server is a Milvus server of a test's own, which the test can kill and
+// start again on the same address and data, as a cluster that goes down
+// and comes back.
+type Server struct {
+	// Addr is the server's host:port.
+	Addr string
+
+	t      testing.TB
+	tier   string
+	bin    string
+	dir    string
+	port   int
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// StartServer is NewServer returning the server itself.
+func StartServer(t testing.TB, tier string) *Server {
+	t.Helper()
 	var env string
 	switch tier {
 	case "lite2":
@@ -24,58 +46,74 @@ func NewServer(t testing.TB, tier string) string {
 	case "lite3":
 		env = "ZDM_TEST_LITE3_SERVER"
 	default:
-		t.Fatalf("ztest.NewServer: no fresh servers of tier %q; use lite2 or lite3", tier)
+		t.Fatalf("ztest.StartServer: no fresh servers of tier %q; use lite2 or lite3", tier)
 	}
 	bin := os.Getenv(env)
 	if bin == "" {
 		Missing(t, "Milvus server program "+env)
 	}
 	port := freePort(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	dir := t.TempDir()
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), t: t, tier: tier, bin: bin, dir: t.TempDir(), port: port}
+	s.Start()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Start starts the server (again), on its address and data, and waits
+// until it listens.
+func (s *Server) Start() {
+	s.t.Helper()
 	var cmd *exec.Cmd
-	if tier == "lite2" {
+	if s.tier == "lite2" {
 		// The C++ server takes: database file, listen address, log level.
-		cmd = exec.Command(bin, filepath.Join(dir, "milvus.db"), addr, "ERROR")
-		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Dir(bin))
+		cmd = exec.Command(s.bin, filepath.Join(s.dir, "milvus.db"), s.Addr, "ERROR")
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Dir(s.bin))
 	} else {
-		cmd = exec.Command(bin, "server", "--data-dir", dir, "--host", "127.0.0.1", "--port", strconv.Itoa(port))
+		cmd = exec.Command(s.bin, "server", "--data-dir", s.dir, "--host", "127.0.0.1", "--port", strconv.Itoa(s.port))
 	}
-	cmd.Dir = dir
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	cmd.Dir = s.dir
+	logf, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		s.t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s server: %v", tier, err)
+		s.t.Fatalf("start %s server: %v", s.tier, err)
 	}
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
+		logf.Close()
 		close(exited)
 	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		logf.Close()
-	})
+	s.cmd, s.exited = cmd, exited
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+		if c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond); err == nil {
 			c.Close()
-			return addr
+			return
 		}
 		select {
 		case <-exited:
 			log, _ := os.ReadFile(logf.Name())
-			t.Fatalf("%s server exited during start-up:\n%s", tier, log)
+			s.t.Fatalf("%s server exited during start-up:\n%s", s.tier, log)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s server not listening on %s within 30s", tier, addr)
+			s.t.Fatalf("%s server not listening on %s within 30s", s.tier, s.Addr)
 		}
 	}
+}
+
+// Kill stops the server with SIGKILL, as a crash would, and waits until it
+// has exited. Killing a stopped server does nothing.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
 }
 
 func freePort(t testing.TB) int {

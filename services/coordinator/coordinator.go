@@ -35,6 +35,13 @@ type Config struct {
 	// EventAckWait is how long a stage event taken by a coordinator that
 	// then died waits before another coordinator gets it. Default 30s.
 	EventAckWait time.Duration
+	// ClusterDownTimeout is how long a source or target may go without
+	// answering before the migration fails. Default 10m.
+	ClusterDownTimeout time.Duration
+	// UnitMaxAttempts is how many attempts in a row at one copy unit may
+	// fail, while both clusters answer, before the migration fails.
+	// Default 5.
+	UnitMaxAttempts int
 	// Now is the clock; tests inject one to cross days in milliseconds.
 	// Default time.Now.
 	Now func() time.Time
@@ -42,7 +49,8 @@ type Config struct {
 
 // DefaultConfig returns the configuration with its defaults.
 func DefaultConfig() Config {
-	return Config{SweepInterval: 30 * time.Second, ProbeTimeout: 10 * time.Second, EventAckWait: 30 * time.Second, Now: time.Now}
+	return Config{SweepInterval: 30 * time.Second, ProbeTimeout: 10 * time.Second, EventAckWait: 30 * time.Second,
+		ClusterDownTimeout: 10 * time.Minute, UnitMaxAttempts: 5, Now: time.Now}
 }
 
 // RegisterFlags defines the coordinator's flags on fs.
@@ -51,6 +59,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SweepInterval, "coordinator-sweep-interval", d.SweepInterval, "how often running migrations are checked against their maximum sync duration")
 	fs.DurationVar(&c.ProbeTimeout, "cluster-probe-timeout", d.ProbeTimeout, "how long to wait for a Milvus cluster to answer when registering it or creating a migration")
 	fs.DurationVar(&c.EventAckWait, "coordinator-event-ack-wait", d.EventAckWait, "how long a stage event held by a coordinator that died waits before redelivery")
+	fs.DurationVar(&c.ClusterDownTimeout, "cluster-down-timeout", d.ClusterDownTimeout, "how long a migration's source or target may go without answering before the migration fails")
+	fs.IntVar(&c.UnitMaxAttempts, "unit-max-attempts", d.UnitMaxAttempts, "failed attempts in a row at one copy unit, with both clusters answering, before the migration fails")
 	c.Now = d.Now
 }
 
@@ -65,6 +75,12 @@ func (c Config) Validate() error {
 	}
 	if c.EventAckWait < time.Second || c.EventAckWait > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--coordinator-event-ack-wait %s: want 1s to 10m", c.EventAckWait))
+	}
+	if c.ClusterDownTimeout < time.Second || c.ClusterDownTimeout > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("--cluster-down-timeout %s: want 1s to 24h", c.ClusterDownTimeout))
+	}
+	if c.UnitMaxAttempts < 1 || c.UnitMaxAttempts > 1000 {
+		errs = append(errs, fmt.Errorf("--unit-max-attempts %d: want 1 to 1000", c.UnitMaxAttempts))
 	}
 	if c.Now == nil {
 		errs = append(errs, errors.New("coordinator clock is not set"))

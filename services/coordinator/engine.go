@@ -222,7 +222,7 @@ func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.Consume
 	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
 		Durable:        eventsConsumer,
 		AckPolicy:      jetstream.AckExplicitPolicy,
-		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag", "zdm.evt.*.plan", "zdm.evt.*.unit", "zdm.evt.*.progress"},
+		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag", "zdm.evt.*.plan", "zdm.evt.*.unit", "zdm.evt.*.progress", "zdm.evt.*.failed"},
 		AckWait:        c.cfg.EventAckWait,
 		MaxDeliver:     -1,
 	})
@@ -253,6 +253,8 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 		ctx, err = apply(c, ctx, msg, "coordinator.unit_done", &eventspb.WorkUnitDone{}, c.onUnitDone)
 	case "progress":
 		ctx, err = apply(c, ctx, msg, "coordinator.progress", &eventspb.Progress{}, c.onProgress)
+	case "failed":
+		ctx, err = apply(c, ctx, msg, "coordinator.work_failed", &eventspb.WorkFailed{}, c.onWorkFailed)
 	}
 	if errors.Is(err, errMalformed) {
 		c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
@@ -408,8 +410,9 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 	}
 }
 
-// sweep checks every syncing migration against its maximum sync duration
-// at the clock's current time.
+// sweep checks every running migration for a cluster down too long, and
+// every syncing one against its maximum sync duration, at the clock's
+// current time.
 func (c *Coordinator) sweep(ctx context.Context) error {
 	all, err := c.store.migrations.list(ctx)
 	if err != nil {
@@ -419,6 +422,10 @@ func (c *Coordinator) sweep(ctx context.Context) error {
 	var errs []error
 	for _, e := range all {
 		m := e.val
+		if err := c.sweepProblems(ctx, m, now); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		if m.GetState() != syncing && m.GetState() != ready {
 			continue
 		}

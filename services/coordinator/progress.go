@@ -62,6 +62,7 @@ func (c *Coordinator) onProgress(ctx context.Context, ev *eventspb.Progress) err
 		}
 		rec.Running[ev.GetUnitId()] = &coordpb.CopyCount{Database: ev.GetDatabase(), Collection: ev.GetCollection(),
 			Rows: ev.GetRows(), Bytes: ev.GetBytes()}
+		delete(rec.Failures, ev.GetUnitId()) // it moves again
 		return nil
 	})
 	if err != nil || !changed {
@@ -84,6 +85,7 @@ func (c *Coordinator) onUnitDone(ctx context.Context, ev *eventspb.WorkUnitDone)
 		rec.PendingUnits = slices.Delete(rec.PendingUnits, i, i+1)
 		remaining--
 		delete(rec.Running, ev.GetUnitId())
+		delete(rec.Failures, ev.GetUnitId())
 		if cc := collectionCopy(rec, ev.GetDatabase(), ev.GetCollection()); cc != nil {
 			cc.Done.Rows += ev.GetRows()
 			cc.Done.Bytes += ev.GetBytes()
@@ -170,7 +172,8 @@ func sample(rec *coordpb.CopyRecord, now time.Time) {
 // showCopy writes the copy's progress into the migration: per collection,
 // rows and bytes copied, units done, throughput and ETA. It reads the copy
 // record inside the migration's update, so whichever of two concurrent
-// writers writes last shows the newest record.
+// writers writes last shows the newest record. Progress means both
+// clusters answer: their problems, if any, are over.
 func (c *Coordinator) showCopy(ctx context.Context, id string) error {
 	_, _, err := c.store.migrations.update(ctx, id, func(m *zdmpb.Migration) error {
 		rec, _, err := c.store.plans.get(ctx, id)
@@ -182,6 +185,7 @@ func (c *Coordinator) showCopy(ctx context.Context, id string) error {
 		for _, cc := range rec.GetCollections() {
 			m.Collections = append(m.Collections, collectionProgress(rec, cc, now))
 		}
+		clearProblems(m)
 		m.UpdateTime = timestamppb.New(now)
 		return nil
 	})

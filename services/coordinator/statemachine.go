@@ -203,6 +203,11 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 			m.Error.Time = at
 		}
 	}
+	if to != failed {
+		// The stage moved on: its clusters answered. A failure keeps the
+		// problem that caused it on show.
+		m.ClusterProblems = nil
+	}
 	if to == completed && ev.TargetEndpoint != "" {
 		m.TargetEndpoint = ev.TargetEndpoint
 	}

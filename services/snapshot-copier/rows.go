@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/stage"
 )
 
 // DefaultBatchBytes is the default size of a page: Milvus refuses
@@ -113,12 +114,12 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 	read := make(chan error, 1)
 	go func() {
 		defer close(pages)
-		read <- readPages(ctx, src, t, r, resume, batchBytes, pages)
+		read <- stage.OnSource(readPages(ctx, src, t, r, resume, batchBytes, pages))
 	}()
 	var stats CopyStats
 	upsert, through, err := written(ctx, tgt, t, r, resume)
 	if err != nil {
-		return stats, err
+		return stats, stage.OnTarget(err)
 	}
 	for p := range pages {
 		if opts.Pace != nil {
@@ -127,7 +128,7 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 			}
 		}
 		if err := write(ctx, tgt, t, p.Fields, len(p.Keys), upsert); err != nil {
-			return stats, err // the deferred cancel stops the reader
+			return stats, stage.OnTarget(err) // the deferred cancel stops the reader
 		}
 		if upsert && through != nil && !milvusx.Less(p.Last, *through) {
 			upsert = false // past every key the target held
@@ -152,9 +153,14 @@ func written(ctx context.Context, tgt milvuspb.MilvusServiceClient, t milvusx.Ta
 		return false, nil, nil
 	}
 	t.ReadTs = 0 // a source timestamp means nothing to the target
+	// A resume often follows a restart of the target, which may have come
+	// back with its collections released.
+	if err := milvusx.EnsureLoaded(ctx, tgt, t.Database, t.Collection); err != nil {
+		return false, nil, err
+	}
 	p, err := milvusx.QueryKeys(ctx, tgt, t, r, resume, milvusx.MaxQueryRows)
 	if err != nil {
-		return false, nil, fmt.Errorf("target: %w", err)
+		return false, nil, err
 	}
 	switch {
 	case len(p.Keys) == 0:

@@ -22,6 +22,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/stage"
 	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
@@ -286,8 +287,15 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			_ = msg.NakWithDelay(pausedRetry)
 			return
 		}
-		log.ErrorContext(ctx, "work unit failed; will retry", slog.Any("error", err))
-		_ = msg.NakWithDelay(2 * time.Second)
+		attempt := stage.Attempt(msg)
+		log.WarnContext(ctx, "work unit failed; will retry", slog.Uint64("attempt", attempt), slog.Any("error", err))
+		ev := &eventspb.WorkFailed{EventId: fmt.Sprintf("failed-%s-d%d", u.GetUnitId(), attempt), MigrationId: u.GetMigrationId(),
+			Stage: zdmpb.StageKind_STAGE_KIND_COPY_DATA, UnitId: u.GetUnitId(), Database: u.GetDatabase(), Collection: u.GetCollection(),
+			Range: u.GetRange(), Worker: w.ID}
+		if perr := stage.PublishFailure(ctx, w.JS, w.Propagator, ev, err); perr != nil {
+			log.WarnContext(ctx, "report failed unit", slog.Any("error", perr))
+		}
+		_ = msg.NakWithDelay(stage.Backoff(attempt))
 		return
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
@@ -308,17 +316,17 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		}
 		src, err := w.client(ctx, u.GetSource())
 		if err != nil {
-			return fmt.Errorf("source: %w", err)
+			return stage.OnSource(err)
 		}
 		tgt, err := w.client(ctx, u.GetTarget())
 		if err != nil {
-			return fmt.Errorf("target: %w", err)
+			return stage.OnTarget(err)
 		}
 		rs, _ := milvusx.Raw(src)
 		rt, _ := milvusx.Raw(tgt)
 		t, err := milvusx.DescribeTable(ctx, rs, u.GetDatabase(), u.GetCollection())
 		if err != nil {
-			return err
+			return stage.OnSource(err)
 		}
 		t.Partition, t.ReadTs = u.GetPartition(), u.GetReadTimestamp()
 		base := CopyStats{Rows: cp.GetRows(), Bytes: cp.GetBytes()}
@@ -409,7 +417,7 @@ func (w *Worker) client(ctx context.Context, conn *zdmpb.ClusterConnection) (cli
 	if c, ok := w.clients[string(key)]; ok {
 		return c, nil
 	}
-	c, err := milvusx.Connect(ctx, conn, "")
+	c, err := stage.ConnectCluster(ctx, conn)
 	if err != nil {
 		return nil, err
 	}

@@ -312,6 +312,59 @@ func (StageState) EnumDescriptor() ([]byte, []int) {
 	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
 }
 
+// ClusterRole is the part a cluster plays in a migration.
+type ClusterRole int32
+
+const (
+	// Not set.
+	ClusterRole_CLUSTER_ROLE_UNSPECIFIED ClusterRole = 0
+	// The cluster data is copied and captured from.
+	ClusterRole_CLUSTER_ROLE_SOURCE ClusterRole = 1
+	// The cluster data is copied and applied to.
+	ClusterRole_CLUSTER_ROLE_TARGET ClusterRole = 2
+)
+
+// Enum value maps for ClusterRole.
+var (
+	ClusterRole_name = map[int32]string{
+		0: "CLUSTER_ROLE_UNSPECIFIED",
+		1: "CLUSTER_ROLE_SOURCE",
+		2: "CLUSTER_ROLE_TARGET",
+	}
+	ClusterRole_value = map[string]int32{
+		"CLUSTER_ROLE_UNSPECIFIED": 0,
+		"CLUSTER_ROLE_SOURCE":      1,
+		"CLUSTER_ROLE_TARGET":      2,
+	}
+)
+
+func (x ClusterRole) Enum() *ClusterRole {
+	p := new(ClusterRole)
+	*p = x
+	return p
+}
+
+func (x ClusterRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClusterRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_zdm_v1_migration_proto_enumTypes[4].Descriptor()
+}
+
+func (ClusterRole) Type() protoreflect.EnumType {
+	return &file_zdm_v1_migration_proto_enumTypes[4]
+}
+
+func (x ClusterRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClusterRole.Descriptor instead.
+func (ClusterRole) EnumDescriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
+}
+
 // CollectionPhase is how far one collection has come.
 type CollectionPhase int32
 
@@ -369,11 +422,11 @@ func (x CollectionPhase) String() string {
 }
 
 func (CollectionPhase) Descriptor() protoreflect.EnumDescriptor {
-	return file_zdm_v1_migration_proto_enumTypes[4].Descriptor()
+	return file_zdm_v1_migration_proto_enumTypes[5].Descriptor()
 }
 
 func (CollectionPhase) Type() protoreflect.EnumType {
-	return &file_zdm_v1_migration_proto_enumTypes[4]
+	return &file_zdm_v1_migration_proto_enumTypes[5]
 }
 
 func (x CollectionPhase) Number() protoreflect.EnumNumber {
@@ -382,7 +435,7 @@ func (x CollectionPhase) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CollectionPhase.Descriptor instead.
 func (CollectionPhase) EnumDescriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
 }
 
 // Migration is one migration job.
@@ -429,6 +482,12 @@ type Migration struct {
 	// State the migration was paused from, to which ResumeMigration returns
 	// it; unset unless PAUSED.
 	PausedFromState MigrationState `protobuf:"varint,19,opt,name=paused_from_state,json=pausedFromState,proto3,enum=zdm.v1.MigrationState" json:"paused_from_state,omitempty"`
+	// Clusters of the migration that do not answer the services working on
+	// it, at most one entry per role. Shown within seconds of the first
+	// failed call; the work is retried with backoff, and the migration FAILS
+	// with CLUSTER_UNREACHABLE at fail_time unless the cluster answers again
+	// first, which removes its entry. Empty while every cluster answers.
+	ClusterProblems []*ClusterProblem `protobuf:"bytes,20,rep,name=cluster_problems,json=clusterProblems,proto3" json:"cluster_problems,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -596,6 +655,114 @@ func (x *Migration) GetPausedFromState() MigrationState {
 	return MigrationState_MIGRATION_STATE_UNSPECIFIED
 }
 
+func (x *Migration) GetClusterProblems() []*ClusterProblem {
+	if x != nil {
+		return x.ClusterProblems
+	}
+	return nil
+}
+
+// ClusterProblem is a cluster that stopped answering during a migration.
+type ClusterProblem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Source or target.
+	Role ClusterRole `protobuf:"varint,1,opt,name=role,proto3,enum=zdm.v1.ClusterRole" json:"role,omitempty"`
+	// The registered cluster.
+	ClusterId string `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The last error a service got from it.
+	LastError string `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// When it first failed to answer in this episode.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// When it last failed.
+	LastErrorTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_error_time,json=lastErrorTime,proto3" json:"last_error_time,omitempty"`
+	// Failed attempts since `since`.
+	FailedAttempts int64 `protobuf:"varint,6,opt,name=failed_attempts,json=failedAttempts,proto3" json:"failed_attempts,omitempty"`
+	// When the migration fails unless the cluster answers before: since plus
+	// the coordinator's --cluster-down-timeout.
+	FailTime      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=fail_time,json=failTime,proto3" json:"fail_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterProblem) Reset() {
+	*x = ClusterProblem{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterProblem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterProblem) ProtoMessage() {}
+
+func (x *ClusterProblem) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterProblem.ProtoReflect.Descriptor instead.
+func (*ClusterProblem) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ClusterProblem) GetRole() ClusterRole {
+	if x != nil {
+		return x.Role
+	}
+	return ClusterRole_CLUSTER_ROLE_UNSPECIFIED
+}
+
+func (x *ClusterProblem) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *ClusterProblem) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *ClusterProblem) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ClusterProblem) GetLastErrorTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorTime
+	}
+	return nil
+}
+
+func (x *ClusterProblem) GetFailedAttempts() int64 {
+	if x != nil {
+		return x.FailedAttempts
+	}
+	return 0
+}
+
+func (x *ClusterProblem) GetFailTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailTime
+	}
+	return nil
+}
+
 // MigrationOptions tune a migration. Zero values take the defaults stated.
 type MigrationOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -620,7 +787,7 @@ type MigrationOptions struct {
 
 func (x *MigrationOptions) Reset() {
 	*x = MigrationOptions{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	mi := &file_zdm_v1_migration_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +799,7 @@ func (x *MigrationOptions) String() string {
 func (*MigrationOptions) ProtoMessage() {}
 
 func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	mi := &file_zdm_v1_migration_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +812,7 @@ func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationOptions.ProtoReflect.Descriptor instead.
 func (*MigrationOptions) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{1}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MigrationOptions) GetLagThreshold() *durationpb.Duration {
@@ -696,7 +863,7 @@ type Throttle struct {
 
 func (x *Throttle) Reset() {
 	*x = Throttle{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	mi := &file_zdm_v1_migration_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +875,7 @@ func (x *Throttle) String() string {
 func (*Throttle) ProtoMessage() {}
 
 func (x *Throttle) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	mi := &file_zdm_v1_migration_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +888,7 @@ func (x *Throttle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Throttle.ProtoReflect.Descriptor instead.
 func (*Throttle) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{2}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Throttle) GetMaxRowsPerSecond() int64 {
@@ -751,7 +918,7 @@ type Notifications struct {
 
 func (x *Notifications) Reset() {
 	*x = Notifications{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[3]
+	mi := &file_zdm_v1_migration_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +930,7 @@ func (x *Notifications) String() string {
 func (*Notifications) ProtoMessage() {}
 
 func (x *Notifications) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[3]
+	mi := &file_zdm_v1_migration_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +943,7 @@ func (x *Notifications) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notifications.ProtoReflect.Descriptor instead.
 func (*Notifications) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Notifications) GetEmails() []string {
@@ -812,7 +979,7 @@ type Stage struct {
 
 func (x *Stage) Reset() {
 	*x = Stage{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[4]
+	mi := &file_zdm_v1_migration_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +991,7 @@ func (x *Stage) String() string {
 func (*Stage) ProtoMessage() {}
 
 func (x *Stage) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[4]
+	mi := &file_zdm_v1_migration_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1004,7 @@ func (x *Stage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stage.ProtoReflect.Descriptor instead.
 func (*Stage) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Stage) GetKind() StageKind {
@@ -909,7 +1076,7 @@ type CollectionProgress struct {
 
 func (x *CollectionProgress) Reset() {
 	*x = CollectionProgress{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[5]
+	mi := &file_zdm_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1088,7 @@ func (x *CollectionProgress) String() string {
 func (*CollectionProgress) ProtoMessage() {}
 
 func (x *CollectionProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[5]
+	mi := &file_zdm_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1101,7 @@ func (x *CollectionProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionProgress.ProtoReflect.Descriptor instead.
 func (*CollectionProgress) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CollectionProgress) GetDatabase() string {
@@ -1039,7 +1206,7 @@ type Lag struct {
 
 func (x *Lag) Reset() {
 	*x = Lag{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[6]
+	mi := &file_zdm_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1218,7 @@ func (x *Lag) String() string {
 func (*Lag) ProtoMessage() {}
 
 func (x *Lag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[6]
+	mi := &file_zdm_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1231,7 @@ func (x *Lag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lag.ProtoReflect.Descriptor instead.
 func (*Lag) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Lag) GetLag() *durationpb.Duration {
@@ -1115,7 +1282,7 @@ type Transition struct {
 
 func (x *Transition) Reset() {
 	*x = Transition{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[7]
+	mi := &file_zdm_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1294,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[7]
+	mi := &file_zdm_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1307,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Transition) GetFromState() MigrationState {
@@ -1200,7 +1367,7 @@ type MigrationError struct {
 
 func (x *MigrationError) Reset() {
 	*x = MigrationError{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[8]
+	mi := &file_zdm_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1379,7 @@ func (x *MigrationError) String() string {
 func (*MigrationError) ProtoMessage() {}
 
 func (x *MigrationError) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[8]
+	mi := &file_zdm_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1392,7 @@ func (x *MigrationError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationError.ProtoReflect.Descriptor instead.
 func (*MigrationError) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MigrationError) GetCode() string {
@@ -1292,7 +1459,7 @@ type CreateMigrationRequest struct {
 
 func (x *CreateMigrationRequest) Reset() {
 	*x = CreateMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[9]
+	mi := &file_zdm_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1471,7 @@ func (x *CreateMigrationRequest) String() string {
 func (*CreateMigrationRequest) ProtoMessage() {}
 
 func (x *CreateMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[9]
+	mi := &file_zdm_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1484,7 @@ func (x *CreateMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateMigrationRequest) GetMigrationId() string {
@@ -1366,7 +1533,7 @@ type CreateMigrationResponse struct {
 
 func (x *CreateMigrationResponse) Reset() {
 	*x = CreateMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[10]
+	mi := &file_zdm_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1545,7 @@ func (x *CreateMigrationResponse) String() string {
 func (*CreateMigrationResponse) ProtoMessage() {}
 
 func (x *CreateMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[10]
+	mi := &file_zdm_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1558,7 @@ func (x *CreateMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateMigrationResponse) GetMigration() *Migration {
@@ -1412,7 +1579,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[11]
+	mi := &file_zdm_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1591,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[11]
+	mi := &file_zdm_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1604,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMigrationRequest) GetMigrationId() string {
@@ -1458,7 +1625,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[12]
+	mi := &file_zdm_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1637,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[12]
+	mi := &file_zdm_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1650,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1513,7 +1680,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[13]
+	mi := &file_zdm_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1692,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[13]
+	mi := &file_zdm_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1705,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationsRequest) GetPageSize() int32 {
@@ -1582,7 +1749,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[14]
+	mi := &file_zdm_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1761,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[14]
+	mi := &file_zdm_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1774,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1638,7 +1805,7 @@ type WatchMigrationRequest struct {
 
 func (x *WatchMigrationRequest) Reset() {
 	*x = WatchMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[15]
+	mi := &file_zdm_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1817,7 @@ func (x *WatchMigrationRequest) String() string {
 func (*WatchMigrationRequest) ProtoMessage() {}
 
 func (x *WatchMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[15]
+	mi := &file_zdm_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1830,7 @@ func (x *WatchMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchMigrationRequest) GetMigrationId() string {
@@ -1691,7 +1858,7 @@ type WatchMigrationResponse struct {
 
 func (x *WatchMigrationResponse) Reset() {
 	*x = WatchMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[16]
+	mi := &file_zdm_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1870,7 @@ func (x *WatchMigrationResponse) String() string {
 func (*WatchMigrationResponse) ProtoMessage() {}
 
 func (x *WatchMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[16]
+	mi := &file_zdm_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1883,7 @@ func (x *WatchMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchMigrationResponse) GetMigration() *Migration {
@@ -1739,7 +1906,7 @@ type StopSyncRequest struct {
 
 func (x *StopSyncRequest) Reset() {
 	*x = StopSyncRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[17]
+	mi := &file_zdm_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1918,7 @@ func (x *StopSyncRequest) String() string {
 func (*StopSyncRequest) ProtoMessage() {}
 
 func (x *StopSyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[17]
+	mi := &file_zdm_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1931,7 @@ func (x *StopSyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSyncRequest.ProtoReflect.Descriptor instead.
 func (*StopSyncRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StopSyncRequest) GetMigrationId() string {
@@ -1792,7 +1959,7 @@ type StopSyncResponse struct {
 
 func (x *StopSyncResponse) Reset() {
 	*x = StopSyncResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[18]
+	mi := &file_zdm_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1971,7 @@ func (x *StopSyncResponse) String() string {
 func (*StopSyncResponse) ProtoMessage() {}
 
 func (x *StopSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[18]
+	mi := &file_zdm_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1984,7 @@ func (x *StopSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSyncResponse.ProtoReflect.Descriptor instead.
 func (*StopSyncResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{18}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StopSyncResponse) GetMigration() *Migration {
@@ -1842,7 +2009,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[19]
+	mi := &file_zdm_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2021,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[19]
+	mi := &file_zdm_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2034,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{19}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SwitchoverRequest) GetMigrationId() string {
@@ -1895,7 +2062,7 @@ type SwitchoverResponse struct {
 
 func (x *SwitchoverResponse) Reset() {
 	*x = SwitchoverResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[20]
+	mi := &file_zdm_v1_migration_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2074,7 @@ func (x *SwitchoverResponse) String() string {
 func (*SwitchoverResponse) ProtoMessage() {}
 
 func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[20]
+	mi := &file_zdm_v1_migration_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2087,7 @@ func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
 func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{20}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SwitchoverResponse) GetMigration() *Migration {
@@ -1943,7 +2110,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[21]
+	mi := &file_zdm_v1_migration_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2122,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[21]
+	mi := &file_zdm_v1_migration_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2135,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{21}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelMigrationRequest) GetMigrationId() string {
@@ -1996,7 +2163,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[22]
+	mi := &file_zdm_v1_migration_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2175,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[22]
+	mi := &file_zdm_v1_migration_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2188,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{22}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -2044,7 +2211,7 @@ type PauseMigrationRequest struct {
 
 func (x *PauseMigrationRequest) Reset() {
 	*x = PauseMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[23]
+	mi := &file_zdm_v1_migration_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2223,7 @@ func (x *PauseMigrationRequest) String() string {
 func (*PauseMigrationRequest) ProtoMessage() {}
 
 func (x *PauseMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[23]
+	mi := &file_zdm_v1_migration_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2236,7 @@ func (x *PauseMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseMigrationRequest.ProtoReflect.Descriptor instead.
 func (*PauseMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{23}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PauseMigrationRequest) GetMigrationId() string {
@@ -2097,7 +2264,7 @@ type PauseMigrationResponse struct {
 
 func (x *PauseMigrationResponse) Reset() {
 	*x = PauseMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[24]
+	mi := &file_zdm_v1_migration_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2109,7 +2276,7 @@ func (x *PauseMigrationResponse) String() string {
 func (*PauseMigrationResponse) ProtoMessage() {}
 
 func (x *PauseMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[24]
+	mi := &file_zdm_v1_migration_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2289,7 @@ func (x *PauseMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseMigrationResponse.ProtoReflect.Descriptor instead.
 func (*PauseMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{24}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PauseMigrationResponse) GetMigration() *Migration {
@@ -2143,7 +2310,7 @@ type ResumeMigrationRequest struct {
 
 func (x *ResumeMigrationRequest) Reset() {
 	*x = ResumeMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[25]
+	mi := &file_zdm_v1_migration_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2322,7 @@ func (x *ResumeMigrationRequest) String() string {
 func (*ResumeMigrationRequest) ProtoMessage() {}
 
 func (x *ResumeMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[25]
+	mi := &file_zdm_v1_migration_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2335,7 @@ func (x *ResumeMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeMigrationRequest.ProtoReflect.Descriptor instead.
 func (*ResumeMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{25}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResumeMigrationRequest) GetMigrationId() string {
@@ -2190,7 +2357,7 @@ type ResumeMigrationResponse struct {
 
 func (x *ResumeMigrationResponse) Reset() {
 	*x = ResumeMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[26]
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2369,7 @@ func (x *ResumeMigrationResponse) String() string {
 func (*ResumeMigrationResponse) ProtoMessage() {}
 
 func (x *ResumeMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[26]
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2382,7 @@ func (x *ResumeMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeMigrationResponse.ProtoReflect.Descriptor instead.
 func (*ResumeMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{26}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ResumeMigrationResponse) GetMigration() *Migration {
@@ -2238,7 +2405,7 @@ type SetThrottleRequest struct {
 
 func (x *SetThrottleRequest) Reset() {
 	*x = SetThrottleRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2417,7 @@ func (x *SetThrottleRequest) String() string {
 func (*SetThrottleRequest) ProtoMessage() {}
 
 func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2430,7 @@ func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetThrottleRequest.ProtoReflect.Descriptor instead.
 func (*SetThrottleRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetThrottleRequest) GetMigrationId() string {
@@ -2291,7 +2458,7 @@ type SetThrottleResponse struct {
 
 func (x *SetThrottleResponse) Reset() {
 	*x = SetThrottleResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	mi := &file_zdm_v1_migration_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2470,7 @@ func (x *SetThrottleResponse) String() string {
 func (*SetThrottleResponse) ProtoMessage() {}
 
 func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	mi := &file_zdm_v1_migration_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2483,7 @@ func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetThrottleResponse.ProtoReflect.Descriptor instead.
 func (*SetThrottleResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetThrottleResponse) GetMigration() *Migration {
@@ -2330,7 +2497,7 @@ var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\a\n" +
+	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\a\n" +
 	"\tMigration\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12,\n" +
@@ -2354,7 +2521,18 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\bend_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
 	"\x0ftarget_endpoint\x18\x11 \x01(\tR\x0etargetEndpoint\x12O\n" +
 	"\x16switchover_write_pause\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\x14switchoverWritePause\x12B\n" +
-	"\x11paused_from_state\x18\x13 \x01(\x0e2\x16.zdm.v1.MigrationStateR\x0fpausedFromState\"\xaa\x02\n" +
+	"\x11paused_from_state\x18\x13 \x01(\x0e2\x16.zdm.v1.MigrationStateR\x0fpausedFromState\x12A\n" +
+	"\x10cluster_problems\x18\x14 \x03(\v2\x16.zdm.v1.ClusterProblemR\x0fclusterProblems\"\xcf\x02\n" +
+	"\x0eClusterProblem\x12'\n" +
+	"\x04role\x18\x01 \x01(\x0e2\x13.zdm.v1.ClusterRoleR\x04role\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x02 \x01(\tR\tclusterId\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12B\n" +
+	"\x0flast_error_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rlastErrorTime\x12'\n" +
+	"\x0ffailed_attempts\x18\x06 \x01(\x03R\x0efailedAttempts\x127\n" +
+	"\tfail_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bfailTime\"\xaa\x02\n" +
 	"\x10MigrationOptions\x12>\n" +
 	"\rlag_threshold\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\flagThreshold\x12E\n" +
 	"\x11max_sync_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0fmaxSyncDuration\x12,\n" +
@@ -2509,7 +2687,11 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n" +
 	"\x12STAGE_STATE_FAILED\x10\x04\x12\x17\n" +
 	"\x13STAGE_STATE_SKIPPED\x10\x05\x12\x19\n" +
-	"\x15STAGE_STATE_CANCELLED\x10\x06*\x86\x02\n" +
+	"\x15STAGE_STATE_CANCELLED\x10\x06*]\n" +
+	"\vClusterRole\x12\x1c\n" +
+	"\x18CLUSTER_ROLE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13CLUSTER_ROLE_SOURCE\x10\x01\x12\x17\n" +
+	"\x13CLUSTER_ROLE_TARGET\x10\x02*\x86\x02\n" +
 	"\x0fCollectionPhase\x12 \n" +
 	"\x1cCOLLECTION_PHASE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18COLLECTION_PHASE_PENDING\x10\x01\x12\x1e\n" +
@@ -2546,120 +2728,127 @@ func file_zdm_v1_migration_proto_rawDescGZIP() []byte {
 	return file_zdm_v1_migration_proto_rawDescData
 }
 
-var file_zdm_v1_migration_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_zdm_v1_migration_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_zdm_v1_migration_proto_goTypes = []any{
 	(MigrationType)(0),              // 0: zdm.v1.MigrationType
 	(MigrationState)(0),             // 1: zdm.v1.MigrationState
 	(StageKind)(0),                  // 2: zdm.v1.StageKind
 	(StageState)(0),                 // 3: zdm.v1.StageState
-	(CollectionPhase)(0),            // 4: zdm.v1.CollectionPhase
-	(*Migration)(nil),               // 5: zdm.v1.Migration
-	(*MigrationOptions)(nil),        // 6: zdm.v1.MigrationOptions
-	(*Throttle)(nil),                // 7: zdm.v1.Throttle
-	(*Notifications)(nil),           // 8: zdm.v1.Notifications
-	(*Stage)(nil),                   // 9: zdm.v1.Stage
-	(*CollectionProgress)(nil),      // 10: zdm.v1.CollectionProgress
-	(*Lag)(nil),                     // 11: zdm.v1.Lag
-	(*Transition)(nil),              // 12: zdm.v1.Transition
-	(*MigrationError)(nil),          // 13: zdm.v1.MigrationError
-	(*CreateMigrationRequest)(nil),  // 14: zdm.v1.CreateMigrationRequest
-	(*CreateMigrationResponse)(nil), // 15: zdm.v1.CreateMigrationResponse
-	(*GetMigrationRequest)(nil),     // 16: zdm.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 17: zdm.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 18: zdm.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 19: zdm.v1.ListMigrationsResponse
-	(*WatchMigrationRequest)(nil),   // 20: zdm.v1.WatchMigrationRequest
-	(*WatchMigrationResponse)(nil),  // 21: zdm.v1.WatchMigrationResponse
-	(*StopSyncRequest)(nil),         // 22: zdm.v1.StopSyncRequest
-	(*StopSyncResponse)(nil),        // 23: zdm.v1.StopSyncResponse
-	(*SwitchoverRequest)(nil),       // 24: zdm.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),      // 25: zdm.v1.SwitchoverResponse
-	(*CancelMigrationRequest)(nil),  // 26: zdm.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 27: zdm.v1.CancelMigrationResponse
-	(*PauseMigrationRequest)(nil),   // 28: zdm.v1.PauseMigrationRequest
-	(*PauseMigrationResponse)(nil),  // 29: zdm.v1.PauseMigrationResponse
-	(*ResumeMigrationRequest)(nil),  // 30: zdm.v1.ResumeMigrationRequest
-	(*ResumeMigrationResponse)(nil), // 31: zdm.v1.ResumeMigrationResponse
-	(*SetThrottleRequest)(nil),      // 32: zdm.v1.SetThrottleRequest
-	(*SetThrottleResponse)(nil),     // 33: zdm.v1.SetThrottleResponse
-	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 35: google.protobuf.Duration
+	(ClusterRole)(0),                // 4: zdm.v1.ClusterRole
+	(CollectionPhase)(0),            // 5: zdm.v1.CollectionPhase
+	(*Migration)(nil),               // 6: zdm.v1.Migration
+	(*ClusterProblem)(nil),          // 7: zdm.v1.ClusterProblem
+	(*MigrationOptions)(nil),        // 8: zdm.v1.MigrationOptions
+	(*Throttle)(nil),                // 9: zdm.v1.Throttle
+	(*Notifications)(nil),           // 10: zdm.v1.Notifications
+	(*Stage)(nil),                   // 11: zdm.v1.Stage
+	(*CollectionProgress)(nil),      // 12: zdm.v1.CollectionProgress
+	(*Lag)(nil),                     // 13: zdm.v1.Lag
+	(*Transition)(nil),              // 14: zdm.v1.Transition
+	(*MigrationError)(nil),          // 15: zdm.v1.MigrationError
+	(*CreateMigrationRequest)(nil),  // 16: zdm.v1.CreateMigrationRequest
+	(*CreateMigrationResponse)(nil), // 17: zdm.v1.CreateMigrationResponse
+	(*GetMigrationRequest)(nil),     // 18: zdm.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 19: zdm.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 20: zdm.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 21: zdm.v1.ListMigrationsResponse
+	(*WatchMigrationRequest)(nil),   // 22: zdm.v1.WatchMigrationRequest
+	(*WatchMigrationResponse)(nil),  // 23: zdm.v1.WatchMigrationResponse
+	(*StopSyncRequest)(nil),         // 24: zdm.v1.StopSyncRequest
+	(*StopSyncResponse)(nil),        // 25: zdm.v1.StopSyncResponse
+	(*SwitchoverRequest)(nil),       // 26: zdm.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),      // 27: zdm.v1.SwitchoverResponse
+	(*CancelMigrationRequest)(nil),  // 28: zdm.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 29: zdm.v1.CancelMigrationResponse
+	(*PauseMigrationRequest)(nil),   // 30: zdm.v1.PauseMigrationRequest
+	(*PauseMigrationResponse)(nil),  // 31: zdm.v1.PauseMigrationResponse
+	(*ResumeMigrationRequest)(nil),  // 32: zdm.v1.ResumeMigrationRequest
+	(*ResumeMigrationResponse)(nil), // 33: zdm.v1.ResumeMigrationResponse
+	(*SetThrottleRequest)(nil),      // 34: zdm.v1.SetThrottleRequest
+	(*SetThrottleResponse)(nil),     // 35: zdm.v1.SetThrottleResponse
+	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
 }
 var file_zdm_v1_migration_proto_depIdxs = []int32{
 	0,  // 0: zdm.v1.Migration.type:type_name -> zdm.v1.MigrationType
 	1,  // 1: zdm.v1.Migration.state:type_name -> zdm.v1.MigrationState
-	6,  // 2: zdm.v1.Migration.options:type_name -> zdm.v1.MigrationOptions
-	9,  // 3: zdm.v1.Migration.stages:type_name -> zdm.v1.Stage
-	10, // 4: zdm.v1.Migration.collections:type_name -> zdm.v1.CollectionProgress
-	11, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
-	12, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
-	13, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
-	34, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
-	34, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
-	34, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
-	35, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
+	8,  // 2: zdm.v1.Migration.options:type_name -> zdm.v1.MigrationOptions
+	11, // 3: zdm.v1.Migration.stages:type_name -> zdm.v1.Stage
+	12, // 4: zdm.v1.Migration.collections:type_name -> zdm.v1.CollectionProgress
+	13, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
+	14, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
+	15, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
+	36, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
+	36, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
+	36, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
+	37, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
 	1,  // 12: zdm.v1.Migration.paused_from_state:type_name -> zdm.v1.MigrationState
-	35, // 13: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
-	35, // 14: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
-	7,  // 15: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
-	8,  // 16: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
-	2,  // 17: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
-	3,  // 18: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
-	34, // 19: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
-	34, // 20: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
-	4,  // 21: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
-	35, // 22: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
-	35, // 23: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
-	35, // 24: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
-	34, // 25: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
-	34, // 26: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
-	34, // 27: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
-	1,  // 28: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
-	1,  // 29: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
-	34, // 30: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
-	2,  // 31: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
-	34, // 32: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
-	0,  // 33: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
-	6,  // 34: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
-	5,  // 35: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 36: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
-	1,  // 37: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
-	5,  // 38: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
-	5,  // 39: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 40: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
-	35, // 41: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
-	5,  // 42: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 43: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 44: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
-	5,  // 45: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
-	7,  // 46: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
-	5,  // 47: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
-	14, // 48: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
-	16, // 49: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
-	18, // 50: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
-	20, // 51: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
-	22, // 52: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
-	24, // 53: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
-	26, // 54: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
-	28, // 55: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
-	30, // 56: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
-	32, // 57: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
-	15, // 58: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
-	17, // 59: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
-	19, // 60: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
-	21, // 61: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
-	23, // 62: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
-	25, // 63: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
-	27, // 64: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
-	29, // 65: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
-	31, // 66: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
-	33, // 67: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
-	58, // [58:68] is the sub-list for method output_type
-	48, // [48:58] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	7,  // 13: zdm.v1.Migration.cluster_problems:type_name -> zdm.v1.ClusterProblem
+	4,  // 14: zdm.v1.ClusterProblem.role:type_name -> zdm.v1.ClusterRole
+	36, // 15: zdm.v1.ClusterProblem.since:type_name -> google.protobuf.Timestamp
+	36, // 16: zdm.v1.ClusterProblem.last_error_time:type_name -> google.protobuf.Timestamp
+	36, // 17: zdm.v1.ClusterProblem.fail_time:type_name -> google.protobuf.Timestamp
+	37, // 18: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
+	37, // 19: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
+	9,  // 20: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
+	10, // 21: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
+	2,  // 22: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
+	3,  // 23: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
+	36, // 24: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
+	36, // 25: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 26: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
+	37, // 27: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
+	37, // 28: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
+	37, // 29: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
+	36, // 30: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
+	36, // 31: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
+	36, // 32: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
+	1,  // 33: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
+	1,  // 34: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
+	36, // 35: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	2,  // 36: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
+	36, // 37: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
+	0,  // 38: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
+	8,  // 39: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
+	6,  // 40: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 41: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
+	1,  // 42: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
+	6,  // 43: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
+	6,  // 44: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 45: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
+	37, // 46: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
+	6,  // 47: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 48: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 49: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 50: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
+	9,  // 51: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
+	6,  // 52: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
+	16, // 53: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
+	18, // 54: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
+	20, // 55: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
+	22, // 56: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
+	24, // 57: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
+	26, // 58: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
+	28, // 59: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
+	30, // 60: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
+	32, // 61: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
+	34, // 62: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
+	17, // 63: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
+	19, // 64: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
+	21, // 65: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
+	23, // 66: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
+	25, // 67: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
+	27, // 68: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
+	29, // 69: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
+	31, // 70: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
+	33, // 71: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
+	35, // 72: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
+	63, // [63:73] is the sub-list for method output_type
+	53, // [53:63] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_zdm_v1_migration_proto_init() }
@@ -2672,8 +2861,8 @@ func file_zdm_v1_migration_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_v1_migration_proto_rawDesc), len(file_zdm_v1_migration_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   29,
+			NumEnums:      6,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

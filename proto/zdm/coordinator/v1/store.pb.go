@@ -90,7 +90,10 @@ type CopyRecord struct {
 	// Latest progress of units not yet done, by unit ID.
 	Running map[string]*CopyCount `protobuf:"bytes,2,rep,name=running,proto3" json:"running,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Per collection, the plan and what finished units copied.
-	Collections   []*CollectionCopy `protobuf:"bytes,3,rep,name=collections,proto3" json:"collections,omitempty"`
+	Collections []*CollectionCopy `protobuf:"bytes,3,rep,name=collections,proto3" json:"collections,omitempty"`
+	// Failed attempts in a row of units whose clusters both answered, by
+	// unit ID; cleared by the unit's next progress.
+	Failures      map[string]*UnitFailures `protobuf:"bytes,4,rep,name=failures,proto3" json:"failures,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -146,6 +149,68 @@ func (x *CopyRecord) GetCollections() []*CollectionCopy {
 	return nil
 }
 
+func (x *CopyRecord) GetFailures() map[string]*UnitFailures {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
+// UnitFailures counts a unit's failed attempts in a row.
+type UnitFailures struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Attempts that failed since the unit last made progress.
+	Attempts int64 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The last attempt's error.
+	LastError     string `protobuf:"bytes,2,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitFailures) Reset() {
+	*x = UnitFailures{}
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitFailures) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitFailures) ProtoMessage() {}
+
+func (x *UnitFailures) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitFailures.ProtoReflect.Descriptor instead.
+func (*UnitFailures) Descriptor() ([]byte, []int) {
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UnitFailures) GetAttempts() int64 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *UnitFailures) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // CopyCount is rows and bytes copied in one collection (or unit).
 type CopyCount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -163,7 +228,7 @@ type CopyCount struct {
 
 func (x *CopyCount) Reset() {
 	*x = CopyCount{}
-	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[2]
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +240,7 @@ func (x *CopyCount) String() string {
 func (*CopyCount) ProtoMessage() {}
 
 func (x *CopyCount) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[2]
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +253,7 @@ func (x *CopyCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyCount.ProtoReflect.Descriptor instead.
 func (*CopyCount) Descriptor() ([]byte, []int) {
-	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{2}
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CopyCount) GetDatabase() string {
@@ -239,7 +304,7 @@ type CollectionCopy struct {
 
 func (x *CollectionCopy) Reset() {
 	*x = CollectionCopy{}
-	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[3]
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +316,7 @@ func (x *CollectionCopy) String() string {
 func (*CollectionCopy) ProtoMessage() {}
 
 func (x *CollectionCopy) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[3]
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +329,7 @@ func (x *CollectionCopy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionCopy.ProtoReflect.Descriptor instead.
 func (*CollectionCopy) Descriptor() ([]byte, []int) {
-	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{3}
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CollectionCopy) GetUnitsTotal() int64 {
@@ -317,7 +382,7 @@ type CopySample struct {
 
 func (x *CopySample) Reset() {
 	*x = CopySample{}
-	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[4]
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +394,7 @@ func (x *CopySample) String() string {
 func (*CopySample) ProtoMessage() {}
 
 func (x *CopySample) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[4]
+	mi := &file_zdm_coordinator_v1_store_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +407,7 @@ func (x *CopySample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopySample.ProtoReflect.Descriptor instead.
 func (*CopySample) Descriptor() ([]byte, []int) {
-	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{4}
+	return file_zdm_coordinator_v1_store_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CopySample) GetTime() *timestamppb.Timestamp {
@@ -375,15 +440,23 @@ const file_zdm_coordinator_v1_store_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\v2\x0f.zdm.v1.ClusterR\acluster\x129\n" +
 	"\n" +
 	"connection\x18\x02 \x01(\v2\x19.zdm.v1.ClusterConnectionR\n" +
-	"connection\"\x99\x02\n" +
+	"connection\"\xc2\x03\n" +
 	"\n" +
 	"CopyRecord\x12#\n" +
 	"\rpending_units\x18\x01 \x03(\tR\fpendingUnits\x12E\n" +
 	"\arunning\x18\x02 \x03(\v2+.zdm.coordinator.v1.CopyRecord.RunningEntryR\arunning\x12D\n" +
-	"\vcollections\x18\x03 \x03(\v2\".zdm.coordinator.v1.CollectionCopyR\vcollections\x1aY\n" +
+	"\vcollections\x18\x03 \x03(\v2\".zdm.coordinator.v1.CollectionCopyR\vcollections\x12H\n" +
+	"\bfailures\x18\x04 \x03(\v2,.zdm.coordinator.v1.CopyRecord.FailuresEntryR\bfailures\x1aY\n" +
 	"\fRunningEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x123\n" +
-	"\x05value\x18\x02 \x01(\v2\x1d.zdm.coordinator.v1.CopyCountR\x05value:\x028\x01\"q\n" +
+	"\x05value\x18\x02 \x01(\v2\x1d.zdm.coordinator.v1.CopyCountR\x05value:\x028\x01\x1a]\n" +
+	"\rFailuresEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .zdm.coordinator.v1.UnitFailuresR\x05value:\x028\x01\"I\n" +
+	"\fUnitFailures\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\x03R\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x02 \x01(\tR\tlastError\"q\n" +
 	"\tCopyCount\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
 	"\n" +
@@ -420,32 +493,36 @@ func file_zdm_coordinator_v1_store_proto_rawDescGZIP() []byte {
 	return file_zdm_coordinator_v1_store_proto_rawDescData
 }
 
-var file_zdm_coordinator_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_zdm_coordinator_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_zdm_coordinator_v1_store_proto_goTypes = []any{
 	(*ClusterRecord)(nil),         // 0: zdm.coordinator.v1.ClusterRecord
 	(*CopyRecord)(nil),            // 1: zdm.coordinator.v1.CopyRecord
-	(*CopyCount)(nil),             // 2: zdm.coordinator.v1.CopyCount
-	(*CollectionCopy)(nil),        // 3: zdm.coordinator.v1.CollectionCopy
-	(*CopySample)(nil),            // 4: zdm.coordinator.v1.CopySample
-	nil,                           // 5: zdm.coordinator.v1.CopyRecord.RunningEntry
-	(*v1.Cluster)(nil),            // 6: zdm.v1.Cluster
-	(*v1.ClusterConnection)(nil),  // 7: zdm.v1.ClusterConnection
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*UnitFailures)(nil),          // 2: zdm.coordinator.v1.UnitFailures
+	(*CopyCount)(nil),             // 3: zdm.coordinator.v1.CopyCount
+	(*CollectionCopy)(nil),        // 4: zdm.coordinator.v1.CollectionCopy
+	(*CopySample)(nil),            // 5: zdm.coordinator.v1.CopySample
+	nil,                           // 6: zdm.coordinator.v1.CopyRecord.RunningEntry
+	nil,                           // 7: zdm.coordinator.v1.CopyRecord.FailuresEntry
+	(*v1.Cluster)(nil),            // 8: zdm.v1.Cluster
+	(*v1.ClusterConnection)(nil),  // 9: zdm.v1.ClusterConnection
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_zdm_coordinator_v1_store_proto_depIdxs = []int32{
-	6, // 0: zdm.coordinator.v1.ClusterRecord.cluster:type_name -> zdm.v1.Cluster
-	7, // 1: zdm.coordinator.v1.ClusterRecord.connection:type_name -> zdm.v1.ClusterConnection
-	5, // 2: zdm.coordinator.v1.CopyRecord.running:type_name -> zdm.coordinator.v1.CopyRecord.RunningEntry
-	3, // 3: zdm.coordinator.v1.CopyRecord.collections:type_name -> zdm.coordinator.v1.CollectionCopy
-	2, // 4: zdm.coordinator.v1.CollectionCopy.done:type_name -> zdm.coordinator.v1.CopyCount
-	4, // 5: zdm.coordinator.v1.CollectionCopy.samples:type_name -> zdm.coordinator.v1.CopySample
-	8, // 6: zdm.coordinator.v1.CopySample.time:type_name -> google.protobuf.Timestamp
-	2, // 7: zdm.coordinator.v1.CopyRecord.RunningEntry.value:type_name -> zdm.coordinator.v1.CopyCount
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	8,  // 0: zdm.coordinator.v1.ClusterRecord.cluster:type_name -> zdm.v1.Cluster
+	9,  // 1: zdm.coordinator.v1.ClusterRecord.connection:type_name -> zdm.v1.ClusterConnection
+	6,  // 2: zdm.coordinator.v1.CopyRecord.running:type_name -> zdm.coordinator.v1.CopyRecord.RunningEntry
+	4,  // 3: zdm.coordinator.v1.CopyRecord.collections:type_name -> zdm.coordinator.v1.CollectionCopy
+	7,  // 4: zdm.coordinator.v1.CopyRecord.failures:type_name -> zdm.coordinator.v1.CopyRecord.FailuresEntry
+	3,  // 5: zdm.coordinator.v1.CollectionCopy.done:type_name -> zdm.coordinator.v1.CopyCount
+	5,  // 6: zdm.coordinator.v1.CollectionCopy.samples:type_name -> zdm.coordinator.v1.CopySample
+	10, // 7: zdm.coordinator.v1.CopySample.time:type_name -> google.protobuf.Timestamp
+	3,  // 8: zdm.coordinator.v1.CopyRecord.RunningEntry.value:type_name -> zdm.coordinator.v1.CopyCount
+	2,  // 9: zdm.coordinator.v1.CopyRecord.FailuresEntry.value:type_name -> zdm.coordinator.v1.UnitFailures
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_zdm_coordinator_v1_store_proto_init() }
@@ -459,7 +536,7 @@ func file_zdm_coordinator_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_coordinator_v1_store_proto_rawDesc), len(file_zdm_coordinator_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

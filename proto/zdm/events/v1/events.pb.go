@@ -978,6 +978,148 @@ func (*PrimaryKey_IntKey) isPrimaryKey_Key() {}
 
 func (*PrimaryKey_StringKey) isPrimaryKey_Key() {}
 
+// WorkFailed: a service failed an attempt at a migration's work (a copy
+// unit or a stage command) and will retry it with backoff. Published on
+// zdm.evt.<migration>.failed. The coordinator shows a cluster that does
+// not answer in Migration.cluster_problems and fails the migration when it
+// stays down past --cluster-down-timeout, or when a unit fails again and
+// again while both clusters answer (poison data).
+type WorkFailed struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique per attempt.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// The cluster that did not answer; UNSPECIFIED when both answered and
+	// the work failed anyway.
+	Cluster v1.ClusterRole `protobuf:"varint,3,opt,name=cluster,proto3,enum=zdm.v1.ClusterRole" json:"cluster,omitempty"`
+	// The error, as the service got it (credentials redacted).
+	ErrorMessage string `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// The stage the work belongs to.
+	Stage v1.StageKind `protobuf:"varint,5,opt,name=stage,proto3,enum=zdm.v1.StageKind" json:"stage,omitempty"`
+	// For a copy unit: its ID, table and key range.
+	UnitId string `protobuf:"bytes,6,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	// Database of the unit.
+	Database string `protobuf:"bytes,7,opt,name=database,proto3" json:"database,omitempty"`
+	// Collection of the unit.
+	Collection string `protobuf:"bytes,8,opt,name=collection,proto3" json:"collection,omitempty"`
+	// Key range of the unit.
+	Range *KeyRange `protobuf:"bytes,9,opt,name=range,proto3" json:"range,omitempty"`
+	// The service replica that failed, for example a copier's ID.
+	Worker string `protobuf:"bytes,10,opt,name=worker,proto3" json:"worker,omitempty"`
+	// When the attempt failed.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkFailed) Reset() {
+	*x = WorkFailed{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkFailed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkFailed) ProtoMessage() {}
+
+func (x *WorkFailed) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkFailed.ProtoReflect.Descriptor instead.
+func (*WorkFailed) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *WorkFailed) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetCluster() v1.ClusterRole {
+	if x != nil {
+		return x.Cluster
+	}
+	return v1.ClusterRole(0)
+}
+
+func (x *WorkFailed) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetStage() v1.StageKind {
+	if x != nil {
+		return x.Stage
+	}
+	return v1.StageKind(0)
+}
+
+func (x *WorkFailed) GetUnitId() string {
+	if x != nil {
+		return x.UnitId
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetCollection() string {
+	if x != nil {
+		return x.Collection
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetRange() *KeyRange {
+	if x != nil {
+		return x.Range
+	}
+	return nil
+}
+
+func (x *WorkFailed) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *WorkFailed) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 // WorkUnitDone is published when a unit is fully copied
 // (subject zdm.evt.<migration_id>.unit).
 type WorkUnitDone struct {
@@ -1007,7 +1149,7 @@ type WorkUnitDone struct {
 
 func (x *WorkUnitDone) Reset() {
 	*x = WorkUnitDone{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1161,7 @@ func (x *WorkUnitDone) String() string {
 func (*WorkUnitDone) ProtoMessage() {}
 
 func (x *WorkUnitDone) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[8]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1174,7 @@ func (x *WorkUnitDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkUnitDone.ProtoReflect.Descriptor instead.
 func (*WorkUnitDone) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{8}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WorkUnitDone) GetEventId() string {
@@ -1125,7 +1267,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1279,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[9]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1292,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{9}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Progress) GetEventId() string {
@@ -1226,7 +1368,7 @@ type PrimaryKeys struct {
 
 func (x *PrimaryKeys) Reset() {
 	*x = PrimaryKeys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1380,7 @@ func (x *PrimaryKeys) String() string {
 func (*PrimaryKeys) ProtoMessage() {}
 
 func (x *PrimaryKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[10]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1393,7 @@ func (x *PrimaryKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrimaryKeys.ProtoReflect.Descriptor instead.
 func (*PrimaryKeys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{10}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PrimaryKeys) GetKeys() isPrimaryKeys_Keys {
@@ -1308,7 +1450,7 @@ type Int64Keys struct {
 
 func (x *Int64Keys) Reset() {
 	*x = Int64Keys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1462,7 @@ func (x *Int64Keys) String() string {
 func (*Int64Keys) ProtoMessage() {}
 
 func (x *Int64Keys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[11]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1475,7 @@ func (x *Int64Keys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Int64Keys.ProtoReflect.Descriptor instead.
 func (*Int64Keys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{11}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Int64Keys) GetValues() []int64 {
@@ -1354,7 +1496,7 @@ type StringKeys struct {
 
 func (x *StringKeys) Reset() {
 	*x = StringKeys{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1508,7 @@ func (x *StringKeys) String() string {
 func (*StringKeys) ProtoMessage() {}
 
 func (x *StringKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[12]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1521,7 @@ func (x *StringKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StringKeys.ProtoReflect.Descriptor instead.
 func (*StringKeys) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{12}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StringKeys) GetValues() []string {
@@ -1427,7 +1569,7 @@ type ChangeEvent struct {
 
 func (x *ChangeEvent) Reset() {
 	*x = ChangeEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1581,7 @@ func (x *ChangeEvent) String() string {
 func (*ChangeEvent) ProtoMessage() {}
 
 func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[13]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1594,7 @@ func (x *ChangeEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeEvent.ProtoReflect.Descriptor instead.
 func (*ChangeEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{13}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ChangeEvent) GetEventId() string {
@@ -1560,7 +1702,7 @@ type ResolvedTimestamp struct {
 
 func (x *ResolvedTimestamp) Reset() {
 	*x = ResolvedTimestamp{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1714,7 @@ func (x *ResolvedTimestamp) String() string {
 func (*ResolvedTimestamp) ProtoMessage() {}
 
 func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[14]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1727,7 @@ func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedTimestamp.ProtoReflect.Descriptor instead.
 func (*ResolvedTimestamp) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{14}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResolvedTimestamp) GetEventId() string {
@@ -1640,7 +1782,7 @@ type CollectionLag struct {
 
 func (x *CollectionLag) Reset() {
 	*x = CollectionLag{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1794,7 @@ func (x *CollectionLag) String() string {
 func (*CollectionLag) ProtoMessage() {}
 
 func (x *CollectionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1807,7 @@ func (x *CollectionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionLag.ProtoReflect.Descriptor instead.
 func (*CollectionLag) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CollectionLag) GetDatabase() string {
@@ -1720,7 +1862,7 @@ type LagReport struct {
 
 func (x *LagReport) Reset() {
 	*x = LagReport{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1732,7 +1874,7 @@ func (x *LagReport) String() string {
 func (*LagReport) ProtoMessage() {}
 
 func (x *LagReport) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1745,7 +1887,7 @@ func (x *LagReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LagReport.ProtoReflect.Descriptor instead.
 func (*LagReport) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LagReport) GetEventId() string {
@@ -1813,7 +1955,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +1967,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +1980,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MigrationEvent) GetEventId() string {
@@ -1886,7 +2028,7 @@ type CopyControl struct {
 
 func (x *CopyControl) Reset() {
 	*x = CopyControl{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +2040,7 @@ func (x *CopyControl) String() string {
 func (*CopyControl) ProtoMessage() {}
 
 func (x *CopyControl) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +2053,7 @@ func (x *CopyControl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyControl.ProtoReflect.Descriptor instead.
 func (*CopyControl) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CopyControl) GetMigrationId() string {
@@ -1955,7 +2097,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2109,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2010,7 +2152,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2022,7 +2164,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2279,23 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\aint_key\x18\x01 \x01(\x03H\x00R\x06intKey\x12\x1f\n" +
 	"\n" +
 	"string_key\x18\x02 \x01(\tH\x00R\tstringKeyB\x05\n" +
-	"\x03key\"\x98\x02\n" +
+	"\x03key\"\x93\x03\n" +
+	"\n" +
+	"WorkFailed\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12-\n" +
+	"\acluster\x18\x03 \x01(\x0e2\x13.zdm.v1.ClusterRoleR\acluster\x12#\n" +
+	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12'\n" +
+	"\x05stage\x18\x05 \x01(\x0e2\x11.zdm.v1.StageKindR\x05stage\x12\x17\n" +
+	"\aunit_id\x18\x06 \x01(\tR\x06unitId\x12\x1a\n" +
+	"\bdatabase\x18\a \x01(\tR\bdatabase\x12\x1e\n" +
+	"\n" +
+	"collection\x18\b \x01(\tR\n" +
+	"collection\x12-\n" +
+	"\x05range\x18\t \x01(\v2\x17.zdm.events.v1.KeyRangeR\x05range\x12\x16\n" +
+	"\x06worker\x18\n" +
+	" \x01(\tR\x06worker\x12.\n" +
+	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x98\x02\n" +
 	"\fWorkUnitDone\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
@@ -2249,7 +2407,7 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
 	(Operation)(0),                // 1: zdm.events.v1.Operation
@@ -2261,71 +2419,77 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*WorkUnit)(nil),              // 7: zdm.events.v1.WorkUnit
 	(*WorkUnitCheckpoint)(nil),    // 8: zdm.events.v1.WorkUnitCheckpoint
 	(*PrimaryKey)(nil),            // 9: zdm.events.v1.PrimaryKey
-	(*WorkUnitDone)(nil),          // 10: zdm.events.v1.WorkUnitDone
-	(*Progress)(nil),              // 11: zdm.events.v1.Progress
-	(*PrimaryKeys)(nil),           // 12: zdm.events.v1.PrimaryKeys
-	(*Int64Keys)(nil),             // 13: zdm.events.v1.Int64Keys
-	(*StringKeys)(nil),            // 14: zdm.events.v1.StringKeys
-	(*ChangeEvent)(nil),           // 15: zdm.events.v1.ChangeEvent
-	(*ResolvedTimestamp)(nil),     // 16: zdm.events.v1.ResolvedTimestamp
-	(*CollectionLag)(nil),         // 17: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 18: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 19: zdm.events.v1.MigrationEvent
-	(*CopyControl)(nil),           // 20: zdm.events.v1.CopyControl
-	(*KeyRange_IntBounds)(nil),    // 21: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 22: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 23: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 24: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
-	(*v1.ClusterConnection)(nil),  // 26: zdm.v1.ClusterConnection
-	(v1.MigrationType)(0),         // 27: zdm.v1.MigrationType
-	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 29: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 30: zdm.v1.Transition
-	(*v1.Throttle)(nil),           // 31: zdm.v1.Throttle
+	(*WorkFailed)(nil),            // 10: zdm.events.v1.WorkFailed
+	(*WorkUnitDone)(nil),          // 11: zdm.events.v1.WorkUnitDone
+	(*Progress)(nil),              // 12: zdm.events.v1.Progress
+	(*PrimaryKeys)(nil),           // 13: zdm.events.v1.PrimaryKeys
+	(*Int64Keys)(nil),             // 14: zdm.events.v1.Int64Keys
+	(*StringKeys)(nil),            // 15: zdm.events.v1.StringKeys
+	(*ChangeEvent)(nil),           // 16: zdm.events.v1.ChangeEvent
+	(*ResolvedTimestamp)(nil),     // 17: zdm.events.v1.ResolvedTimestamp
+	(*CollectionLag)(nil),         // 18: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),             // 19: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),        // 20: zdm.events.v1.MigrationEvent
+	(*CopyControl)(nil),           // 21: zdm.events.v1.CopyControl
+	(*KeyRange_IntBounds)(nil),    // 22: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 23: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 24: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 25: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*v1.ClusterConnection)(nil),  // 27: zdm.v1.ClusterConnection
+	(v1.MigrationType)(0),         // 28: zdm.v1.MigrationType
+	(v1.ClusterRole)(0),           // 29: zdm.v1.ClusterRole
+	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
+	(*v1.Migration)(nil),          // 31: zdm.v1.Migration
+	(*v1.Transition)(nil),         // 32: zdm.v1.Transition
+	(*v1.Throttle)(nil),           // 33: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	23, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	24, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	24, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	25, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	26, // 4: zdm.events.v1.StageCommand.source:type_name -> zdm.v1.ClusterConnection
-	26, // 5: zdm.events.v1.StageCommand.target:type_name -> zdm.v1.ClusterConnection
-	27, // 6: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	25, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	26, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	27, // 4: zdm.events.v1.StageCommand.source:type_name -> zdm.v1.ClusterConnection
+	27, // 5: zdm.events.v1.StageCommand.target:type_name -> zdm.v1.ClusterConnection
+	28, // 6: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
 	4,  // 7: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
-	25, // 8: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
-	23, // 9: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	25, // 10: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
-	21, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	22, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	26, // 8: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	24, // 9: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	26, // 10: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	22, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	23, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
 	6,  // 13: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	26, // 14: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
-	26, // 15: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
+	27, // 14: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
+	27, // 15: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
 	6,  // 16: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	25, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	26, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
 	9,  // 18: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	25, // 19: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	25, // 20: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
-	13, // 21: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
-	14, // 22: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
-	1,  // 23: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
-	12, // 24: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	25, // 25: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	25, // 26: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	28, // 27: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	25, // 28: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	28, // 29: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	25, // 30: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	17, // 31: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	25, // 32: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	29, // 33: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	30, // 34: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	31, // 35: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	29, // 19: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
+	24, // 20: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
+	6,  // 21: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
+	26, // 22: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
+	26, // 23: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	26, // 24: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	14, // 25: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
+	15, // 26: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
+	1,  // 27: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
+	13, // 28: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
+	26, // 29: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	26, // 30: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	30, // 31: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	26, // 32: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	30, // 33: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	26, // 34: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	18, // 35: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	26, // 36: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	31, // 37: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	32, // 38: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	33, // 39: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2341,19 +2505,19 @@ func file_zdm_events_v1_events_proto_init() {
 		(*PrimaryKey_IntKey)(nil),
 		(*PrimaryKey_StringKey)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[10].OneofWrappers = []any{
+	file_zdm_events_v1_events_proto_msgTypes[11].OneofWrappers = []any{
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[19].OneofWrappers = []any{}
 	file_zdm_events_v1_events_proto_msgTypes[20].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

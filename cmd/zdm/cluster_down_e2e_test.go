@@ -1,0 +1,156 @@
+package main_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"github.com/stretchr/testify/require"
+
+	"github.com/zdm-io/zdm/pkg/ztest"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// copyingWithRows waits until migration id copies and has copied a row.
+func copyingWithRows(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceClient, id string) {
+	t.Helper()
+	waitMigration(t, ctx, mig, id, time.Minute, func(m *zdmpb.Migration) bool {
+		copied := int64(0)
+		for _, c := range m.GetCollections() {
+			copied += c.GetRowsCopied()
+		}
+		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COPYING && copied > 0
+	}, nil)
+}
+
+// throttledOffline creates an OFFLINE migration from "src" to "tgt" whose
+// copy is slow enough to be interrupted.
+func throttledOffline(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceClient, id string) {
+	t.Helper()
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: id, Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 2000,
+			Throttle: &zdmpb.Throttle{MaxRowsPerSecond: 1500}}})
+	require.NoError(t, err)
+}
+
+// TestE2ETargetDownAndBack kills the target mid-copy: within seconds the
+// migration shows which cluster is down, since when and its last error;
+// the target is started again before the down timeout, the problem goes
+// away, the copy resumes and completes, and the target equals the source.
+func TestE2ETargetDownAndBack(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	srcAddr, tgt := ztest.NewServer(t, "lite3"), ztest.StartServer(t, "lite3")
+	const rows = 12000
+	seedShop(t, ctx, srcAddr, rows)
+
+	p := start(t, "-cluster-down-timeout", "5m")
+	conn := dial(t, p.addrs.GRPC)
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgt.Addr)
+	throttledOffline(t, ctx, mig, "down1")
+	copyingWithRows(t, ctx, mig, "down1")
+
+	tgt.Kill()
+	killed := time.Now()
+	m := waitMigration(t, ctx, mig, "down1", time.Minute, func(m *zdmpb.Migration) bool { return len(m.GetClusterProblems()) > 0 }, nil)
+	shown := time.Since(killed)
+	t.Logf("the dead target was shown %s after it died", shown.Round(time.Millisecond))
+	require.Less(t, shown, 15*time.Second, "a dead cluster is shown within seconds")
+	prob := m.GetClusterProblems()[0]
+	require.Equal(t, zdmpb.ClusterRole_CLUSTER_ROLE_TARGET, prob.GetRole())
+	require.Equal(t, "tgt", prob.GetClusterId())
+	require.NotEmpty(t, prob.GetLastError())
+	require.False(t, prob.GetSince().AsTime().Before(killed.Add(-time.Second)), "since %s, killed %s", prob.GetSince().AsTime(), killed)
+	require.WithinDuration(t, prob.GetSince().AsTime().Add(5*time.Minute), prob.GetFailTime().AsTime(), time.Millisecond)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COPYING, m.GetState())
+
+	// Watchers see it too.
+	w, err := mig.WatchMigration(ctx, &zdmpb.WatchMigrationRequest{MigrationId: "down1", FromRevision: 1})
+	require.NoError(t, err)
+	for {
+		resp, err := w.Recv()
+		require.NoError(t, err)
+		if len(resp.GetMigration().GetClusterProblems()) > 0 {
+			break
+		}
+	}
+
+	tgt.Start()
+	m = waitMigration(t, ctx, mig, "down1", 2*time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
+	require.Empty(t, m.GetClusterProblems(), "the problem is over once the target answers")
+	report := compareSides(t, ctx, srcAddr, tgt.Addr, "shop", "items")
+	require.True(t, report.Match(), report.String())
+	require.Equal(t, int64(rows), report.TargetCount)
+}
+
+// TestE2ETargetStaysDown kills the target mid-copy and leaves it down: the
+// migration FAILS once the down timeout has passed, saying which cluster,
+// since when and its last error.
+func TestE2ETargetStaysDown(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srcAddr, tgt := ztest.NewServer(t, "lite3"), ztest.StartServer(t, "lite3")
+	seedShop(t, ctx, srcAddr, 12000)
+
+	const downTimeout = 8 * time.Second
+	p := start(t, "-cluster-down-timeout", downTimeout.String(), "-coordinator-sweep-interval", "1s")
+	conn := dial(t, p.addrs.GRPC)
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgt.Addr)
+	throttledOffline(t, ctx, mig, "down2")
+	copyingWithRows(t, ctx, mig, "down2")
+
+	tgt.Kill()
+	killed := time.Now()
+	m := waitMigration(t, ctx, mig, "down2", time.Minute, terminal, nil)
+	t.Logf("failed %s after the target died", time.Since(killed).Round(time.Millisecond))
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_FAILED, m.GetState())
+	require.Equal(t, "CLUSTER_UNREACHABLE", m.GetError().GetCode())
+	require.Contains(t, m.GetError().GetMessage(), `target cluster "tgt" has not answered since`)
+	require.Equal(t, zdmpb.StageKind_STAGE_KIND_COPY_DATA, m.GetError().GetStage())
+	require.GreaterOrEqual(t, time.Since(killed), downTimeout, "retried for the whole timeout first")
+	require.Len(t, m.GetClusterProblems(), 1, "the problem that failed it stays on show")
+}
+
+// TestE2EPoisonUnit makes every attempt at the copy's units fail while both
+// clusters answer (the target collection is dropped during a pause): the
+// migration FAILS after the configured attempts, naming the collection,
+// the key range and the server's message, instead of retrying forever.
+func TestE2EPoisonUnit(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	seedShop(t, ctx, srcAddr, 12000)
+
+	p := start(t, "-unit-max-attempts", "3")
+	conn := dial(t, p.addrs.GRPC)
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
+	throttledOffline(t, ctx, mig, "poison")
+	copyingWithRows(t, ctx, mig, "poison")
+	_, err := mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "poison"})
+	require.NoError(t, err)
+	tc, err := client.NewClient(ctx, client.Config{Address: tgtAddr, DBName: "shop"})
+	require.NoError(t, err)
+	defer tc.Close()
+	require.NoError(t, tc.DropCollection(ctx, "items"))
+	_, err = mig.ResumeMigration(ctx, &zdmpb.ResumeMigrationRequest{MigrationId: "poison"})
+	require.NoError(t, err)
+
+	m := waitMigration(t, ctx, mig, "poison", 2*time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_FAILED, m.GetState())
+	e := m.GetError()
+	require.Equal(t, "UNIT_FAILED", e.GetCode(), e.GetMessage())
+	require.Equal(t, "shop", e.GetDatabase())
+	require.Equal(t, "items", e.GetCollection())
+	require.Contains(t, e.GetMessage(), "copying shop.items, keys [")
+	require.Contains(t, e.GetMessage(), "failed 3 times in a row")
+	require.Contains(t, e.GetMessage(), "items", "the server's own message")
+	require.Empty(t, m.GetClusterProblems(), "both clusters answered")
+}
