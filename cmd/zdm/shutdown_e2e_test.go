@@ -47,19 +47,19 @@ func startBinary(t *testing.T, args ...string) *binaryProcess {
 	return p
 }
 
-// sigterm asks the process to stop and returns its exit error and how long
-// it took, failing after limit.
-func (p *binaryProcess) sigterm(limit time.Duration) (error, time.Duration) {
+// sigterm asks the process to stop and returns how long it took and its
+// exit error, failing after limit.
+func (p *binaryProcess) sigterm(limit time.Duration) (time.Duration, error) {
 	p.t.Helper()
 	start := time.Now()
 	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-p.exit:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(limit):
 		p.t.Fatalf("zdm still running %s after SIGTERM; logs:\n%s", limit, p.logs)
 	}
-	return nil, 0
+	return 0, nil
 }
 
 // stoppedSteps are the shutdown steps in the order the logs report them.
@@ -141,7 +141,7 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 	}, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COPYING, m.GetState())
 
-	exitErr, took := p.sigterm(timeout + 3*time.Second)
+	took, exitErr := p.sigterm(timeout + 3*time.Second)
 	require.NoError(t, exitErr, "exit status after SIGTERM; logs:\n%s", p.logs)
 	require.Less(t, took, timeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
 	t.Logf("stopped %s after SIGTERM", took.Round(time.Millisecond))
@@ -169,6 +169,6 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 	require.True(t, report.Match(), report.String())
 	require.Equal(t, int64(rows), report.TargetCount)
 	require.Equal(t, report.TargetCount, report.TargetDistinct, "no row twice")
-	exitErr, _ = q.sigterm(timeout + 3*time.Second)
+	_, exitErr = q.sigterm(timeout + 3*time.Second)
 	require.NoError(t, exitErr)
 }
