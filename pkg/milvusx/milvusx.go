@@ -170,6 +170,9 @@ func EnsureLoaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, name 
 				requested = true
 				continue
 			}
+		case commonpb.LoadState_LoadStateLoading:
+		default:
+			return fmt.Errorf("collection %s.%s cannot be loaded: %s", db, name, st.GetState())
 		}
 		select {
 		case <-ctx.Done():

@@ -24,11 +24,6 @@ const (
 	ChangesStream = "ZDM_CHANGES"
 )
 
-// CopyControlsBucket is the KV bucket of CopyControl records, one per
-// running migration under its ID: the coordinator writes them, copiers
-// watch them.
-const CopyControlsBucket = "zdm_copy_controls"
-
 // DuplicateWindow is how long JetStream remembers message IDs to drop
 // duplicate publishes. It covers a publisher's retry after a crash and
 // restart.
@@ -47,11 +42,11 @@ func Streams(replicas int) []jetstream.StreamConfig {
 			Duplicates:  DuplicateWindow,
 		}
 	}
-	cmd := base(CommandsStream, "zdm stage commands", "zdm.cmd.>")
-	evt := base(EventsStream, "zdm stage, progress and lag events", "zdm.evt.>")
-	work := base(WorkStream, "zdm snapshot copy work units", "zdm.work.>")
+	cmd := base(CommandsStream, "zdm stage commands", commandSpace+".>")
+	evt := base(EventsStream, "zdm stage, progress and lag events", eventSpace+".>")
+	work := base(WorkStream, "zdm snapshot copy work units", workSpace+".>")
 	work.Retention = jetstream.WorkQueuePolicy
-	chg := base(ChangesStream, "zdm captured changes and resolved timestamps", "zdm.chg.>", "zdm.resolved.>")
+	chg := base(ChangesStream, "zdm captured changes and resolved timestamps", changeSpace+".>", resolvedSpace+".>")
 	return []jetstream.StreamConfig{cmd, evt, work, chg}
 }
 

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
 )
 
 // Deps are the process-wide things a service uses. None of them is a global:
@@ -31,6 +32,9 @@ type Deps struct {
 	Propagator propagation.TextMapPropagator
 	// Metrics is where the service registers its Prometheus collectors.
 	Metrics prometheus.Registerer
+	// Registry resolves the cluster IDs that bus messages carry into
+	// connections.
+	Registry *registry.Registry
 }
 
 // Service is one zdm service's lifecycle as the binary drives it: Register

@@ -82,7 +82,7 @@ func PublishFailure(ctx context.Context, js jetstream.JetStream, prop propagatio
 	ev.Cluster = Unreachable(err)
 	ev.ErrorMessage = err.Error()
 	ev.Time = timestamppb.Now()
-	_, perr := natsbus.Publish(ctx, js, prop, "zdm.evt."+ev.GetMigrationId()+".failed", ev.GetEventId(), ev)
+	_, perr := natsbus.Publish(ctx, js, prop, natsbus.EventSubject(ev.GetMigrationId(), natsbus.EventFailed), ev.GetEventId(), ev)
 	if perr != nil {
 		return fmt.Errorf("report failed attempt: %w", perr)
 	}

@@ -17,17 +17,24 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
 // Handler carries out one command. Its error fails the stage, with the
-// error's text as the reason; code names the failure ("" for
-// STAGE_FAILED).
-type Handler func(ctx context.Context, cmd *eventspb.StageCommand) (code string, err error)
+// error's text as the reason; code names the failure (UNSPECIFIED for
+// STAGE_FAILED). ErrPending, with any code, ends the command without
+// ending the stage: other events report its end.
+type Handler func(ctx context.Context, cmd *eventspb.StageCommand) (code eventspb.StageError, err error)
 
-// Consume runs h for every command on the given stage subjects (for
-// example "prepare_target"), on a durable consumer named durable that
+// ErrPending is what a Handler returns when the stage goes on after the
+// command (a copy, whose units report its end), or when the command asks
+// nothing of this service (a pause the copy controls carry).
+var ErrPending = errors.New("stage goes on")
+
+// Consume runs h for every command for the given stages (UNSPECIFIED:
+// commands to every stage, such as a cancel), on a durable consumer named durable that
 // every replica of the service shares, so each command is handled once.
 // h runs for at most timeout, telling JetStream every few seconds that it
 // is still working, so a command held by a replica that died is
@@ -39,10 +46,10 @@ type Handler func(ctx context.Context, cmd *eventspb.StageCommand) (code string,
 // only. It returns once consuming has started; stop it with the returned
 // context's Drain after ending run.
 func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, logger *slog.Logger,
-	durable string, stages []string, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
+	durable string, stages []zdmpb.StageKind, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
 	var subjects []string
 	for _, s := range stages {
-		subjects = append(subjects, "zdm.cmd.*."+s)
+		subjects = append(subjects, natsbus.CommandFilter(s))
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, natsbus.CommandsStream, jetstream.ConsumerConfig{
 		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, FilterSubjects: subjects,
@@ -99,7 +106,7 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			_ = msg.NakWithDelay(Backoff(attempt))
 			return
 		}
-		if herr != nil {
+		if herr != nil && !errors.Is(herr, ErrPending) {
 			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
 				slog.String("stage", cmd.GetStage().String()), slog.Any("error", herr))
 		}
@@ -112,33 +119,29 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 	})
 }
 
-// Report publishes the end of cmd's stage. Its message ID derives from the
-// command's, so a repeat is dropped. A nil err with code "" and a handler
-// that has more to do (an asynchronous stage) is reported by the caller
-// instead: pass code Pending to skip.
-func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, cmd *eventspb.StageCommand, code string, err error) error {
-	if err == nil && code == Pending {
+// Report publishes the end of cmd's stage: success with a nil err, else
+// failure with code (UNSPECIFIED: STAGE_FAILED) and err's text. Its message
+// ID derives from the command's, so a repeat is dropped. ErrPending
+// reports nothing.
+func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, cmd *eventspb.StageCommand, code eventspb.StageError, err error) error {
+	if errors.Is(err, ErrPending) {
 		return nil
 	}
 	ev := &eventspb.StageCompleted{EventId: "done-" + cmd.GetEventId(), MigrationId: cmd.GetMigrationId(), Stage: cmd.GetStage(),
 		Success: err == nil, Time: timestamppb.Now()}
 	if err != nil {
-		ev.ErrorCode, ev.ErrorMessage = code, err.Error()
-		if ev.ErrorCode == "" {
-			ev.ErrorCode = "STAGE_FAILED"
+		ev.Code, ev.ErrorMessage = code, err.Error()
+		if ev.Code == eventspb.StageError_STAGE_ERROR_UNSPECIFIED {
+			ev.Code = eventspb.StageError_STAGE_ERROR_STAGE_FAILED
 		}
 	}
-	_, perr := natsbus.Publish(ctx, js, prop, "zdm.evt."+cmd.GetMigrationId()+".stage", ev.GetEventId(), ev)
+	_, perr := natsbus.Publish(ctx, js, prop, natsbus.EventSubject(cmd.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
 	return perr
 }
 
 // ackWait is how long a command held by a replica that stopped
 // answering waits before another replica gets it.
 const ackWait = 6 * time.Second
-
-// Pending is the code a Handler returns with a nil error when the stage
-// goes on after the command (its end is reported by other events).
-const Pending = "PENDING"
 
 // Starts reports whether cmd starts (or resumes) a stage.
 func Starts(cmd *eventspb.StageCommand) bool {
@@ -149,21 +152,27 @@ func Starts(cmd *eventspb.StageCommand) bool {
 // otherwise waits as long as its context lets it.
 const connectTimeout = 10 * time.Second
 
-// Connect opens clients to the command's source and target. On failure it
-// returns the code that names it for the stage report; a cluster that
-// does not answer is a ClusterError that Unreachable recognises.
-func Connect(ctx context.Context, cmd *eventspb.StageCommand) (src, tgt client.Client, code string, err error) {
-	if cmd.GetSource() == nil || cmd.GetTarget() == nil {
-		return nil, nil, "CLUSTER_MISSING", errors.New("the command names no source or target connection")
+// Connect opens clients to the command's source and target, resolved from
+// reg. On failure it returns the code that names it for the stage report;
+// a cluster that does not answer is a ClusterError that Unreachable
+// recognises.
+func Connect(ctx context.Context, reg *registry.Registry, cmd *eventspb.StageCommand) (src, tgt client.Client, code eventspb.StageError, err error) {
+	srcConn, err := reg.Resolve(ctx, cmd.GetSourceClusterId())
+	if err != nil {
+		return nil, nil, eventspb.StageError_STAGE_ERROR_CLUSTER_MISSING, fmt.Errorf("source: %w", err)
 	}
-	if src, err = ConnectCluster(ctx, cmd.GetSource()); err != nil {
-		return nil, nil, "SOURCE_UNREACHABLE", OnSource(err)
+	tgtConn, err := reg.Resolve(ctx, cmd.GetTargetClusterId())
+	if err != nil {
+		return nil, nil, eventspb.StageError_STAGE_ERROR_CLUSTER_MISSING, fmt.Errorf("target: %w", err)
 	}
-	if tgt, err = ConnectCluster(ctx, cmd.GetTarget()); err != nil {
+	if src, err = ConnectCluster(ctx, srcConn); err != nil {
+		return nil, nil, eventspb.StageError_STAGE_ERROR_SOURCE_UNREACHABLE, OnSource(err)
+	}
+	if tgt, err = ConnectCluster(ctx, tgtConn); err != nil {
 		src.Close()
-		return nil, nil, "TARGET_UNREACHABLE", OnTarget(err)
+		return nil, nil, eventspb.StageError_STAGE_ERROR_TARGET_UNREACHABLE, OnTarget(err)
 	}
-	return src, tgt, "", nil
+	return src, tgt, eventspb.StageError_STAGE_ERROR_UNSPECIFIED, nil
 }
 
 // ConnectCluster connects to conn's default database within connectTimeout.

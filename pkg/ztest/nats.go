@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
+	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
 // Bus starts an in-process NATS server with JetStream (file storage in a
@@ -45,4 +48,26 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
+}
+
+// Registry registers clusters (ID to host:port, no credentials) in the
+// cluster registry on bus, as the coordinator would, and returns it.
+func Registry(t testing.TB, bus *natsbus.Conn, clusters map[string]string) *registry.Registry {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reg, err := registry.Open(ctx, bus.JS, 1, nil)
+	if err != nil {
+		t.Fatalf("open registry: %v", err)
+	}
+	for id, addr := range clusters {
+		rec := &coordpb.ClusterRecord{Cluster: &zdmpb.Cluster{ClusterId: id, Endpoint: addr}}
+		if err := reg.Seal(rec, &zdmpb.ClusterConnection{Endpoint: addr}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.Records.Create(ctx, id, rec); err != nil {
+			t.Fatalf("register %s: %v", id, err)
+		}
+	}
+	return reg
 }

@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
-	"github.com/zdm-io/zdm/pkg/milvusx"
 	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -38,7 +37,11 @@ func (c *Coordinator) RegisterCluster(ctx context.Context, req *zdmpb.RegisterCl
 		CreateTime:    now,
 		UpdateTime:    now,
 	}
-	if _, err := c.store.clusters.create(ctx, cl.GetClusterId(), &coordpb.ClusterRecord{Cluster: cl, Connection: conn}); err != nil {
+	rec := &coordpb.ClusterRecord{Cluster: cl}
+	if err := c.deps.Registry.Seal(rec, conn); err != nil {
+		return nil, err
+	}
+	if _, err := c.store.clusters.Create(ctx, cl.GetClusterId(), rec); err != nil {
 		return nil, err
 	}
 	return &zdmpb.RegisterClusterResponse{Cluster: cl}, nil
@@ -55,26 +58,11 @@ func authKind(conn *zdmpb.ClusterConnection) zdmpb.AuthKind {
 }
 
 // probe checks, within ProbeTimeout, that the cluster answers and is
-// Milvus, and returns its version. A gRPC server that is not Milvus is
-// FailedPrecondition saying so.
+// Milvus, and returns its version (see Prober.Probe).
 func (c *Coordinator) probe(ctx context.Context, id string, conn *zdmpb.ClusterConnection) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
 	defer cancel()
-	mc, err := milvusx.Connect(ctx, conn, "")
-	if err != nil {
-		return "", unreachable(id, err)
-	}
-	defer mc.Close()
-	if err := milvusx.CheckMilvus(ctx, mc); errors.Is(err, milvusx.ErrNotMilvus) {
-		return "", fmt.Errorf("%w: cluster %q: endpoint %s answers gRPC but is not a Milvus server; check the host and port", apierr.ErrFailedPrecondition, id, conn.GetEndpoint())
-	} else if err != nil {
-		return "", unreachable(id, err)
-	}
-	v, err := milvusx.ServerVersion(ctx, mc)
-	if err != nil {
-		return "", unreachable(id, err)
-	}
-	return v, nil
+	return c.prober().Probe(ctx, id, conn)
 }
 
 func unreachable(id string, err error) error {
@@ -86,7 +74,7 @@ func (c *Coordinator) GetCluster(ctx context.Context, req *zdmpb.GetClusterReque
 	if err := checkIDs(req); err != nil {
 		return nil, err
 	}
-	rec, _, err := c.store.clusters.get(ctx, req.GetClusterId())
+	rec, _, err := c.store.clusters.Get(ctx, req.GetClusterId())
 	if err != nil {
 		return nil, err
 	}
@@ -126,20 +114,20 @@ func (c *Coordinator) ListClusters(ctx context.Context, req *zdmpb.ListClustersR
 	if err != nil {
 		return nil, err
 	}
-	all, err := c.store.clusters.list(ctx)
+	all, err := c.store.clusters.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	resp := &zdmpb.ListClustersResponse{}
 	for _, e := range all {
-		if e.key <= after {
+		if e.Key <= after {
 			continue
 		}
 		if len(resp.Clusters) == size {
 			resp.NextPageToken = clusterPages.token(resp.Clusters[size-1].GetClusterId())
 			break
 		}
-		cl, err := c.shown(ctx, e.val.GetCluster())
+		cl, err := c.shown(ctx, e.Val.GetCluster())
 		if err != nil {
 			return nil, err
 		}
@@ -156,7 +144,7 @@ func (c *Coordinator) DeregisterCluster(ctx context.Context, req *zdmpb.Deregist
 		return nil, err
 	}
 	for range maxConflictRetries {
-		rec, rev, err := c.store.clusters.get(ctx, req.GetClusterId())
+		rec, rev, err := c.store.clusters.Get(ctx, req.GetClusterId())
 		if err != nil {
 			return nil, err
 		}
@@ -166,7 +154,7 @@ func (c *Coordinator) DeregisterCluster(ctx context.Context, req *zdmpb.Deregist
 			return nil, fmt.Errorf("%w: cluster %q is LOCKED by migration %q, which is %s; cancel it or let it finish first",
 				apierr.ErrFailedPrecondition, req.GetClusterId(), holder, stateName(state))
 		}
-		err = c.store.clusters.delete(ctx, req.GetClusterId(), rev)
+		err = c.store.clusters.Delete(ctx, req.GetClusterId(), rev)
 		if errors.Is(err, apierr.ErrFailedPrecondition) {
 			continue // changed meanwhile: check again
 		}
@@ -186,7 +174,7 @@ func (c *Coordinator) lockHolder(ctx context.Context, cl *zdmpb.Cluster) (string
 	if id == "" {
 		return "", 0, nil
 	}
-	m, _, err := c.store.migrations.get(ctx, id)
+	m, _, err := c.store.migrations.Get(ctx, id)
 	if errors.Is(err, apierr.ErrNotFound) {
 		return "", 0, nil
 	}
@@ -202,7 +190,7 @@ func (c *Coordinator) lockHolder(ctx context.Context, cl *zdmpb.Cluster) (string
 // lock marks cluster id as used by migration. It fails with
 // FailedPrecondition when another live migration holds it.
 func (c *Coordinator) lock(ctx context.Context, role, id, migration string) (*coordpb.ClusterRecord, error) {
-	rec, _, err := c.store.clusters.update(ctx, id, func(r *coordpb.ClusterRecord) error {
+	rec, _, err := c.store.clusters.Update(ctx, id, func(r *coordpb.ClusterRecord) error {
 		cl := r.GetCluster()
 		if cl.GetLockedByMigrationId() == migration {
 			return errStop
@@ -225,7 +213,7 @@ func (c *Coordinator) lock(ctx context.Context, role, id, migration string) (*co
 // unlock releases migration's lock on cluster id; a lock held by another
 // migration, or a cluster gone, is left alone.
 func (c *Coordinator) unlock(ctx context.Context, id, migration string) error {
-	_, _, err := c.store.clusters.update(ctx, id, func(r *coordpb.ClusterRecord) error {
+	_, _, err := c.store.clusters.Update(ctx, id, func(r *coordpb.ClusterRecord) error {
 		cl := r.GetCluster()
 		if cl.GetLockedByMigrationId() != migration {
 			return errStop

@@ -45,6 +45,10 @@ type Config struct {
 	// Now is the clock; tests inject one to cross days in milliseconds.
 	// Default time.Now.
 	Now func() time.Time
+	// Prober checks clusters when they are registered and when a migration
+	// is created. Default (nil): MilvusProber, which asks the clusters;
+	// unit tests inject a fake to run the API without Milvus servers.
+	Prober Prober
 }
 
 // DefaultConfig returns the configuration with its defaults.
@@ -130,7 +134,7 @@ func (c *Coordinator) HealthNames() []string {
 // Start opens the state buckets, re-sends what a crash may have left
 // unsent, and starts consuming stage events and the maximum-sync timer.
 func (c *Coordinator) Start(ctx context.Context) error {
-	st, err := openStore(ctx, c.deps.Bus.JS, c.deps.Bus.Replicas)
+	st, err := openStore(ctx, c.deps.Bus, c.deps.Registry)
 	if err != nil {
 		return err
 	}

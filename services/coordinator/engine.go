@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,7 +35,7 @@ const eventsConsumer = "coordinator"
 // no longer be allowed: a retried event is never applied twice.
 func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdmpb.Migration, error) {
 	var from zdmpb.MigrationState
-	m, rev, err := c.store.migrations.update(ctx, id, func(m *zdmpb.Migration) error {
+	m, rev, err := c.store.migrations.Update(ctx, id, func(m *zdmpb.Migration) error {
 		var err error
 		from, err = Apply(m, ev)
 		return err
@@ -63,7 +64,7 @@ func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdm
 // JetStream.
 func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 	if IsTerminal(m.GetState()) {
-		return errors.Join(c.store.controls.purge(ctx, m.GetMigrationId()),
+		return errors.Join(c.store.controls.Purge(ctx, m.GetMigrationId()),
 			c.unlock(ctx, m.GetSourceClusterId(), m.GetMigrationId()),
 			c.unlock(ctx, m.GetTargetClusterId(), m.GetMigrationId()))
 	}
@@ -94,18 +95,12 @@ func (c *Coordinator) command(ctx context.Context, m *zdmpb.Migration) error {
 		Options:           m.GetOptions(),
 		Time:              m.GetUpdateTime(),
 		Type:              m.GetType(),
+		// The services resolve the clusters from the registry: no
+		// connection, and so no credential, rides on the bus.
+		SourceClusterId: m.GetSourceClusterId(),
+		TargetClusterId: m.GetTargetClusterId(),
 	}
-	// The services reach the clusters with what the registry holds. A
-	// cluster deregistered meanwhile (possible only after a stale lock)
-	// leaves the connection unset and the service reports the failure.
-	if rec, _, err := c.store.clusters.get(ctx, m.GetSourceClusterId()); err == nil {
-		cmd.Source = rec.GetConnection()
-	}
-	if rec, _, err := c.store.clusters.get(ctx, m.GetTargetClusterId()); err == nil {
-		cmd.Target = rec.GetConnection()
-	}
-	subject := fmt.Sprintf("zdm.cmd.%s.%s", m.GetMigrationId(), stageToken(stage))
-	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, subject, cmd.GetEventId(), cmd)
+	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, natsbus.CommandSubject(m.GetMigrationId(), stage), cmd.GetEventId(), cmd)
 	return err
 }
 
@@ -115,7 +110,7 @@ func (c *Coordinator) putControl(ctx context.Context, m *zdmpb.Migration) error 
 	// A cancelling copy stops too, while the copier drops what it made.
 	want := &eventspb.CopyControl{MigrationId: m.GetMigrationId(), Paused: m.GetState() == paused || m.GetState() == cancelling,
 		Throttle: m.GetOptions().GetThrottle(), MigrationRevision: m.GetRevision()}
-	_, _, err := c.store.controls.upsert(ctx, m.GetMigrationId(), func(ctl *eventspb.CopyControl) error {
+	_, _, err := c.store.controls.Upsert(ctx, m.GetMigrationId(), func(ctl *eventspb.CopyControl) error {
 		if ctl.GetMigrationRevision() >= want.GetMigrationRevision() {
 			return errStop
 		}
@@ -133,7 +128,7 @@ func (c *Coordinator) resumeFinishedCopy(ctx context.Context, m *zdmpb.Migration
 	if m.GetState() != copying {
 		return nil
 	}
-	rec, _, err := c.store.plans.get(ctx, m.GetMigrationId())
+	rec, _, err := c.store.plans.Get(ctx, m.GetMigrationId())
 	if errors.Is(err, apierr.ErrNotFound) || (err == nil && len(rec.GetPendingUnits()) > 0) {
 		return nil
 	}
@@ -173,41 +168,24 @@ func lastTransition(m *zdmpb.Migration) *zdmpb.Transition {
 	return nil
 }
 
-// stageToken is a stage's subject token, for example "copy_data"; "all"
-// for a command to every stage.
-func stageToken(k zdmpb.StageKind) string {
-	const prefix = "STAGE_KIND_"
-	if k == zdmpb.StageKind_STAGE_KIND_UNSPECIFIED {
-		return "all"
-	}
-	n := k.String()
-	b := []byte(n[len(prefix):])
-	for i, ch := range b {
-		if ch >= 'A' && ch <= 'Z' {
-			b[i] = ch + 'a' - 'A'
-		}
-	}
-	return string(b)
-}
-
 // reconcile finishes what a crash interrupted: it starts migrations left
 // PENDING between their creation and their first transition, and re-does
 // the side effects of every other one.
 func (c *Coordinator) reconcile(ctx context.Context) error {
-	all, err := c.store.migrations.list(ctx)
+	all, err := c.store.migrations.List(ctx)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, e := range all {
-		if e.val.GetState() == pending {
-			_, err := c.transition(ctx, e.key, Event{Trigger: TriggerStart, Time: c.now(), Actor: auth.System, Reason: "migration created; started after a coordinator restart"})
+		if e.Val.GetState() == pending {
+			_, err := c.transition(ctx, e.Key, Event{Trigger: TriggerStart, Time: c.now(), Actor: auth.System, Reason: "migration created; started after a coordinator restart"})
 			if !errors.Is(err, ErrInvalidTransition) {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		errs = append(errs, c.effects(ctx, withRevision(e.val, e.rev)))
+		errs = append(errs, c.effects(ctx, withRevision(e.Val, e.Rev)))
 	}
 	return errors.Join(errs...)
 }
@@ -220,11 +198,12 @@ func (c *Coordinator) tracer() trace.Tracer {
 // handler derives from run.
 func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.ConsumeContext, error) {
 	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
-		Durable:        eventsConsumer,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		FilterSubjects: []string{"zdm.evt.*.stage", "zdm.evt.*.lag", "zdm.evt.*.plan", "zdm.evt.*.unit", "zdm.evt.*.progress", "zdm.evt.*.failed"},
-		AckWait:        c.cfg.EventAckWait,
-		MaxDeliver:     -1,
+		Durable:   eventsConsumer,
+		AckPolicy: jetstream.AckExplicitPolicy,
+		FilterSubjects: []string{natsbus.EventFilter(natsbus.EventStage), natsbus.EventFilter(natsbus.EventLag), natsbus.EventFilter(natsbus.EventPlan),
+			natsbus.EventFilter(natsbus.EventUnit), natsbus.EventFilter(natsbus.EventProgress), natsbus.EventFilter(natsbus.EventFailed)},
+		AckWait:    c.cfg.EventAckWait,
+		MaxDeliver: -1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("events consumer: %w", err)
@@ -242,18 +221,18 @@ func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.Consume
 // failure to write is retried later.
 func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	var err error
-	switch subjectKind(msg.Subject()) {
-	case "stage":
+	switch natsbus.EventKindOf(msg.Subject()) {
+	case natsbus.EventStage:
 		ctx, err = apply(c, ctx, msg, "coordinator.stage_completed", &eventspb.StageCompleted{}, c.onStageCompleted)
-	case "lag":
+	case natsbus.EventLag:
 		ctx, err = apply(c, ctx, msg, "coordinator.lag_report", &eventspb.LagReport{}, c.onLagReport)
-	case "plan":
+	case natsbus.EventPlan:
 		ctx, err = apply(c, ctx, msg, "coordinator.copy_planned", &eventspb.CopyPlanned{}, c.onCopyPlanned)
-	case "unit":
+	case natsbus.EventUnit:
 		ctx, err = apply(c, ctx, msg, "coordinator.unit_done", &eventspb.WorkUnitDone{}, c.onUnitDone)
-	case "progress":
+	case natsbus.EventProgress:
 		ctx, err = apply(c, ctx, msg, "coordinator.progress", &eventspb.Progress{}, c.onProgress)
-	case "failed":
+	case natsbus.EventFailed:
 		ctx, err = apply(c, ctx, msg, "coordinator.work_failed", &eventspb.WorkFailed{}, c.onWorkFailed)
 	}
 	if errors.Is(err, errMalformed) {
@@ -304,19 +283,9 @@ func apply[T migrationEvent](c *Coordinator, ctx context.Context, msg jetstream.
 	return ctx, on(ctx, ev)
 }
 
-// subjectKind is the last token of zdm.evt.<migration>.<kind>.
-func subjectKind(subject string) string {
-	for i := len(subject) - 1; i >= 0; i-- {
-		if subject[i] == '.' {
-			return subject[i+1:]
-		}
-	}
-	return subject
-}
-
 // onStageCompleted turns a stage's end into the transition it means.
 func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCompleted) error {
-	m, _, err := c.store.migrations.get(ctx, ev.GetMigrationId())
+	m, _, err := c.store.migrations.Get(ctx, ev.GetMigrationId())
 	if err != nil {
 		return err
 	}
@@ -329,11 +298,11 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 	switch {
 	case m.GetState() == cancelling && ev.GetSuccess():
 		e.Trigger, e.Reason = TriggerCancelled, "cleanup after cancellation finished"
-	case !ev.GetSuccess() && m.GetState() == switchingOver && ev.GetErrorCode() == "SWITCHOVER_ABORTED":
+	case !ev.GetSuccess() && m.GetState() == switchingOver && ev.GetCode() == eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED:
 		e.Trigger, e.Reason = TriggerSwitchoverAborted, ev.GetErrorMessage()
 	case !ev.GetSuccess():
-		e.Trigger, e.Reason = TriggerFail, fmt.Sprintf("stage %s failed: %s", stageToken(stage), ev.GetErrorMessage())
-		e.Error = &zdmpb.MigrationError{Code: ev.GetErrorCode(), Message: ev.GetErrorMessage(), Stage: stage, Time: ev.GetTime()}
+		e.Trigger, e.Reason = TriggerFail, fmt.Sprintf("stage %s failed: %s", natsbus.StageToken(stage), ev.GetErrorMessage())
+		e.Error = &zdmpb.MigrationError{Code: strings.TrimPrefix(ev.GetCode().String(), "STAGE_ERROR_"), Message: ev.GetErrorMessage(), Stage: stage, Time: ev.GetTime()}
 	case stage == zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET:
 		e.Trigger, e.Reason = TriggerPrepareDone, "target prepared"
 	case stage == zdmpb.StageKind_STAGE_KIND_COPY_DATA:
@@ -350,11 +319,11 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 	if stageOf(m.GetState()) != stage && e.Trigger != TriggerCancelled {
 		// The event is about a stage the migration is not in: a late
 		// duplicate, or a stage of a paused migration.
-		return fmt.Errorf("%w: %s event while %s", ErrInvalidTransition, stageToken(stage), stateName(m.GetState()))
+		return fmt.Errorf("%w: %s event while %s", ErrInvalidTransition, natsbus.StageToken(stage), stateName(m.GetState()))
 	}
 	if e.Trigger == TriggerVerified || e.Trigger == TriggerSwitchedOver {
 		// Completing: record where clients connect, in the same write.
-		rec, _, err := c.store.clusters.get(ctx, m.GetTargetClusterId())
+		rec, _, err := c.store.clusters.Get(ctx, m.GetTargetClusterId())
 		if err != nil {
 			return err
 		}
@@ -367,7 +336,7 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 // onLagReport records the lag and moves a syncing migration to
 // READY_TO_FINALIZE the first time lag reaches the threshold.
 func (c *Coordinator) onLagReport(ctx context.Context, ev *eventspb.LagReport) error {
-	_, _, err := c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+	_, _, err := c.store.migrations.Update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
 		if m.GetState() != syncing && m.GetState() != ready {
 			return errStop
 		}
@@ -414,14 +383,14 @@ func (c *Coordinator) sweepLoop(ctx context.Context) {
 // every syncing one against its maximum sync duration, at the clock's
 // current time.
 func (c *Coordinator) sweep(ctx context.Context) error {
-	all, err := c.store.migrations.list(ctx)
+	all, err := c.store.migrations.List(ctx)
 	if err != nil {
 		return err
 	}
 	now := c.now()
 	var errs []error
 	for _, e := range all {
-		m := e.val
+		m := e.Val
 		if err := c.sweepProblems(ctx, m, now); err != nil {
 			errs = append(errs, err)
 			continue

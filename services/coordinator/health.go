@@ -30,7 +30,7 @@ func (c *Coordinator) onWorkFailed(ctx context.Context, ev *eventspb.WorkFailed)
 	}
 	var fail *zdmpb.MigrationError
 	if role := ev.GetCluster(); role != zdmpb.ClusterRole_CLUSTER_ROLE_UNSPECIFIED {
-		_, _, err := c.store.migrations.update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		_, _, err := c.store.migrations.Update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
 			fail = nil
 			if IsTerminal(m.GetState()) || m.GetState() == paused {
 				return errStop // a late report: nothing runs now

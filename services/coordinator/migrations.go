@@ -19,7 +19,6 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/auth"
-	"github.com/zdm-io/zdm/pkg/milvusx"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -55,7 +54,7 @@ func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigr
 		id = newMigrationID()
 	}
 	// A retried create with the same ID and request returns the migration.
-	if existing, rev, err := c.store.migrations.get(ctx, id); err == nil {
+	if existing, rev, err := c.store.migrations.Get(ctx, id); err == nil {
 		if existing.GetType() == req.GetType() && existing.GetSourceClusterId() == req.GetSourceClusterId() &&
 			existing.GetTargetClusterId() == req.GetTargetClusterId() {
 			return &zdmpb.CreateMigrationResponse{Migration: withRevision(existing, rev)}, nil
@@ -65,18 +64,26 @@ func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigr
 		return nil, err
 	}
 
-	src, _, err := c.store.clusters.get(ctx, req.GetSourceClusterId())
+	src, _, err := c.store.clusters.Get(ctx, req.GetSourceClusterId())
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	tgt, _, err := c.store.clusters.get(ctx, req.GetTargetClusterId())
+	tgt, _, err := c.store.clusters.Get(ctx, req.GetTargetClusterId())
 	if err != nil {
 		return nil, fmt.Errorf("target: %w", err)
 	}
-	if _, err := c.probe(ctx, req.GetSourceClusterId(), src.GetConnection()); err != nil {
+	srcConn, err := c.deps.Registry.Connection(src)
+	if err != nil {
+		return nil, err
+	}
+	tgtConn, err := c.deps.Registry.Connection(tgt)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.probe(ctx, req.GetSourceClusterId(), srcConn); err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	if err := c.checkTargetIsNew(ctx, req.GetTargetClusterId(), tgt.GetConnection()); err != nil {
+	if err := c.checkTargetIsNew(ctx, req.GetTargetClusterId(), tgtConn); err != nil {
 		return nil, err
 	}
 
@@ -102,7 +109,7 @@ func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigr
 		CreateTime:      timestamppb.New(now),
 		UpdateTime:      timestamppb.New(now),
 	}
-	if _, err := c.store.migrations.create(ctx, id, m); err != nil {
+	if _, err := c.store.migrations.Create(ctx, id, m); err != nil {
 		uctx := context.WithoutCancel(ctx)
 		return nil, errors.Join(err, c.unlock(uctx, req.GetSourceClusterId(), id), c.unlock(uctx, req.GetTargetClusterId(), id))
 	}
@@ -113,30 +120,13 @@ func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigr
 	return &zdmpb.CreateMigrationResponse{Migration: m}, nil
 }
 
-// checkTargetIsNew refuses a target that holds user collections in any
-// database, naming what it found.
+// checkTargetIsNew refuses, within ProbeTimeout, a target that holds user
+// collections in any database, naming what it found (see
+// Prober.TargetIsNew).
 func (c *Coordinator) checkTargetIsNew(ctx context.Context, id string, conn *zdmpb.ClusterConnection) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
 	defer cancel()
-	mc, err := milvusx.Connect(ctx, conn, "")
-	if err != nil {
-		return fmt.Errorf("target: %w", unreachable(id, err))
-	}
-	defer mc.Close()
-	colls, err := milvusx.UserCollections(ctx, mc)
-	if err != nil {
-		return fmt.Errorf("target: %w", unreachable(id, err))
-	}
-	if len(colls) == 0 {
-		return nil
-	}
-	shown := colls
-	more := ""
-	if len(shown) > maxListedCollections {
-		shown, more = shown[:maxListedCollections], fmt.Sprintf(" and %d more", len(colls)-maxListedCollections)
-	}
-	return fmt.Errorf("%w: target cluster %q is not new: it holds %d collection(s): %s%s; migrate to an empty cluster",
-		apierr.ErrFailedPrecondition, id, len(colls), strings.Join(shown, ", "), more)
+	return c.prober().TargetIsNew(ctx, id, conn)
 }
 
 // validateCreate checks the request, its IDs checked already, and returns
@@ -204,7 +194,7 @@ func (c *Coordinator) GetMigration(ctx context.Context, req *zdmpb.GetMigrationR
 	if err := checkIDs(req); err != nil {
 		return nil, err
 	}
-	m, rev, err := c.store.migrations.get(ctx, req.GetMigrationId())
+	m, rev, err := c.store.migrations.Get(ctx, req.GetMigrationId())
 	if err != nil {
 		return nil, err
 	}
@@ -226,13 +216,13 @@ func (c *Coordinator) ListMigrations(ctx context.Context, req *zdmpb.ListMigrati
 	if err != nil {
 		return nil, err
 	}
-	all, err := c.store.migrations.list(ctx)
+	all, err := c.store.migrations.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	ms := make([]*zdmpb.Migration, 0, len(all))
 	for _, e := range all {
-		m := withRevision(e.val, e.rev)
+		m := withRevision(e.Val, e.Rev)
 		if len(req.GetStates()) > 0 && !slices.Contains(req.GetStates(), m.GetState()) {
 			continue
 		}
@@ -335,7 +325,7 @@ func (c *Coordinator) SetThrottle(ctx context.Context, req *zdmpb.SetThrottleReq
 	if err := validateThrottle("throttle", req.GetThrottle()); err != nil {
 		return nil, err
 	}
-	m, rev, err := c.store.migrations.update(ctx, req.GetMigrationId(), func(m *zdmpb.Migration) error {
+	m, rev, err := c.store.migrations.Update(ctx, req.GetMigrationId(), func(m *zdmpb.Migration) error {
 		if IsTerminal(m.GetState()) {
 			return fmt.Errorf("%w: migration %q is %s; a throttle applies only to a running migration",
 				apierr.ErrFailedPrecondition, req.GetMigrationId(), stateName(m.GetState()))

@@ -34,7 +34,7 @@ func (c *Coordinator) onCopyPlanned(ctx context.Context, ev *eventspb.CopyPlanne
 			Done: &coordpb.CopyCount{Database: p.GetDatabase(), Collection: p.GetCollection()},
 		})
 	}
-	if _, err := c.store.plans.create(ctx, ev.GetMigrationId(), rec); errors.Is(err, apierr.ErrAlreadyExists) {
+	if _, err := c.store.plans.Create(ctx, ev.GetMigrationId(), rec); errors.Is(err, apierr.ErrAlreadyExists) {
 		return nil
 	} else if err != nil {
 		return err
@@ -112,7 +112,7 @@ func (c *Coordinator) onUnitDone(ctx context.Context, ev *eventspb.WorkUnitDone)
 // anything.
 func (c *Coordinator) updateCopy(ctx context.Context, id, unit string, fn func(*coordpb.CopyRecord) error) (bool, error) {
 	changed := false
-	_, _, err := c.store.plans.update(ctx, id, func(rec *coordpb.CopyRecord) error {
+	_, _, err := c.store.plans.Update(ctx, id, func(rec *coordpb.CopyRecord) error {
 		changed = false
 		if err := fn(rec); err != nil {
 			return err
@@ -175,8 +175,8 @@ func sample(rec *coordpb.CopyRecord, now time.Time) {
 // writers writes last shows the newest record. Progress means both
 // clusters answer: their problems, if any, are over.
 func (c *Coordinator) showCopy(ctx context.Context, id string) error {
-	_, _, err := c.store.migrations.update(ctx, id, func(m *zdmpb.Migration) error {
-		rec, _, err := c.store.plans.get(ctx, id)
+	_, _, err := c.store.migrations.Update(ctx, id, func(m *zdmpb.Migration) error {
+		rec, _, err := c.store.plans.Get(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -227,7 +227,7 @@ func (c *Coordinator) restartRate(ctx context.Context, m *zdmpb.Migration) error
 	if !pausedCopy && !resumedCopy {
 		return nil
 	}
-	_, _, err := c.store.plans.update(ctx, m.GetMigrationId(), func(rec *coordpb.CopyRecord) error {
+	_, _, err := c.store.plans.Update(ctx, m.GetMigrationId(), func(rec *coordpb.CopyRecord) error {
 		for _, cc := range rec.GetCollections() {
 			cc.Samples = nil
 		}

@@ -22,7 +22,7 @@ func (c *Coordinator) WatchMigration(req *zdmpb.WatchMigrationRequest, stream gr
 	}
 	ctx := stream.Context()
 	id := req.GetMigrationId()
-	cur, rev, err := c.store.migrations.get(ctx, id)
+	cur, rev, err := c.store.migrations.Get(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -34,7 +34,7 @@ func (c *Coordinator) WatchMigration(req *zdmpb.WatchMigrationRequest, stream gr
 	if from > 0 {
 		opts = append(opts, jetstream.IncludeHistory())
 	}
-	w, err := c.store.migrations.kv.Watch(ctx, id, opts...)
+	w, err := c.store.migrations.KV().Watch(ctx, id, opts...)
 	if err != nil {
 		return fmt.Errorf("watch migration %q: %w", id, err)
 	}
@@ -56,7 +56,7 @@ func (c *Coordinator) WatchMigration(req *zdmpb.WatchMigrationRequest, stream gr
 			if e.Operation() != jetstream.KeyValuePut {
 				return fmt.Errorf("%w: migration %q was deleted", apierr.ErrNotFound, id)
 			}
-			m, err := c.store.migrations.decode(e)
+			m, err := c.store.migrations.Decode(e)
 			if err != nil {
 				return err
 			}

@@ -25,6 +25,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/verify"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	lagpb "github.com/zdm-io/zdm/proto/zdm/lag/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
 // Name is the lag monitor's -target name.
@@ -64,7 +65,7 @@ func (m *Monitor) HealthNames() []string {
 func (m *Monitor) Start(ctx context.Context) error {
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
-		[]string{"verify"}, time.Hour, m.verify)
+		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_VERIFY}, time.Hour, m.verify)
 	if err != nil {
 		stop()
 		return err
@@ -88,11 +89,11 @@ const maxReported = 5
 
 // verify compares every collection of every source database with the
 // target and fails the stage with the ranges and keys that differ.
-func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
 	if !stage.Starts(cmd) {
-		return stage.Pending, nil
+		return 0, stage.ErrPending
 	}
-	src, tgt, code, err := stage.Connect(ctx, cmd)
+	src, tgt, code, err := stage.Connect(ctx, m.deps.Registry, cmd)
 	if err != nil {
 		return code, err
 	}
@@ -100,7 +101,7 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (strin
 	defer tgt.Close()
 	reports, err := compareAll(ctx, src, tgt, nil, 0)
 	if err != nil {
-		return "VERIFY_FAILED", err
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
 	var bad []string
 	for _, r := range reports {
@@ -109,13 +110,13 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (strin
 		}
 	}
 	if len(bad) == 0 {
-		return "", nil
+		return 0, nil
 	}
 	more := ""
 	if len(bad) > maxReported {
 		bad, more = bad[:maxReported], fmt.Sprintf("; and %d more collections", len(bad)-maxReported)
 	}
-	return "VERIFICATION_MISMATCH", errors.New(strings.Join(bad, "; ") + more)
+	return eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH, errors.New(strings.Join(bad, "; ") + more)
 }
 
 // compareAll verifies the given collections ("database.collection"; nil

@@ -92,7 +92,7 @@ func PurgeUnits(ctx context.Context, js jetstream.JetStream, migration string) e
 	if err != nil {
 		return fmt.Errorf("work stream: %w", err)
 	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSubject("zdm.work."+migration)); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(natsbus.WorkSubject(migration))); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("purge units of %s: %w", migration, err)
 	}
 	return nil

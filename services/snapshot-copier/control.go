@@ -11,21 +11,16 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
-// CopiersBucket holds one key per live copier process; keys expire unless
-// renewed, so its size is the number of copiers sharing a throttle.
-const CopiersBucket = "zdm_copiers"
-
-// Liveness of copier processes in CopiersBucket.
-const (
-	copierTTL   = 15 * time.Second
-	copierRenew = 5 * time.Second
-)
+// copierRenew is how often a copier renews its key in natsbus.CopiersBucket,
+// well within the bucket's TTL: the live keys are the copiers sharing a
+// throttle.
+const copierRenew = 5 * time.Second
 
 // errPaused stops a unit at a page boundary, its checkpoint saved, while
 // its migration is paused; errEnded drops the unit of a migration that
@@ -44,7 +39,7 @@ type Controls struct {
 	copiers int
 	// ready is closed once the controls stored at start are loaded.
 	ready chan struct{}
-	kv    jetstream.KeyValue
+	table *natsbus.Table[*eventspb.CopyControl]
 	log   *slog.Logger
 }
 
@@ -63,20 +58,19 @@ func NewControls() *Controls {
 // ctx is done.
 func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int, copierID string, log *slog.Logger) error {
 	defer c.markReady() // never leave workers waiting on a watch that failed
-	live, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CopiersBucket, TTL: copierTTL,
-		Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+	live, err := natsbus.CopiersBucket.Open(ctx, js, replicas)
 	if err != nil {
-		return fmt.Errorf("copiers bucket: %w", err)
+		return err
 	}
-	ctl, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: natsbus.CopyControlsBucket, History: 64,
-		Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+	ctl, err := natsbus.OpenTable(ctx, js, natsbus.CopyControlsBucket, "copy control", replicas,
+		func() *eventspb.CopyControl { return &eventspb.CopyControl{} })
 	if err != nil {
-		return fmt.Errorf("copy controls bucket: %w", err)
+		return err
 	}
 	c.mu.Lock()
-	c.kv, c.log = ctl, log
+	c.table, c.log = ctl, log
 	c.mu.Unlock()
-	w, err := ctl.WatchAll(ctx)
+	w, err := ctl.KV().WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch copy controls: %w", err)
 	}
@@ -102,7 +96,7 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 				c.markReady()
 				continue
 			}
-			c.apply(e)
+			c.apply(e.Key(), e.Operation() == jetstream.KeyValuePut, func() (*eventspb.CopyControl, error) { return ctl.Decode(e) })
 		}
 	}
 }
@@ -140,24 +134,26 @@ func (c *Controls) markReady() {
 	}
 }
 
-func (c *Controls) apply(e jetstream.KeyValueEntry) {
+// apply records migration's control: put is false when it was deleted,
+// and decode returns the one stored.
+func (c *Controls) apply(migration string, put bool, decode func() (*eventspb.CopyControl, error)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(c.byID, e.Key())
+	if !put {
+		delete(c.byID, migration)
 		return
 	}
-	var cfg eventspb.CopyControl
-	if err := proto.Unmarshal(e.Value(), &cfg); err != nil {
-		c.log.Error("malformed copy control ignored", slog.String("migration", e.Key()), slog.Any("error", err))
+	cfg, err := decode()
+	if err != nil {
+		c.log.Error("malformed copy control ignored", slog.String("migration", migration), slog.Any("error", err))
 		return
 	}
-	ctl, ok := c.byID[e.Key()]
+	ctl, ok := c.byID[migration]
 	if !ok {
 		ctl = &control{rows: rate.NewLimiter(rate.Inf, 1), bytes: rate.NewLimiter(rate.Inf, 1)}
-		c.byID[e.Key()] = ctl
+		c.byID[migration] = ctl
 	}
-	ctl.cfg = &cfg
+	ctl.cfg = cfg
 	c.setLimits(ctl)
 }
 
@@ -190,17 +186,17 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	isPaused, known, kv := c.paused(migration)
-	if !known && kv != nil {
+	isPaused, known, table := c.paused(migration)
+	if !known && table != nil {
 		// Not seen on the watch: ask the bucket, in case the watch lags.
-		e, err := kv.Get(ctx, migration)
+		cfg, _, err := table.Get(ctx, migration)
 		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case errors.Is(err, apierr.ErrNotFound):
 			return errEnded
 		case err != nil:
 			return fmt.Errorf("read copy control of %s: %w", migration, err)
 		}
-		c.apply(e)
+		c.apply(migration, true, func() (*eventspb.CopyControl, error) { return cfg, nil })
 		isPaused, _, _ = c.paused(migration)
 	}
 	if isPaused {
@@ -211,11 +207,11 @@ func (c *Controls) Check(ctx context.Context, migration string) error {
 
 // paused reports, under the lock, whether migration is paused and whether
 // its control is known.
-func (c *Controls) paused(migration string) (paused, known bool, kv jetstream.KeyValue) {
+func (c *Controls) paused(migration string) (paused, known bool, table *natsbus.Table[*eventspb.CopyControl]) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ctl := c.byID[migration]
-	return ctl != nil && ctl.cfg.GetPaused(), ctl != nil, c.kv
+	return ctl != nil && ctl.cfg.GetPaused(), ctl != nil, c.table
 }
 
 // Wait takes rows and bytes from migration's throttle, waiting as long as

@@ -8,9 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/stage"
 	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
 // Name is the snapshot copier's -target name.
@@ -116,7 +115,6 @@ func (c *Copier) HealthNames() []string {
 // Start follows the copy controls, consumes prepare, copy and cancel
 // commands and starts the workers.
 func (c *Copier) Start(ctx context.Context) error {
-	c.limitMemory()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
 	c.controls = NewControls()
@@ -128,7 +126,8 @@ func (c *Copier) Start(ctx context.Context) error {
 		}
 	}()
 	cc, err := stage.Consume(ctx, wctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
-		[]string{"prepare_target", "copy_data", "all"}, 30*time.Minute, c.command)
+		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA, zdmpb.StageKind_STAGE_KIND_UNSPECIFIED},
+		30*time.Minute, c.command)
 	if err != nil {
 		cancel()
 		c.wg.Wait()
@@ -137,7 +136,7 @@ func (c *Copier) Start(ctx context.Context) error {
 	c.cc = cc
 	for i := range c.cfg.Workers {
 		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator,
-			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20,
+			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, Registry: c.deps.Registry, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20,
 			Controls: c.controls, Status: c.status}
 		c.wg.Add(1)
 		go func() {
@@ -148,20 +147,6 @@ func (c *Copier) Start(ctx context.Context) error {
 		}()
 	}
 	return nil
-}
-
-// limitMemory sets a soft memory limit for the process, unless GOMEMLIMIT
-// set one: each worker holds about four batches (the page being written
-// and its request, the page being read and its reply), and the garbage
-// collector would otherwise let the heap grow to twice that. Near the
-// limit the collector works harder; it never fails an allocation.
-func (c *Copier) limitMemory() {
-	if debug.SetMemoryLimit(-1) != math.MaxInt64 {
-		return // GOMEMLIMIT is set
-	}
-	limit := int64(c.cfg.Workers)*6*int64(c.cfg.BatchMiB<<20) + 96<<20
-	debug.SetMemoryLimit(limit)
-	c.deps.Logger.Info("copier memory limit set", "limit_mib", limit>>20, "override", "GOMEMLIMIT")
 }
 
 // Stop cancels the work in hand and stops taking commands and units;
@@ -177,55 +162,56 @@ func (c *Copier) Stop(ctx context.Context) error {
 }
 
 // command carries out a prepare, copy or cancel command.
-func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
 	if cmd.GetAction() == eventspb.StageAction_STAGE_ACTION_CANCEL {
 		return c.cancelMigration(ctx, cmd)
 	}
 	if !stage.Starts(cmd) {
-		return stage.Pending, nil // pause and resume reach the workers through the copy controls
+		return 0, stage.ErrPending // pause and resume reach the workers through the copy controls
 	}
 	if err := c.controls.Check(ctx, cmd.GetMigrationId()); errors.Is(err, errEnded) {
 		// A command delivered after its migration ended (a redelivery, or
 		// one that lost a race with a cancel): doing it would recreate
 		// what the cancel dropped.
 		c.deps.Logger.InfoContext(ctx, "command of an ended migration ignored", "migration", cmd.GetMigrationId(), "stage", cmd.GetStage().String())
-		return stage.Pending, nil
+		return 0, stage.ErrPending
 	}
-	src, tgt, code, err := stage.Connect(ctx, cmd)
+	src, tgt, code, err := stage.Connect(ctx, c.deps.Registry, cmd)
 	if err != nil {
 		return code, err
 	}
 	defer src.Close()
 	defer tgt.Close()
-	switch stageName := cmd.GetStage().String(); stageName {
-	case "STAGE_KIND_PREPARE_TARGET":
+	switch cmd.GetStage() {
+	case zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET:
 		if _, err := PrepareTarget(ctx, src, tgt, PrepareOptions{Logger: c.deps.Logger}); err != nil {
-			return "PREPARE_FAILED", err
+			return eventspb.StageError_STAGE_ERROR_PREPARE_FAILED, err
 		}
-		return "", nil
-	case "STAGE_KIND_COPY_DATA":
-		units, err := PlanCopy(ctx, c.deps.Bus.JS, c.deps.Propagator, cmd.GetMigrationId(), cmd.GetSource(), cmd.GetTarget(),
-			PlanOptions{UnitRows: cmd.GetOptions().GetWorkUnitRows(), Replicas: c.deps.Bus.Replicas})
+		return 0, nil
+	case zdmpb.StageKind_STAGE_KIND_COPY_DATA:
+		units, err := PlanCopy(ctx, c.deps.Bus.JS, c.deps.Propagator, cmd.GetMigrationId(), src,
+			PlanOptions{UnitRows: cmd.GetOptions().GetWorkUnitRows(), Replicas: c.deps.Bus.Replicas,
+				SourceClusterID: cmd.GetSourceClusterId(), TargetClusterID: cmd.GetTargetClusterId()})
 		if err != nil {
-			return "PLAN_FAILED", err
+			return eventspb.StageError_STAGE_ERROR_PLAN_FAILED, err
 		}
 		if err := c.announcePlan(ctx, cmd, units); err != nil {
-			return "PLAN_FAILED", err
+			return eventspb.StageError_STAGE_ERROR_PLAN_FAILED, err
 		}
-		return stage.Pending, nil // the coordinator ends the stage when every unit is done
+		return 0, stage.ErrPending // the coordinator ends the stage when every unit is done
 	default:
-		return "UNKNOWN_STAGE", fmt.Errorf("copier has no stage %s", stageName)
+		return eventspb.StageError_STAGE_ERROR_UNKNOWN_STAGE, fmt.Errorf("copier has no stage %s", cmd.GetStage())
 	}
 }
 
 // cancelMigration takes the migration's units off the queue (running ones
 // stop at their next page: the coordinator pauses a cancelling copy) and
 // drops what the migration created on the target.
-func (c *Copier) cancelMigration(ctx context.Context, cmd *eventspb.StageCommand) (string, error) {
+func (c *Copier) cancelMigration(ctx context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
 	if err := PurgeUnits(ctx, c.deps.Bus.JS, cmd.GetMigrationId()); err != nil {
-		return "CANCEL_FAILED", err
+		return eventspb.StageError_STAGE_ERROR_CANCEL_FAILED, err
 	}
-	src, tgt, code, err := stage.Connect(ctx, cmd)
+	src, tgt, code, err := stage.Connect(ctx, c.deps.Registry, cmd)
 	if err != nil {
 		return code, err
 	}
@@ -233,11 +219,11 @@ func (c *Copier) cancelMigration(ctx context.Context, cmd *eventspb.StageCommand
 	defer tgt.Close()
 	dropped, err := DropCopied(ctx, src, tgt)
 	if err != nil {
-		return "CANCEL_FAILED", err
+		return eventspb.StageError_STAGE_ERROR_CANCEL_FAILED, err
 	}
 	c.deps.Logger.InfoContext(ctx, "cancelled: dropped what the migration created on the target",
 		"migration", cmd.GetMigrationId(), "collections", dropped)
-	return "", nil
+	return 0, nil
 }
 
 func (c *Copier) announcePlan(ctx context.Context, cmd *eventspb.StageCommand, units []*eventspb.WorkUnit) error {
@@ -255,6 +241,6 @@ func (c *Copier) announcePlan(ctx context.Context, cmd *eventspb.StageCommand, u
 		p.Units++
 		p.Rows += u.GetExpectedRows()
 	}
-	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, "zdm.evt."+cmd.GetMigrationId()+".plan", ev.GetEventId(), ev)
+	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, natsbus.EventSubject(cmd.GetMigrationId(), natsbus.EventPlan), ev.GetEventId(), ev)
 	return err
 }

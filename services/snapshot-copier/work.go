@@ -20,20 +20,17 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
 	"github.com/zdm-io/zdm/pkg/stage"
 	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
-// Bus names of the copy.
 const (
-	// CheckpointsBucket holds one WorkUnitCheckpoint per unit ID.
-	CheckpointsBucket = "zdm_copy_checkpoints"
-	// UnitPlansBucket holds one TablePlan per table of a migration.
-	UnitPlansBucket = "zdm_copy_units"
 	// workConsumer is the durable consumer every copier process shares, so
 	// each unit goes to one copier at a time.
 	workConsumer = "copiers"
@@ -51,6 +48,10 @@ type PlanOptions struct {
 	BatchBytes int64
 	// Replicas of the unit plans bucket.
 	Replicas int
+	// SourceClusterID and TargetClusterID are what the units carry: the
+	// copier resolves them from the registry, so no connection rides on
+	// the work queue.
+	SourceClusterID, TargetClusterID string
 }
 
 // PlanCopy splits every collection (and partition) of the source
@@ -59,12 +60,7 @@ type PlanOptions struct {
 // range, so planning again after a crash publishes the same IDs and
 // JetStream drops the duplicates. It returns the units published.
 func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, migration string,
-	src, tgt *zdmpb.ClusterConnection, opts PlanOptions) ([]*eventspb.WorkUnit, error) {
-	sc, err := milvusx.Connect(ctx, src, "")
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	defer sc.Close()
+	sc client.Client, opts PlanOptions) ([]*eventspb.WorkUnit, error) {
 	raw, err := milvusx.Raw(sc)
 	if err != nil {
 		return nil, err
@@ -77,10 +73,10 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
-	plans, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: UnitPlansBucket,
-		Storage: jetstream.FileStorage, Replicas: max(opts.Replicas, 1)})
+	plans, err := natsbus.OpenTable(ctx, js, natsbus.UnitPlansBucket, "unit plan", opts.Replicas,
+		func() *copierpb.TablePlan { return &copierpb.TablePlan{} })
 	if err != nil {
-		return nil, fmt.Errorf("unit plans bucket: %w", err)
+		return nil, err
 	}
 	var out []*eventspb.WorkUnit
 	for _, db := range dbs {
@@ -122,10 +118,10 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 					wu := &eventspb.WorkUnit{
 						UnitId: unitID(migration, db, name, part, i), MigrationId: migration,
 						Database: db, Collection: name, Partition: part,
-						Range: u.GetRange(), ExpectedRows: u.GetRows(), Source: src, Target: tgt, BatchBytes: opts.BatchBytes,
-						ReadTimestamp: readTs,
+						Range: u.GetRange(), ExpectedRows: u.GetRows(), BatchBytes: opts.BatchBytes, ReadTimestamp: readTs,
+						SourceClusterId: opts.SourceClusterID, TargetClusterId: opts.TargetClusterID,
 					}
-					if _, err := natsbus.Publish(ctx, js, prop, "zdm.work."+migration, wu.GetUnitId(), wu); err != nil {
+					if _, err := natsbus.Publish(ctx, js, prop, natsbus.WorkSubject(migration), wu.GetUnitId(), wu); err != nil {
 						return nil, err
 					}
 					out = append(out, wu)
@@ -162,15 +158,8 @@ func unitID(migration, db, coll, part string, i int) string {
 // tablePlan returns the units stored for a table, or plans them and
 // stores them before anything is published. A plan stored first by
 // another copier wins.
-func tablePlan(ctx context.Context, kv jetstream.KeyValue, key string, plan func() ([]Unit, error), strKeys bool) (*copierpb.TablePlan, error) {
-	read := func() (*copierpb.TablePlan, error) {
-		p := &copierpb.TablePlan{}
-		if _, err := natsbus.GetProto(ctx, kv, key, p); err != nil {
-			return nil, fmt.Errorf("unit plan: %w", err)
-		}
-		return p, nil
-	}
-	if p, err := read(); !errors.Is(err, jetstream.ErrKeyNotFound) {
+func tablePlan(ctx context.Context, plans *natsbus.Table[*copierpb.TablePlan], key string, plan func() ([]Unit, error), strKeys bool) (*copierpb.TablePlan, error) {
+	if p, _, err := plans.Get(ctx, key); !errors.Is(err, apierr.ErrNotFound) {
 		return p, err
 	}
 	units, err := plan()
@@ -181,14 +170,11 @@ func tablePlan(ctx context.Context, kv jetstream.KeyValue, key string, plan func
 	for _, u := range units {
 		p.Units = append(p.Units, &copierpb.PlannedUnit{Range: rangeToPB(u.Range, strKeys), Rows: u.Rows})
 	}
-	data, err := proto.Marshal(p)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := kv.Create(ctx, key, data); errors.Is(err, jetstream.ErrKeyExists) {
-		return read()
+	if _, err := plans.Create(ctx, key, p); errors.Is(err, apierr.ErrAlreadyExists) {
+		p, _, err = plans.Get(ctx, key)
+		return p, err
 	} else if err != nil {
-		return nil, fmt.Errorf("store unit plan %s: %w", key, err)
+		return nil, err
 	}
 	return p, nil
 }
@@ -213,8 +199,10 @@ type Worker struct {
 	Controls *Controls
 	// Status records the unit in hand, for GetCopierStatus; may be nil.
 	Status *Status
+	// Registry resolves the units' cluster IDs.
+	Registry *registry.Registry
 
-	checkpoints jetstream.KeyValue
+	checkpoints *natsbus.Table[*eventspb.WorkUnitCheckpoint]
 	mu          sync.Mutex
 	clients     map[string]client.Client
 }
@@ -224,12 +212,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.AckWait == 0 {
 		w.AckWait = 30 * time.Second
 	}
-	kv, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CheckpointsBucket,
-		Storage: jetstream.FileStorage, Replicas: max(w.Replicas, 1)})
+	cps, err := natsbus.OpenTable(ctx, w.JS, natsbus.CheckpointsBucket, "checkpoint", w.Replicas,
+		func() *eventspb.WorkUnitCheckpoint { return &eventspb.WorkUnitCheckpoint{} })
 	if err != nil {
-		return fmt.Errorf("checkpoint bucket: %w", err)
+		return err
 	}
-	w.checkpoints = kv
+	w.checkpoints = cps
 	w.clients = map[string]client.Client{}
 	defer w.closeClients()
 	cons, err := w.JS.CreateOrUpdateConsumer(ctx, natsbus.WorkStream, jetstream.ConsumerConfig{
@@ -314,11 +302,11 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		if err := w.Controls.Check(ctx, u.GetMigrationId()); err != nil {
 			return err
 		}
-		src, err := w.client(ctx, u.GetSource())
+		src, err := w.client(ctx, u.GetSourceClusterId())
 		if err != nil {
 			return stage.OnSource(err)
 		}
-		tgt, err := w.client(ctx, u.GetTarget())
+		tgt, err := w.client(ctx, u.GetTargetClusterId())
 		if err != nil {
 			return stage.OnTarget(err)
 		}
@@ -361,53 +349,42 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 	done := &eventspb.WorkUnitDone{EventId: "done-" + u.GetUnitId(), MigrationId: u.GetMigrationId(), UnitId: u.GetUnitId(),
 		Database: u.GetDatabase(), Collection: u.GetCollection(), Rows: cp.GetRows(), Bytes: cp.GetBytes(),
 		CopierId: w.ID, Time: timestamppb.Now()}
-	_, err = natsbus.Publish(ctx, w.JS, w.Propagator, "zdm.evt."+u.GetMigrationId()+".unit", done.GetEventId(), done)
+	_, err = natsbus.Publish(ctx, w.JS, w.Propagator, natsbus.EventSubject(u.GetMigrationId(), natsbus.EventUnit), done.GetEventId(), done)
 	return err
 }
 
 // checkpoint returns the unit's checkpoint and its revision (0: none yet).
 func (w *Worker) checkpoint(ctx context.Context, id string) (*eventspb.WorkUnitCheckpoint, uint64, error) {
-	cp := &eventspb.WorkUnitCheckpoint{UnitId: id}
-	rev, err := natsbus.GetProto(ctx, w.checkpoints, id, cp)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return cp, 0, nil
+	cp, rev, err := w.checkpoints.Get(ctx, id)
+	if errors.Is(err, apierr.ErrNotFound) {
+		return &eventspb.WorkUnitCheckpoint{UnitId: id}, 0, nil
 	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("checkpoint: %w", err)
-	}
-	return cp, rev, nil
+	return cp, rev, err
 }
 
 // putCheckpoint writes cp if the stored one is still at rev: a copier that
 // lost its unit to another (it stalled past the ack wait) cannot move the
 // other's checkpoint.
 func (w *Worker) putCheckpoint(ctx context.Context, cp *eventspb.WorkUnitCheckpoint, rev uint64) (uint64, error) {
-	data, err := proto.Marshal(cp)
-	if err != nil {
-		return 0, err
-	}
-	var newRev uint64
-	if rev == 0 {
-		newRev, err = w.checkpoints.Create(ctx, cp.GetUnitId(), data)
-	} else {
-		newRev, err = w.checkpoints.Update(ctx, cp.GetUnitId(), data, rev)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("write checkpoint %s: %w", cp.GetUnitId(), err)
-	}
-	return newRev, nil
+	return w.checkpoints.Put(ctx, cp.GetUnitId(), cp, rev)
 }
 
 func (w *Worker) progress(ctx context.Context, u *eventspb.WorkUnit, cp *eventspb.WorkUnitCheckpoint) error {
 	p := &eventspb.Progress{EventId: fmt.Sprintf("progress-%s-%d", u.GetUnitId(), cp.GetRows()), MigrationId: u.GetMigrationId(),
 		Database: u.GetDatabase(), Collection: u.GetCollection(), UnitId: u.GetUnitId(), Rows: cp.GetRows(), Bytes: cp.GetBytes(),
 		Time: cp.GetTime()}
-	_, err := natsbus.Publish(ctx, w.JS, w.Propagator, "zdm.evt."+u.GetMigrationId()+".progress", p.GetEventId(), p)
+	_, err := natsbus.Publish(ctx, w.JS, w.Propagator, natsbus.EventSubject(u.GetMigrationId(), natsbus.EventProgress), p.GetEventId(), p)
 	return err
 }
 
-// client returns a cached connection to the cluster.
-func (w *Worker) client(ctx context.Context, conn *zdmpb.ClusterConnection) (client.Client, error) {
+// client returns a cached connection to the registered cluster id, keyed
+// by its connection, so a cluster registered again under the same ID with
+// another endpoint gets a client of its own.
+func (w *Worker) client(ctx context.Context, id string) (client.Client, error) {
+	conn, err := w.Registry.Resolve(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	key, err := proto.Marshal(conn)
 	if err != nil {
 		return nil, err

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +24,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/auth"
 	"github.com/zdm-io/zdm/pkg/grpcserver"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/telemetry"
 	streamer "github.com/zdm-io/zdm/services/cdc-streamer"
@@ -81,8 +85,8 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 		return err
 	}
 	undo = append(undo, step{"trace export", 1, tp.Shutdown})
-	reg := telemetry.NewRegistry()
-	mp, err := telemetry.NewMeterProvider(reg, res)
+	metricsReg := telemetry.NewRegistry()
+	mp, err := telemetry.NewMeterProvider(metricsReg, res)
 	if err != nil {
 		return err
 	}
@@ -103,6 +107,17 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	if err := natsbus.EnsureStreams(ctx, bus.JS, bus.Replicas); err != nil {
 		return err
 	}
+	reg, err := registry.Open(ctx, bus.JS, bus.Replicas, cfg.box)
+	if err != nil {
+		return err
+	}
+	if !cfg.box.Enabled() {
+		logger.Warn("cluster credentials are stored in plain form in the zdm_clusters bucket",
+			slog.String("fix", "set ZDM_CREDENTIALS_KEY (or --credentials-key) to 32 random bytes in base64, the same in every zdm process"))
+	}
+	if slices.Contains(cfg.Targets, copier.Name) {
+		limitMemory(cfg.Copier, logger)
+	}
 
 	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -122,9 +137,9 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 		return err
 	}
 	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: tp, MeterProvider: mp, Propagator: prop}, opts...)
-	metrics := &http.Server{Handler: metricsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+	metrics := &http.Server{Handler: metricsHandler(metricsReg), ReadHeaderTimeout: 10 * time.Second}
 
-	services, err := newServices(cfg, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: reg}, logger)
+	services, err := newServices(cfg, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: metricsReg, Registry: reg}, logger)
 	if err != nil {
 		grpcLis.Close()
 		metricsLis.Close()
@@ -168,6 +183,21 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	case err := <-serveErr:
 		return err
 	}
+}
+
+// limitMemory sets a soft memory limit for the process when it runs
+// copiers, unless GOMEMLIMIT set one: each worker holds about four batches
+// (the page being written and its request, the page being read and its
+// reply), and the garbage collector would otherwise let the heap grow to
+// twice that. Near the limit the collector works harder; it never fails
+// an allocation. It is process-wide, so it belongs to the binary.
+func limitMemory(cfg copier.Config, logger *slog.Logger) {
+	if debug.SetMemoryLimit(-1) != math.MaxInt64 {
+		return // GOMEMLIMIT is set
+	}
+	limit := int64(cfg.Workers)*6*int64(cfg.BatchMiB<<20) + 96<<20
+	debug.SetMemoryLimit(limit)
+	logger.Info("memory limit set for the copier", slog.Int64("limit_mib", limit>>20), slog.String("override", "GOMEMLIMIT"))
 }
 
 // step is one part of the shutdown: what it stops and its weight, its

@@ -15,6 +15,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3"
 
+	"github.com/zdm-io/zdm/pkg/secret"
 	"github.com/zdm-io/zdm/services/coordinator"
 	copier "github.com/zdm-io/zdm/services/snapshot-copier"
 )
@@ -42,10 +43,12 @@ type Config struct {
 	InsecureNoAuth   bool
 	TLSCert          string
 	TLSKey           string
+	CredentialsKey   string
 	Coordinator      coordinator.Config
 	Copier           copier.Config
 	syncInterval     time.Duration
 	targetFlagString string
+	box              *secret.Box
 }
 
 // DefaultConfig is the configuration with every flag at its default.
@@ -74,6 +77,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.InsecureNoAuth, "insecure-no-auth", false, "serve the API without authentication: every caller is admin")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate for TLS on the gRPC API (with --tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key for TLS on the gRPC API (with --tls-cert)")
+	fs.StringVar(&c.CredentialsKey, "credentials-key", "", "32 random bytes in base64 (openssl rand -base64 32) that seal cluster credentials stored on the bus; every zdm process of a deployment needs the same one. Prefer ZDM_CREDENTIALS_KEY to the flag")
 	c.Coordinator.RegisterFlags(fs)
 	c.Copier.RegisterFlags(fs)
 }
@@ -142,6 +146,9 @@ func (c *Config) Validate() error {
 	}
 	if c.APIKeysFile == "" && !c.InsecureNoAuth && !loopback(c.GRPCAddr) {
 		errs = append(errs, fmt.Errorf("--grpc-addr %s is reachable from other machines: set --api-keys-file, or --insecure-no-auth to serve without authentication", c.GRPCAddr))
+	}
+	if c.box, err = secret.ParseKey(c.CredentialsKey); err != nil {
+		errs = append(errs, err)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together: set both or neither"))

@@ -30,10 +30,14 @@ type ClusterRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The cluster as the API shows it.
 	Cluster *v1.Cluster `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	// How to reach it, credentials included; never returned by the API.
-	Connection    *v1.ClusterConnection `protobuf:"bytes,2,opt,name=connection,proto3" json:"connection,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How to reach it; never returned by the API. Unset when zdm has a
+	// --credentials-key: sealed_connection holds it then.
+	Connection *v1.ClusterConnection `protobuf:"bytes,2,opt,name=connection,proto3" json:"connection,omitempty"`
+	// The connection, credentials included, sealed with AES-256-GCM under
+	// the --credentials-key and bound to the cluster ID (see pkg/secret).
+	SealedConnection []byte `protobuf:"bytes,3,opt,name=sealed_connection,json=sealedConnection,proto3" json:"sealed_connection,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ClusterRecord) Reset() {
@@ -76,6 +80,13 @@ func (x *ClusterRecord) GetCluster() *v1.Cluster {
 func (x *ClusterRecord) GetConnection() *v1.ClusterConnection {
 	if x != nil {
 		return x.Connection
+	}
+	return nil
+}
+
+func (x *ClusterRecord) GetSealedConnection() []byte {
+	if x != nil {
+		return x.SealedConnection
 	}
 	return nil
 }
@@ -435,12 +446,13 @@ var File_zdm_coordinator_v1_store_proto protoreflect.FileDescriptor
 
 const file_zdm_coordinator_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x1ezdm/coordinator/v1/store.proto\x12\x12zdm.coordinator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\"u\n" +
+	"\x1ezdm/coordinator/v1/store.proto\x12\x12zdm.coordinator.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\"\xa2\x01\n" +
 	"\rClusterRecord\x12)\n" +
 	"\acluster\x18\x01 \x01(\v2\x0f.zdm.v1.ClusterR\acluster\x129\n" +
 	"\n" +
 	"connection\x18\x02 \x01(\v2\x19.zdm.v1.ClusterConnectionR\n" +
-	"connection\"\xc2\x03\n" +
+	"connection\x12+\n" +
+	"\x11sealed_connection\x18\x03 \x01(\fR\x10sealedConnection\"\xc2\x03\n" +
 	"\n" +
 	"CopyRecord\x12#\n" +
 	"\rpending_units\x18\x01 \x03(\tR\fpendingUnits\x12E\n" +

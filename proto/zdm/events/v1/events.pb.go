@@ -89,6 +89,97 @@ func (StageAction) EnumDescriptor() ([]byte, []int) {
 	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{0}
 }
 
+// StageError says why a stage failed. The migration's error shows it
+// without the prefix (for example VERIFICATION_MISMATCH).
+type StageError int32
+
+const (
+	// Not set: the stage succeeded.
+	StageError_STAGE_ERROR_UNSPECIFIED StageError = 0
+	// A failure with no code of its own.
+	StageError_STAGE_ERROR_STAGE_FAILED StageError = 1
+	// The command names a cluster the registry does not have.
+	StageError_STAGE_ERROR_CLUSTER_MISSING StageError = 2
+	// The source did not answer (retried first; see WorkFailed).
+	StageError_STAGE_ERROR_SOURCE_UNREACHABLE StageError = 3
+	// The target did not answer (retried first; see WorkFailed).
+	StageError_STAGE_ERROR_TARGET_UNREACHABLE StageError = 4
+	// Creating the schema objects on the target failed.
+	StageError_STAGE_ERROR_PREPARE_FAILED StageError = 5
+	// Splitting the copy into units failed.
+	StageError_STAGE_ERROR_PLAN_FAILED StageError = 6
+	// Cleaning up after a cancel failed.
+	StageError_STAGE_ERROR_CANCEL_FAILED StageError = 7
+	// Verification could not run.
+	StageError_STAGE_ERROR_VERIFY_FAILED StageError = 8
+	// Verification found the target different from the source.
+	StageError_STAGE_ERROR_VERIFICATION_MISMATCH StageError = 9
+	// A switchover's drain did not finish within max_write_pause; writes
+	// went back to the source.
+	StageError_STAGE_ERROR_SWITCHOVER_ABORTED StageError = 10
+	// The service has no such stage.
+	StageError_STAGE_ERROR_UNKNOWN_STAGE StageError = 11
+)
+
+// Enum value maps for StageError.
+var (
+	StageError_name = map[int32]string{
+		0:  "STAGE_ERROR_UNSPECIFIED",
+		1:  "STAGE_ERROR_STAGE_FAILED",
+		2:  "STAGE_ERROR_CLUSTER_MISSING",
+		3:  "STAGE_ERROR_SOURCE_UNREACHABLE",
+		4:  "STAGE_ERROR_TARGET_UNREACHABLE",
+		5:  "STAGE_ERROR_PREPARE_FAILED",
+		6:  "STAGE_ERROR_PLAN_FAILED",
+		7:  "STAGE_ERROR_CANCEL_FAILED",
+		8:  "STAGE_ERROR_VERIFY_FAILED",
+		9:  "STAGE_ERROR_VERIFICATION_MISMATCH",
+		10: "STAGE_ERROR_SWITCHOVER_ABORTED",
+		11: "STAGE_ERROR_UNKNOWN_STAGE",
+	}
+	StageError_value = map[string]int32{
+		"STAGE_ERROR_UNSPECIFIED":           0,
+		"STAGE_ERROR_STAGE_FAILED":          1,
+		"STAGE_ERROR_CLUSTER_MISSING":       2,
+		"STAGE_ERROR_SOURCE_UNREACHABLE":    3,
+		"STAGE_ERROR_TARGET_UNREACHABLE":    4,
+		"STAGE_ERROR_PREPARE_FAILED":        5,
+		"STAGE_ERROR_PLAN_FAILED":           6,
+		"STAGE_ERROR_CANCEL_FAILED":         7,
+		"STAGE_ERROR_VERIFY_FAILED":         8,
+		"STAGE_ERROR_VERIFICATION_MISMATCH": 9,
+		"STAGE_ERROR_SWITCHOVER_ABORTED":    10,
+		"STAGE_ERROR_UNKNOWN_STAGE":         11,
+	}
+)
+
+func (x StageError) Enum() *StageError {
+	p := new(StageError)
+	*p = x
+	return p
+}
+
+func (x StageError) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StageError) Descriptor() protoreflect.EnumDescriptor {
+	return file_zdm_events_v1_events_proto_enumTypes[1].Descriptor()
+}
+
+func (StageError) Type() protoreflect.EnumType {
+	return &file_zdm_events_v1_events_proto_enumTypes[1]
+}
+
+func (x StageError) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StageError.Descriptor instead.
+func (StageError) EnumDescriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{1}
+}
+
 // Operation is the kind of a captured change.
 type Operation int32
 
@@ -134,11 +225,11 @@ func (x Operation) String() string {
 }
 
 func (Operation) Descriptor() protoreflect.EnumDescriptor {
-	return file_zdm_events_v1_events_proto_enumTypes[1].Descriptor()
+	return file_zdm_events_v1_events_proto_enumTypes[2].Descriptor()
 }
 
 func (Operation) Type() protoreflect.EnumType {
-	return &file_zdm_events_v1_events_proto_enumTypes[1]
+	return &file_zdm_events_v1_events_proto_enumTypes[2]
 }
 
 func (x Operation) Number() protoreflect.EnumNumber {
@@ -147,7 +238,7 @@ func (x Operation) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Operation.Descriptor instead.
 func (Operation) EnumDescriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{1}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{2}
 }
 
 // StageCommand is sent by the coordinator to start or steer a stage
@@ -169,15 +260,15 @@ type StageCommand struct {
 	Options *v1.MigrationOptions `protobuf:"bytes,6,opt,name=options,proto3" json:"options,omitempty"`
 	// When the command was issued.
 	Time *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
-	// How to reach the source cluster (credentials included).
-	Source *v1.ClusterConnection `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
-	// How to reach the target cluster (credentials included).
-	Target *v1.ClusterConnection `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
 	// Migration type, which decides what the stage does (an OFFLINE copy
 	// arms no capture).
-	Type          v1.MigrationType `protobuf:"varint,10,opt,name=type,proto3,enum=zdm.v1.MigrationType" json:"type,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Type v1.MigrationType `protobuf:"varint,10,opt,name=type,proto3,enum=zdm.v1.MigrationType" json:"type,omitempty"`
+	// The registered source cluster.
+	SourceClusterId string `protobuf:"bytes,11,opt,name=source_cluster_id,json=sourceClusterId,proto3" json:"source_cluster_id,omitempty"`
+	// The registered target cluster.
+	TargetClusterId string `protobuf:"bytes,12,opt,name=target_cluster_id,json=targetClusterId,proto3" json:"target_cluster_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StageCommand) Reset() {
@@ -259,25 +350,25 @@ func (x *StageCommand) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
-func (x *StageCommand) GetSource() *v1.ClusterConnection {
-	if x != nil {
-		return x.Source
-	}
-	return nil
-}
-
-func (x *StageCommand) GetTarget() *v1.ClusterConnection {
-	if x != nil {
-		return x.Target
-	}
-	return nil
-}
-
 func (x *StageCommand) GetType() v1.MigrationType {
 	if x != nil {
 		return x.Type
 	}
 	return v1.MigrationType(0)
+}
+
+func (x *StageCommand) GetSourceClusterId() string {
+	if x != nil {
+		return x.SourceClusterId
+	}
+	return ""
+}
+
+func (x *StageCommand) GetTargetClusterId() string {
+	if x != nil {
+		return x.TargetClusterId
+	}
+	return ""
 }
 
 // CopyPlanned is published once a migration's copy is split into work
@@ -448,15 +539,15 @@ type StageCompleted struct {
 	Stage v1.StageKind `protobuf:"varint,3,opt,name=stage,proto3,enum=zdm.v1.StageKind" json:"stage,omitempty"`
 	// Whether it succeeded.
 	Success bool `protobuf:"varint,4,opt,name=success,proto3" json:"success,omitempty"`
-	// Machine-readable error code when it failed.
-	ErrorCode string `protobuf:"bytes,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	// Human-readable error when it failed.
 	ErrorMessage string `protobuf:"bytes,6,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
 	// When it ended.
 	Time *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
 	// For the copy stage: source time T0 at which capture was armed, so the
 	// applier knows where to start replaying.
-	ArmTimestamp  uint64 `protobuf:"varint,8,opt,name=arm_timestamp,json=armTimestamp,proto3" json:"arm_timestamp,omitempty"`
+	ArmTimestamp uint64 `protobuf:"varint,8,opt,name=arm_timestamp,json=armTimestamp,proto3" json:"arm_timestamp,omitempty"`
+	// What failed, when it failed.
+	Code          StageError `protobuf:"varint,9,opt,name=code,proto3,enum=zdm.events.v1.StageError" json:"code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -519,13 +610,6 @@ func (x *StageCompleted) GetSuccess() bool {
 	return false
 }
 
-func (x *StageCompleted) GetErrorCode() string {
-	if x != nil {
-		return x.ErrorCode
-	}
-	return ""
-}
-
 func (x *StageCompleted) GetErrorMessage() string {
 	if x != nil {
 		return x.ErrorMessage
@@ -545,6 +629,13 @@ func (x *StageCompleted) GetArmTimestamp() uint64 {
 		return x.ArmTimestamp
 	}
 	return 0
+}
+
+func (x *StageCompleted) GetCode() StageError {
+	if x != nil {
+		return x.Code
+	}
+	return StageError_STAGE_ERROR_UNSPECIFIED
 }
 
 // KeyRange is a half-open range of primary keys [start, end). An unset
@@ -654,11 +745,6 @@ type WorkUnit struct {
 	Range *KeyRange `protobuf:"bytes,6,opt,name=range,proto3" json:"range,omitempty"`
 	// Rows expected in the range, for progress; 0 when unknown.
 	ExpectedRows int64 `protobuf:"varint,7,opt,name=expected_rows,json=expectedRows,proto3" json:"expected_rows,omitempty"`
-	// How to reach the source cluster (credentials included: the work
-	// stream must be protected like the coordinator's state).
-	Source *v1.ClusterConnection `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
-	// How to reach the target cluster.
-	Target *v1.ClusterConnection `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
 	// Largest insert request, in bytes; 0 means 16 MiB.
 	BatchBytes int64 `protobuf:"varint,10,opt,name=batch_bytes,json=batchBytes,proto3" json:"batch_bytes,omitempty"`
 	// Source timestamp (Milvus TSO) every read of the unit must see up to,
@@ -666,8 +752,12 @@ type WorkUnit struct {
 	// before it without waiting for a time tick each. Zero: read with Strong
 	// consistency (servers without AllocTimestamp).
 	ReadTimestamp uint64 `protobuf:"varint,11,opt,name=read_timestamp,json=readTimestamp,proto3" json:"read_timestamp,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The registered source cluster.
+	SourceClusterId string `protobuf:"bytes,12,opt,name=source_cluster_id,json=sourceClusterId,proto3" json:"source_cluster_id,omitempty"`
+	// The registered target cluster.
+	TargetClusterId string `protobuf:"bytes,13,opt,name=target_cluster_id,json=targetClusterId,proto3" json:"target_cluster_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *WorkUnit) Reset() {
@@ -749,20 +839,6 @@ func (x *WorkUnit) GetExpectedRows() int64 {
 	return 0
 }
 
-func (x *WorkUnit) GetSource() *v1.ClusterConnection {
-	if x != nil {
-		return x.Source
-	}
-	return nil
-}
-
-func (x *WorkUnit) GetTarget() *v1.ClusterConnection {
-	if x != nil {
-		return x.Target
-	}
-	return nil
-}
-
 func (x *WorkUnit) GetBatchBytes() int64 {
 	if x != nil {
 		return x.BatchBytes
@@ -775,6 +851,20 @@ func (x *WorkUnit) GetReadTimestamp() uint64 {
 		return x.ReadTimestamp
 	}
 	return 0
+}
+
+func (x *WorkUnit) GetSourceClusterId() string {
+	if x != nil {
+		return x.SourceClusterId
+	}
+	return ""
+}
+
+func (x *WorkUnit) GetTargetClusterId() string {
+	if x != nil {
+		return x.TargetClusterId
+	}
+	return ""
 }
 
 // WorkUnitCheckpoint is the last primary key a copier has written to the
@@ -2198,7 +2288,7 @@ var File_zdm_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1azdm/events/v1/events.proto\x12\rzdm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14zdm/v1/cluster.proto\x1a\x16zdm/v1/migration.proto\"\xcd\x03\n" +
+	"\x1azdm/events/v1/events.proto\x12\rzdm.events.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16zdm/v1/migration.proto\"\xdb\x03\n" +
 	"\fStageCommand\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -2206,11 +2296,12 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x06action\x18\x04 \x01(\x0e2\x1a.zdm.events.v1.StageActionR\x06action\x12-\n" +
 	"\x12migration_revision\x18\x05 \x01(\x04R\x11migrationRevision\x122\n" +
 	"\aoptions\x18\x06 \x01(\v2\x18.zdm.v1.MigrationOptionsR\aoptions\x12.\n" +
-	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x121\n" +
-	"\x06source\x18\b \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06source\x121\n" +
-	"\x06target\x18\t \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\x12)\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
 	"\x04type\x18\n" +
-	" \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\"\xd7\x01\n" +
+	" \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12*\n" +
+	"\x11source_cluster_id\x18\v \x01(\tR\x0fsourceClusterId\x12*\n" +
+	"\x11target_cluster_id\x18\f \x01(\tR\x0ftargetClusterIdJ\x04\b\b\x10\tJ\x04\b\t\x10\n" +
+	"R\x06sourceR\x06target\"\xd7\x01\n" +
 	"\vCopyPlanned\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x19\n" +
@@ -2223,17 +2314,17 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"collection\x18\x02 \x01(\tR\n" +
 	"collection\x12\x14\n" +
 	"\x05units\x18\x03 \x01(\x03R\x05units\x12\x12\n" +
-	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xaa\x02\n" +
+	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xcc\x02\n" +
 	"\x0eStageCompleted\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
 	"\x05stage\x18\x03 \x01(\x0e2\x11.zdm.v1.StageKindR\x05stage\x12\x18\n" +
-	"\asuccess\x18\x04 \x01(\bR\asuccess\x12\x1d\n" +
-	"\n" +
-	"error_code\x18\x05 \x01(\tR\terrorCode\x12#\n" +
+	"\asuccess\x18\x04 \x01(\bR\asuccess\x12#\n" +
 	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\x12.\n" +
 	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
-	"\rarm_timestamp\x18\b \x01(\x04R\farmTimestamp\"\xca\x02\n" +
+	"\rarm_timestamp\x18\b \x01(\x04R\farmTimestamp\x12-\n" +
+	"\x04code\x18\t \x01(\x0e2\x19.zdm.events.v1.StageErrorR\x04codeJ\x04\b\x05\x10\x06R\n" +
+	"error_code\"\xca\x02\n" +
 	"\bKeyRange\x12B\n" +
 	"\n" +
 	"int_bounds\x18\x01 \x01(\v2!.zdm.events.v1.KeyRange.IntBoundsH\x00R\tintBounds\x12K\n" +
@@ -2248,7 +2339,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x03end\x18\x02 \x01(\tH\x01R\x03end\x88\x01\x01B\b\n" +
 	"\x06_startB\x06\n" +
 	"\x04_endB\b\n" +
-	"\x06bounds\"\xa2\x03\n" +
+	"\x06bounds\"\xb0\x03\n" +
 	"\bWorkUnit\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x1a\n" +
@@ -2258,13 +2349,14 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"collection\x12\x1c\n" +
 	"\tpartition\x18\x05 \x01(\tR\tpartition\x12-\n" +
 	"\x05range\x18\x06 \x01(\v2\x17.zdm.events.v1.KeyRangeR\x05range\x12#\n" +
-	"\rexpected_rows\x18\a \x01(\x03R\fexpectedRows\x121\n" +
-	"\x06source\x18\b \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06source\x121\n" +
-	"\x06target\x18\t \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\x12\x1f\n" +
+	"\rexpected_rows\x18\a \x01(\x03R\fexpectedRows\x12\x1f\n" +
 	"\vbatch_bytes\x18\n" +
 	" \x01(\x03R\n" +
 	"batchBytes\x12%\n" +
-	"\x0eread_timestamp\x18\v \x01(\x04R\rreadTimestamp\"\xa7\x02\n" +
+	"\x0eread_timestamp\x18\v \x01(\x04R\rreadTimestamp\x12*\n" +
+	"\x11source_cluster_id\x18\f \x01(\tR\x0fsourceClusterId\x12*\n" +
+	"\x11target_cluster_id\x18\r \x01(\tR\x0ftargetClusterIdJ\x04\b\b\x10\tJ\x04\b\t\x10\n" +
+	"R\x06sourceR\x06target\"\xa7\x02\n" +
 	"\x12WorkUnitCheckpoint\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\tR\x06unitId\x12/\n" +
 	"\x04done\x18\x02 \x01(\v2\x17.zdm.events.v1.KeyRangeB\x02\x18\x01R\x04done\x12\x12\n" +
@@ -2385,7 +2477,22 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x12STAGE_ACTION_PAUSE\x10\x02\x12\x17\n" +
 	"\x13STAGE_ACTION_RESUME\x10\x03\x12\x17\n" +
 	"\x13STAGE_ACTION_CANCEL\x10\x04\x12\x1f\n" +
-	"\x1bSTAGE_ACTION_UPDATE_OPTIONS\x10\x05*{\n" +
+	"\x1bSTAGE_ACTION_UPDATE_OPTIONS\x10\x05*\x95\x03\n" +
+	"\n" +
+	"StageError\x12\x1b\n" +
+	"\x17STAGE_ERROR_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18STAGE_ERROR_STAGE_FAILED\x10\x01\x12\x1f\n" +
+	"\x1bSTAGE_ERROR_CLUSTER_MISSING\x10\x02\x12\"\n" +
+	"\x1eSTAGE_ERROR_SOURCE_UNREACHABLE\x10\x03\x12\"\n" +
+	"\x1eSTAGE_ERROR_TARGET_UNREACHABLE\x10\x04\x12\x1e\n" +
+	"\x1aSTAGE_ERROR_PREPARE_FAILED\x10\x05\x12\x1b\n" +
+	"\x17STAGE_ERROR_PLAN_FAILED\x10\x06\x12\x1d\n" +
+	"\x19STAGE_ERROR_CANCEL_FAILED\x10\a\x12\x1d\n" +
+	"\x19STAGE_ERROR_VERIFY_FAILED\x10\b\x12%\n" +
+	"!STAGE_ERROR_VERIFICATION_MISMATCH\x10\t\x12\"\n" +
+	"\x1eSTAGE_ERROR_SWITCHOVER_ABORTED\x10\n" +
+	"\x12\x1d\n" +
+	"\x19STAGE_ERROR_UNKNOWN_STAGE\x10\v*{\n" +
 	"\tOperation\x12\x19\n" +
 	"\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10OPERATION_INSERT\x10\x01\x12\x14\n" +
@@ -2406,37 +2513,37 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 	return file_zdm_events_v1_events_proto_rawDescData
 }
 
-var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
-	(Operation)(0),                // 1: zdm.events.v1.Operation
-	(*StageCommand)(nil),          // 2: zdm.events.v1.StageCommand
-	(*CopyPlanned)(nil),           // 3: zdm.events.v1.CopyPlanned
-	(*CollectionPlan)(nil),        // 4: zdm.events.v1.CollectionPlan
-	(*StageCompleted)(nil),        // 5: zdm.events.v1.StageCompleted
-	(*KeyRange)(nil),              // 6: zdm.events.v1.KeyRange
-	(*WorkUnit)(nil),              // 7: zdm.events.v1.WorkUnit
-	(*WorkUnitCheckpoint)(nil),    // 8: zdm.events.v1.WorkUnitCheckpoint
-	(*PrimaryKey)(nil),            // 9: zdm.events.v1.PrimaryKey
-	(*WorkFailed)(nil),            // 10: zdm.events.v1.WorkFailed
-	(*WorkUnitDone)(nil),          // 11: zdm.events.v1.WorkUnitDone
-	(*Progress)(nil),              // 12: zdm.events.v1.Progress
-	(*PrimaryKeys)(nil),           // 13: zdm.events.v1.PrimaryKeys
-	(*Int64Keys)(nil),             // 14: zdm.events.v1.Int64Keys
-	(*StringKeys)(nil),            // 15: zdm.events.v1.StringKeys
-	(*ChangeEvent)(nil),           // 16: zdm.events.v1.ChangeEvent
-	(*ResolvedTimestamp)(nil),     // 17: zdm.events.v1.ResolvedTimestamp
-	(*CollectionLag)(nil),         // 18: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 19: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 20: zdm.events.v1.MigrationEvent
-	(*CopyControl)(nil),           // 21: zdm.events.v1.CopyControl
-	(*KeyRange_IntBounds)(nil),    // 22: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 23: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 24: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 25: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
-	(*v1.ClusterConnection)(nil),  // 27: zdm.v1.ClusterConnection
+	(StageError)(0),               // 1: zdm.events.v1.StageError
+	(Operation)(0),                // 2: zdm.events.v1.Operation
+	(*StageCommand)(nil),          // 3: zdm.events.v1.StageCommand
+	(*CopyPlanned)(nil),           // 4: zdm.events.v1.CopyPlanned
+	(*CollectionPlan)(nil),        // 5: zdm.events.v1.CollectionPlan
+	(*StageCompleted)(nil),        // 6: zdm.events.v1.StageCompleted
+	(*KeyRange)(nil),              // 7: zdm.events.v1.KeyRange
+	(*WorkUnit)(nil),              // 8: zdm.events.v1.WorkUnit
+	(*WorkUnitCheckpoint)(nil),    // 9: zdm.events.v1.WorkUnitCheckpoint
+	(*PrimaryKey)(nil),            // 10: zdm.events.v1.PrimaryKey
+	(*WorkFailed)(nil),            // 11: zdm.events.v1.WorkFailed
+	(*WorkUnitDone)(nil),          // 12: zdm.events.v1.WorkUnitDone
+	(*Progress)(nil),              // 13: zdm.events.v1.Progress
+	(*PrimaryKeys)(nil),           // 14: zdm.events.v1.PrimaryKeys
+	(*Int64Keys)(nil),             // 15: zdm.events.v1.Int64Keys
+	(*StringKeys)(nil),            // 16: zdm.events.v1.StringKeys
+	(*ChangeEvent)(nil),           // 17: zdm.events.v1.ChangeEvent
+	(*ResolvedTimestamp)(nil),     // 18: zdm.events.v1.ResolvedTimestamp
+	(*CollectionLag)(nil),         // 19: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),             // 20: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),        // 21: zdm.events.v1.MigrationEvent
+	(*CopyControl)(nil),           // 22: zdm.events.v1.CopyControl
+	(*KeyRange_IntBounds)(nil),    // 23: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 24: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 25: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 26: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
 	(v1.MigrationType)(0),         // 28: zdm.v1.MigrationType
 	(v1.ClusterRole)(0),           // 29: zdm.v1.ClusterRole
 	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
@@ -2445,51 +2552,48 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*v1.Throttle)(nil),           // 33: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	24, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	25, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	25, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	26, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	27, // 4: zdm.events.v1.StageCommand.source:type_name -> zdm.v1.ClusterConnection
-	27, // 5: zdm.events.v1.StageCommand.target:type_name -> zdm.v1.ClusterConnection
-	28, // 6: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
-	4,  // 7: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
-	26, // 8: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
-	24, // 9: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	26, // 10: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
-	22, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	23, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
-	6,  // 13: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	27, // 14: zdm.events.v1.WorkUnit.source:type_name -> zdm.v1.ClusterConnection
-	27, // 15: zdm.events.v1.WorkUnit.target:type_name -> zdm.v1.ClusterConnection
-	6,  // 16: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	26, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
-	9,  // 18: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	29, // 19: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
-	24, // 20: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
-	6,  // 21: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
-	26, // 22: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
-	26, // 23: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	26, // 24: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
-	14, // 25: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
-	15, // 26: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
-	1,  // 27: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
-	13, // 28: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	26, // 29: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	26, // 30: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	30, // 31: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	26, // 32: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	30, // 33: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	26, // 34: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	18, // 35: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	26, // 36: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	31, // 37: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	32, // 38: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	33, // 39: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	26, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	27, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	28, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	5,  // 5: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
+	27, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	25, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	27, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	1,  // 9: zdm.events.v1.StageCompleted.code:type_name -> zdm.events.v1.StageError
+	23, // 10: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	24, // 11: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	7,  // 12: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
+	7,  // 13: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
+	27, // 14: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	10, // 15: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
+	29, // 16: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
+	25, // 17: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
+	7,  // 18: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
+	27, // 19: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
+	27, // 20: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	27, // 21: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	15, // 22: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
+	16, // 23: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
+	2,  // 24: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
+	14, // 25: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
+	27, // 26: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	27, // 27: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	30, // 28: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	27, // 29: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	30, // 30: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	27, // 31: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	19, // 32: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	27, // 33: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	31, // 34: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	32, // 35: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	33, // 36: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2516,7 +2620,7 @@ func file_zdm_events_v1_events_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,

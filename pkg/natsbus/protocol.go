@@ -1,0 +1,142 @@
+package natsbus
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// The bus protocol: every subject zdm publishes on is built here, and
+// every KV bucket it keeps is declared here with its configuration. No
+// service formats a subject or configures a bucket itself.
+// docs/architecture.md has the table of who writes and reads each.
+
+// Subject spaces, one per stream (see Streams).
+const (
+	commandSpace  = "zdm.cmd"
+	eventSpace    = "zdm.evt"
+	workSpace     = "zdm.work"
+	changeSpace   = "zdm.chg"
+	resolvedSpace = "zdm.resolved"
+)
+
+// EventKind is the kind of a migration event, the last token of its
+// subject zdm.evt.<migration>.<kind>.
+type EventKind string
+
+// Event kinds and the message each carries.
+const (
+	// EventStage carries eventspb.StageCompleted.
+	EventStage EventKind = "stage"
+	// EventLag carries eventspb.LagReport.
+	EventLag EventKind = "lag"
+	// EventPlan carries eventspb.CopyPlanned.
+	EventPlan EventKind = "plan"
+	// EventUnit carries eventspb.WorkUnitDone.
+	EventUnit EventKind = "unit"
+	// EventProgress carries eventspb.Progress.
+	EventProgress EventKind = "progress"
+	// EventFailed carries eventspb.WorkFailed.
+	EventFailed EventKind = "failed"
+)
+
+// EventSubject is where events of kind k about migration are published.
+func EventSubject(migration string, k EventKind) string {
+	return eventSpace + "." + migration + "." + string(k)
+}
+
+// EventFilter matches the events of kind k about every migration.
+func EventFilter(k EventKind) string { return eventSpace + ".*." + string(k) }
+
+// EventKindOf is the kind of an event subject.
+func EventKindOf(subject string) EventKind {
+	return EventKind(subject[strings.LastIndexByte(subject, '.')+1:])
+}
+
+// CommandSubject is where the coordinator sends migration's commands for
+// stage (STAGE_KIND_UNSPECIFIED: a command to every stage, a cancel).
+func CommandSubject(migration string, stage zdmpb.StageKind) string {
+	return commandSpace + "." + migration + "." + StageToken(stage)
+}
+
+// CommandFilter matches the commands for stage of every migration.
+func CommandFilter(stage zdmpb.StageKind) string { return commandSpace + ".*." + StageToken(stage) }
+
+// WorkSubject is the copy work queue of migration.
+func WorkSubject(migration string) string { return workSpace + "." + migration }
+
+// StageToken is a stage's subject token, for example "copy_data"; "all"
+// for STAGE_KIND_UNSPECIFIED.
+func StageToken(k zdmpb.StageKind) string {
+	if k == zdmpb.StageKind_STAGE_KIND_UNSPECIFIED {
+		return "all"
+	}
+	return strings.ToLower(strings.TrimPrefix(k.String(), "STAGE_KIND_"))
+}
+
+// Bucket is a KV bucket zdm keeps, with its configuration.
+type Bucket struct {
+	// Name of the bucket.
+	Name string
+	// Description, also shown by `nats kv ls`.
+	Description string
+	// History is how many revisions of a key are kept (1 when 0).
+	History uint8
+	// TTL expires keys not written for that long; 0 keeps them.
+	TTL time.Duration
+}
+
+// kvHistory is how many revisions watched buckets keep, so a watcher that
+// reconnects can replay what it missed.
+const kvHistory = 64
+
+// The buckets.
+var (
+	// MigrationsBucket holds zdm.v1.Migration by migration ID. Written by
+	// the coordinator, watched by WatchMigration.
+	MigrationsBucket = Bucket{Name: "zdm_migrations", Description: "zdm migrations, by ID", History: kvHistory}
+	// ClustersBucket holds coordinator.v1.ClusterRecord by cluster ID:
+	// the registry, connections included.
+	ClustersBucket = Bucket{Name: "zdm_clusters", Description: "zdm cluster registry, by ID", History: kvHistory}
+	// CopyPlansBucket holds coordinator.v1.CopyRecord by migration ID: the
+	// copy's units still to do and its progress, as the coordinator sees it.
+	CopyPlansBucket = Bucket{Name: "zdm_copy_plans", Description: "zdm copy progress, by migration", History: kvHistory}
+	// CopyControlsBucket holds events.v1.CopyControl by migration ID: pause
+	// and throttle, written by the coordinator and watched by copiers.
+	CopyControlsBucket = Bucket{Name: "zdm_copy_controls", Description: "zdm copy pause and throttle, by migration", History: kvHistory}
+	// CheckpointsBucket holds events.v1.WorkUnitCheckpoint by unit ID,
+	// written by the copier holding the unit.
+	CheckpointsBucket = Bucket{Name: "zdm_copy_checkpoints", Description: "zdm copy unit checkpoints, by unit"}
+	// UnitPlansBucket holds copier.v1.TablePlan by table of a migration:
+	// the units a table was split into, stored before they are published.
+	UnitPlansBucket = Bucket{Name: "zdm_copy_units", Description: "zdm copy unit plans, by table"}
+	// CopiersBucket has one key per live copier process, kept alive by it
+	// and expiring when it stops: the throttle is shared among them.
+	CopiersBucket = Bucket{Name: "zdm_copiers", Description: "zdm live copier processes", TTL: 15 * time.Second}
+)
+
+// Buckets lists every bucket, for documentation and tests.
+func Buckets() []Bucket {
+	return []Bucket{MigrationsBucket, ClustersBucket, CopyPlansBucket, CopyControlsBucket, CheckpointsBucket, UnitPlansBucket, CopiersBucket}
+}
+
+// Open creates the bucket, or updates its configuration, and returns it.
+// It is safe to call from any number of processes at once.
+func (b Bucket) Open(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.Name, Description: b.Description, History: max(b.History, 1), TTL: b.TTL,
+		Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("KV bucket %s: %w", b.Name, err)
+	}
+	return kv, nil
+}
+
+// MigrationCommands matches every command of migration.
+func MigrationCommands(migration string) string { return commandSpace + "." + migration + ".>" }
