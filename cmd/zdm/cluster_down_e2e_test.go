@@ -2,10 +2,12 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
+	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"github.com/stretchr/testify/require"
 
 	"github.com/zdm-io/zdm/pkg/ztest"
@@ -38,13 +40,17 @@ func throttledOffline(t *testing.T, ctx context.Context, mig zdmpb.MigrationServ
 // migration shows which cluster is down, since when and its last error;
 // the target is started again before the down timeout, the problem goes
 // away, the copy resumes and completes, and the target equals the source.
+// The servers are milvus-lite 2.5, which keeps what it acknowledged
+// across a crash: milvus-lite 3 comes back without the rows of its last
+// insert (seen: 127 of 12,000, after SIGKILL and after SIGTERM alike),
+// which zdm's verification reports as VERIFICATION_MISMATCH.
 func TestE2ETargetDownAndBack(t *testing.T) {
 	ztest.Integration(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	srcAddr, tgt := ztest.NewServer(t, "lite3"), ztest.StartServer(t, "lite3")
+	srcAddr, tgt := ztest.NewServer(t, "lite2"), ztest.StartServer(t, "lite2")
 	const rows = 12000
-	seedShop(t, ctx, srcAddr, rows)
+	seedDefault(t, ctx, srcAddr, rows)
 
 	p := start(t, "-cluster-down-timeout", "5m")
 	conn := dial(t, p.addrs.GRPC)
@@ -82,9 +88,43 @@ func TestE2ETargetDownAndBack(t *testing.T) {
 	m = waitMigration(t, ctx, mig, "down1", 2*time.Minute, terminal, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
 	require.Empty(t, m.GetClusterProblems(), "the problem is over once the target answers")
-	report := compareSides(t, ctx, srcAddr, tgt.Addr, "shop", "items")
+	report := compareSides(t, ctx, srcAddr, tgt.Addr, "default", "items")
 	require.True(t, report.Match(), report.String())
 	require.Equal(t, int64(rows), report.TargetCount)
+}
+
+// seedDefault makes collection items of n rows in the default database,
+// indexed and loaded: what every tier, milvus-lite 2.5 included, can hold.
+func seedDefault(t *testing.T, ctx context.Context, addr string, n int) {
+	t.Helper()
+	c, err := client.NewClient(ctx, client.Config{Address: addr})
+	require.NoError(t, err)
+	defer c.Close()
+	schema := entity.NewSchema().WithName("items").
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("title").WithDataType(entity.FieldTypeVarChar).WithMaxLength(64)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(16))
+	require.NoError(t, c.CreateCollection(ctx, schema, 1))
+	for from := 1; from <= n; from += 2000 {
+		var ids []int64
+		var titles []string
+		var vecs [][]float32
+		for id := from; id < from+2000 && id <= n; id++ {
+			ids, titles = append(ids, int64(id)), append(titles, fmt.Sprintf("item %d", id))
+			v := make([]float32, 16)
+			for j := range v {
+				v[j] = float32(id) + float32(j)/16
+			}
+			vecs = append(vecs, v)
+		}
+		_, err := c.Insert(ctx, "items", "", entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
+			entity.NewColumnFloatVector("vec", 16, vecs))
+		require.NoError(t, err)
+	}
+	idx, err := entity.NewIndexFlat(entity.L2)
+	require.NoError(t, err)
+	require.NoError(t, c.CreateIndex(ctx, "items", "vec", idx, false))
+	require.NoError(t, c.LoadCollection(ctx, "items", false))
 }
 
 // TestE2ETargetStaysDown kills the target mid-copy and leaves it down: the

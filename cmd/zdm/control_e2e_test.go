@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -66,15 +67,30 @@ func TestE2EPauseThrottleResume(t *testing.T) {
 	require.Equal(t, "ctl", st.GetActiveUnits()[0].GetMigrationId())
 	require.Equal(t, "items", st.GetActiveUnits()[0].GetCollection())
 
-	// Pause: once the page in hand is written, nothing more is copied.
+	// Pause: once the page in hand is written (paid for at 100 rows/s),
+	// the copier puts the unit down and nothing more is copied.
 	_, err = mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "ctl", Reason: "peak hours"})
 	require.NoError(t, err)
-	time.Sleep(3 * time.Second) // the page in hand, paid for at 100 rows/s
-	before := getMigration(t, ctx, mig, "ctl")
-	time.Sleep(3 * time.Second)
-	after := getMigration(t, ctx, mig, "ctl")
+	copier := copierpb.NewSnapshotCopierServiceClient(conn)
+	var before *zdmpb.Migration
+	ztest.Eventually(t, 15*time.Second, func() bool {
+		st, err := copier.GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})
+		require.NoError(t, err)
+		m := getMigration(t, ctx, mig, "ctl")
+		// Settled: the copier holds no unit and the rows shown did not
+		// change since the poll before.
+		settled := len(st.GetActiveUnits()) == 0 && before != nil && items(m).GetRowsCopied() == items(before).GetRowsCopied()
+		before = m
+		return settled
+	}, "the paused copy goes on: the copier still holds a unit, or the rows copied still change (%s)",
+		lazy(func() string { return fmt.Sprint(items(before).GetRowsCopied()) }))
+	var after *zdmpb.Migration
+	consistently(t, 3*time.Second, func() bool {
+		after = getMigration(t, ctx, mig, "ctl")
+		return items(after).GetRowsCopied() == items(before).GetRowsCopied()
+	}, "rows were copied while paused: %s, then %s", lazy(func() string { return fmt.Sprint(items(before).GetRowsCopied()) }),
+		lazy(func() string { return fmt.Sprint(items(after).GetRowsCopied()) }))
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_PAUSED, after.GetState())
-	require.Equal(t, items(before).GetRowsCopied(), items(after).GetRowsCopied(), "rows were copied while paused")
 	require.Less(t, items(after).GetRowsCopied(), int64(rows))
 	require.Zero(t, items(after).GetRowsPerSecond(), "a paused copy shows no throughput")
 	require.Zero(t, items(after).GetBytesPerSecond())
@@ -153,10 +169,11 @@ func TestE2ECancelDropsTarget(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, colls)
 	// Nothing comes back: no copier writes into the target afterwards.
-	time.Sleep(3 * time.Second)
-	colls, err = milvusx.UserCollections(ctx, tc)
-	require.NoError(t, err)
-	require.Empty(t, colls)
+	consistently(t, 3*time.Second, func() bool {
+		colls, err = milvusx.UserCollections(ctx, tc)
+		require.NoError(t, err)
+		return len(colls) == 0
+	}, "collections came back on the target: %v", lazy(func() string { return fmt.Sprint(colls) }))
 	for _, id := range []string{"src", "tgt"} {
 		c, err := clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: id})
 		require.NoError(t, err)

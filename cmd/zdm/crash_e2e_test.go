@@ -58,15 +58,10 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 
 	conn := dial(t, addr)
 	waitServing := func() {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		ztest.Eventually(t, 30*time.Second, func() bool {
 			st, err := healthOf(t, conn, zdmpb.MigrationService_ServiceDesc.ServiceName)
-			if err == nil && st == healthpb.HealthCheckResponse_SERVING {
-				return
-			}
-			require.True(t, time.Now().Before(deadline), "coordinator not serving after restart; logs:\n%s", &logs)
-			time.Sleep(50 * time.Millisecond)
-		}
+			return err == nil && st == healthpb.HealthCheckResponse_SERVING
+		}, "coordinator not serving after restart; logs:\n%s", &logs)
 	}
 	waitServing()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -81,30 +76,30 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 		SourceClusterId: "src", TargetClusterId: "tgt"})
 	require.NoError(t, err)
 
-	seq := 0
-	stage := func(k zdmpb.StageKind) func() {
-		return func() {
-			seq++
+	// Each step runs on a goroutine of its own while the coordinator is
+	// killed, and returns its error to the test's goroutine.
+	stage := func(k zdmpb.StageKind) func(seq int) error {
+		return func(seq int) error {
 			ev := &eventspb.StageCompleted{EventId: "m1-ev-" + strconv.Itoa(seq), MigrationId: "m1", Stage: k, Success: true, Time: timestamppb.Now()}
-			_, err := natsbus.Publish(ctx, bus.JS, telemetry.Propagator(), "zdm.evt.m1.stage", ev.EventId, ev)
-			require.NoError(t, err)
+			_, err := natsbus.Publish(ctx, bus.JS, telemetry.Propagator(), natsbus.EventSubject("m1", natsbus.EventStage), ev.EventId, ev)
+			return err
 		}
 	}
-	lagReached := func() {
-		seq++
+	lagReached := func(seq int) error {
 		ev := &eventspb.LagReport{EventId: "m1-ev-" + strconv.Itoa(seq), MigrationId: "m1", Lag: durationpb.New(time.Second),
 			ThresholdReached: true, Time: timestamppb.Now()}
-		_, err := natsbus.Publish(ctx, bus.JS, telemetry.Propagator(), "zdm.evt.m1.lag", ev.EventId, ev)
-		require.NoError(t, err)
+		_, err := natsbus.Publish(ctx, bus.JS, telemetry.Propagator(), natsbus.EventSubject("m1", natsbus.EventLag), ev.EventId, ev)
+		return err
 	}
-	stopSync := func() {
+	stopSync := func(int) error {
 		_, err := mig.StopSync(ctx, &zdmpb.StopSyncRequest{MigrationId: "m1", ConfirmWritesStopped: true})
 		if code := status.Code(err); code != codes.OK && code != codes.Unavailable && code != codes.FailedPrecondition {
-			t.Fatalf("StopSync: %v", err)
+			return fmt.Errorf("StopSync: %w", err)
 		}
+		return nil
 	}
 	steps := []struct {
-		do   func()
+		do   func(seq int) error
 		want zdmpb.MigrationState
 	}{
 		{stage(zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET), zdmpb.MigrationState_MIGRATION_STATE_COPYING},
@@ -116,25 +111,29 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 	}
 	var m *zdmpb.Migration
 	for i, s := range steps {
-		go s.do()
+		done := make(chan error, 1)
+		go func() { done <- s.do(i + 1) }()
+		// Not a wait: the kill lands at a random moment of the step.
 		time.Sleep(time.Duration(rand.IntN(15)) * time.Millisecond)
 		kill()
 		startCoord()
 		waitServing()
-		if s.want == zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC {
-			stopSync() // the call may have died with the process: callers retry
+		select {
+		case err := <-done:
+			require.NoError(t, err, "step %d", i)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("step %d did not return within 30s", i)
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		if s.want == zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC {
+			// The call may have died with the process: callers retry.
+			require.NoError(t, stopSync(0), "step %d", i)
+		}
+		ztest.Eventually(t, 30*time.Second, func() bool {
 			resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "m1"})
 			require.NoError(t, err)
 			m = resp.GetMigration()
-			if m.GetState() == s.want {
-				break
-			}
-			require.True(t, time.Now().Before(deadline), "step %d: want %s, still %s", i, s.want, m.GetState())
-			time.Sleep(50 * time.Millisecond)
-		}
+			return m.GetState() == s.want
+		}, "step %d: want %s, still %s", i, s.want, lazy(func() string { return m.GetState().String() }))
 	}
 	var path []string
 	for _, h := range m.GetHistory() {
@@ -143,7 +142,7 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 	require.Equal(t, "PREPARING_TARGET COPYING SYNCING READY_TO_FINALIZE STOPPING_SYNC VERIFYING COMPLETED", strings.Join(path, " "),
 		"every transition exactly once")
 
-	cons, err := bus.JS.OrderedConsumer(ctx, natsbus.CommandsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"zdm.cmd.m1.>"}})
+	cons, err := bus.JS.OrderedConsumer(ctx, natsbus.CommandsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsbus.MigrationCommands("m1")}})
 	require.NoError(t, err)
 	info, err := cons.Info(ctx)
 	require.NoError(t, err)

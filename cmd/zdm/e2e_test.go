@@ -239,15 +239,11 @@ func TestE2EBinaryDefaults(t *testing.T) {
 	})
 
 	conn := dial(t, "127.0.0.1:7400")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := healthOf(t, conn, "")
-		if err == nil && st == healthpb.HealthCheckResponse_SERVING {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "not SERVING within 30s (last: %v %v); logs:\n%s", st, err, &logs)
-		time.Sleep(100 * time.Millisecond)
-	}
+	var st healthpb.HealthCheckResponse_ServingStatus
+	ztest.Eventually(t, 30*time.Second, func() bool {
+		st, err = healthOf(t, conn, "")
+		return err == nil && st == healthpb.HealthCheckResponse_SERVING
+	}, "not SERVING (last: %s); logs:\n%s", lazy(func() string { return fmt.Sprintf("%v %v", st, err) }), &logs)
 	services := listServices(t, conn)
 	for _, want := range []string{"zdm.v1.MigrationService", "zdm.v1.ClusterService", "grpc.health.v1.Health"} {
 		require.Contains(t, services, want)

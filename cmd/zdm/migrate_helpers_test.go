@@ -9,6 +9,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/verify"
+	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -26,21 +27,41 @@ func registerPair(t *testing.T, ctx context.Context, clusters zdmpb.ClusterServi
 func waitMigration(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceClient, id string, timeout time.Duration,
 	done func(*zdmpb.Migration) bool, tick func(*zdmpb.Migration)) *zdmpb.Migration {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	var m *zdmpb.Migration
+	ztest.Eventually(t, timeout, func() bool {
 		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: id})
 		require.NoError(t, err)
-		m := resp.GetMigration()
+		m = resp.GetMigration()
 		if done(m) {
-			return m
+			return true
 		}
-		require.True(t, time.Now().Before(deadline), "migration %s still %s", id, m.GetState())
 		if tick != nil {
 			tick(m)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	}, "migration %s still %s", id, lazy(func() string { return m.GetState().String() }))
+	return m
 }
+
+// consistently polls cond every 50 ms for d and fails t at once, with msg,
+// when it does not hold: the bounded way to check that something does not
+// happen over a while. Call it from the test's goroutine.
+func consistently(t *testing.T, d time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	end := time.Now().Add(d)
+	ztest.Eventually(t, d+time.Minute, func() bool {
+		if !cond() {
+			t.Fatalf(msg, args...)
+		}
+		return !time.Now().Before(end)
+	}, "checking for %s took too long", d)
+}
+
+// lazy prints as what it returns when a message is formatted, so a
+// failure message passed before polling shows what the last poll saw.
+type lazy func() string
+
+func (f lazy) String() string { return f() }
 
 func inState(want zdmpb.MigrationState) func(*zdmpb.Migration) bool {
 	return func(m *zdmpb.Migration) bool { return m.GetState() == want }

@@ -4,18 +4,20 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
@@ -30,13 +32,15 @@ func requireCode(t *testing.T, want codes.Code, err error, contains ...string) {
 	}
 }
 
-func TestIntegrationClusterRegistry(t *testing.T) {
-	ztest.Integration(t)
+// TestClusterRegistry registers, lists and deregisters clusters, with
+// fake clusters behind the probe.
+func TestClusterRegistry(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	fake := newFakeProber()
+	h := newUnitHarness(t, bus, newClock(), fake)
 	ctx := ctxT(t)
 
-	addr := ztest.NewServer(t, "lite2")
+	addr := fake.add()
 	resp, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{
 		ClusterId: "prod-a", DisplayName: "Production A",
 		Connection: &zdmpb.ClusterConnection{Endpoint: addr, Auth: &zdmpb.ClusterConnection_Token{Token: "tok-very-secret"}},
@@ -44,12 +48,18 @@ func TestIntegrationClusterRegistry(t *testing.T) {
 	require.NoError(t, err)
 	cl := resp.GetCluster()
 	require.Equal(t, addr, cl.GetEndpoint())
+	require.Equal(t, "Production A", cl.GetDisplayName())
 	require.Equal(t, zdmpb.AuthKind_AUTH_KIND_TOKEN, cl.GetAuthKind())
 	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, cl.GetLockState())
-	require.NotEmpty(t, cl.GetMilvusVersion())
+	require.Equal(t, fakeVersion, cl.GetMilvusVersion(), "the version the probe found is recorded")
 	raw, err := proto.Marshal(resp)
 	require.NoError(t, err)
 	require.NotContains(t, string(raw), "tok-very-secret", "credentials are never returned")
+	got, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "prod-a"})
+	require.NoError(t, err)
+	if diff := cmp.Diff(cl, got.GetCluster(), protocmp.Transform()); diff != "" {
+		t.Errorf("GetCluster (-registered, +got):\n%s", diff)
+	}
 
 	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "prod-a", Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
 	requireCode(t, codes.AlreadyExists, err, `cluster "prod-a" already exists`)
@@ -62,9 +72,8 @@ func TestIntegrationClusterRegistry(t *testing.T) {
 	}})
 	requireCode(t, codes.FailedPrecondition, err, `cluster "down" does not answer`)
 	require.NotContains(t, err.Error(), "pw-very-secret")
-
-	_, err = h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "missing"})
-	requireCode(t, codes.NotFound, err, `cluster "missing" does not exist`)
+	_, err = h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "down"})
+	requireCode(t, codes.NotFound, err, `cluster "down" does not exist`)
 
 	for _, id := range []string{"prod-b", "prod-c"} {
 		_, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}})
@@ -93,29 +102,55 @@ func TestIntegrationClusterRegistry(t *testing.T) {
 	requireCode(t, codes.NotFound, err)
 }
 
-func TestIntegrationCreateMigrationRefusesBadInput(t *testing.T) {
+// TestIntegrationRegisterClusterProbesEveryTier registers the source
+// server of every tier of the rig through the Milvus probe, and a cluster
+// that does not answer.
+func TestIntegrationRegisterClusterProbesEveryTier(t *testing.T) {
 	ztest.Integration(t)
+	tiers := ztest.Tiers(t)
 	bus, _ := ztest.Bus(t)
 	h := newHarness(t, bus, newClock())
 	ctx := ctxT(t)
+
+	for _, tier := range tiers {
+		resp, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{
+			ClusterId: tier.Name, Connection: &zdmpb.ClusterConnection{Endpoint: tier.Source},
+		})
+		require.NoError(t, err, tier.Name)
+		require.Equal(t, tier.Source, resp.GetCluster().GetEndpoint())
+		require.NotEmpty(t, resp.GetCluster().GetMilvusVersion(), tier.Name)
+	}
+	_, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "down", Connection: &zdmpb.ClusterConnection{
+		Endpoint: "127.0.0.1:1", Auth: &zdmpb.ClusterConnection_UserPassword{UserPassword: &zdmpb.UserPassword{Username: "root", Password: "pw-very-secret"}},
+	}})
+	requireCode(t, codes.FailedPrecondition, err, `cluster "down" does not answer`)
+	require.NotContains(t, err.Error(), "pw-very-secret")
+}
+
+// TestCreateMigrationRefusesBadInput: every refused create says why, with
+// its code, and leaves no migration and no lock behind.
+func TestCreateMigrationRefusesBadInput(t *testing.T) {
+	bus, _ := ztest.Bus(t)
+	fake := newFakeProber()
+	h := newUnitHarness(t, bus, newClock(), fake)
+	ctx := ctxT(t)
 	h.register("src")
 	h.register("tgt")
-	// A target that already holds a collection.
-	fullAddr := ztest.NewServer(t, "lite2")
-	mc, err := client.NewClient(ctx, client.Config{Address: fullAddr})
+	// Targets that already hold collections.
+	_, err := h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "full",
+		Connection: &zdmpb.ClusterConnection{Endpoint: fake.add("default.existing")}})
 	require.NoError(t, err)
-	defer mc.Close()
-	schema := entity.NewSchema().WithName("existing").
-		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
-		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(4))
-	require.NoError(t, mc.CreateCollection(ctx, schema, 1))
-	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "full", Connection: &zdmpb.ClusterConnection{Endpoint: fullAddr}})
+	var many []string
+	for i := range 12 {
+		many = append(many, fmt.Sprintf("shop.c%02d", i))
+	}
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "crowded",
+		Connection: &zdmpb.ClusterConnection{Endpoint: fake.add(many...)}})
 	require.NoError(t, err)
 	// A registered cluster that has since gone away.
-	goneAddr := ztest.NewServer(t, "lite2")
-	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "gone", Connection: &zdmpb.ClusterConnection{Endpoint: goneAddr}})
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "gone", Connection: &zdmpb.ClusterConnection{Endpoint: fake.add()}})
 	require.NoError(t, err)
-	_, _, err = h.coord.store.clusters.update(ctx, "gone", func(r *coordpb.ClusterRecord) error {
+	_, _, err = h.coord.store.clusters.Update(ctx, "gone", func(r *coordpb.ClusterRecord) error {
 		r.Connection.Endpoint = "127.0.0.1:1"
 		return nil
 	})
@@ -141,12 +176,72 @@ func TestIntegrationCreateMigrationRefusesBadInput(t *testing.T) {
 			Options: &zdmpb.MigrationOptions{Notifications: &zdmpb.Notifications{Emails: []string{"not-an-address"}}}}, codes.InvalidArgument, "not an email address"},
 		{"unknown source", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "nope", TargetClusterId: "tgt"}, codes.NotFound, `source: not found: cluster "nope" does not exist`},
 		{"unknown target", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "nope"}, codes.NotFound, `target: not found: cluster "nope"`},
-		{"source unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "gone", TargetClusterId: "tgt"}, codes.FailedPrecondition, `cluster "gone" does not answer`},
-		{"target not new", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "full"}, codes.FailedPrecondition, `target cluster "full" is not new: it holds 1 collection(s): default.existing`},
+		{"source unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "gone", TargetClusterId: "tgt"}, codes.FailedPrecondition, `source: failed precondition: cluster "gone" does not answer`},
+		{"target unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "gone"}, codes.FailedPrecondition, `target: failed precondition: cluster "gone" does not answer`},
+		{"target not new", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "full"}, codes.FailedPrecondition, `target cluster "full" is not new: it holds 1 collection(s): default.existing; migrate to an empty cluster`},
+		{"target not new, many", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "crowded"}, codes.FailedPrecondition,
+			`it holds 12 collection(s): shop.c00, shop.c01, shop.c02, shop.c03, shop.c04, shop.c05, shop.c06, shop.c07, shop.c08, shop.c09 and 2 more;`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := h.mig.CreateMigration(ctx, tc.req)
 			requireCode(t, tc.code, err, tc.msg)
+		})
+	}
+	// Nothing was half-written: no migration, no lock.
+	list, err := h.mig.ListMigrations(ctx, &zdmpb.ListMigrationsRequest{})
+	require.NoError(t, err)
+	require.Empty(t, list.GetMigrations())
+	for _, id := range []string{"src", "tgt", "full", "crowded", "gone"} {
+		c, err := h.clusters.GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: id})
+		require.NoError(t, err)
+		require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, c.GetCluster().GetLockState(), id)
+	}
+}
+
+// TestIntegrationCreateMigrationChecksClusters creates migrations through
+// the Milvus probe: onto a real target that holds a collection, and
+// between clusters of which one no longer answers.
+func TestIntegrationCreateMigrationChecksClusters(t *testing.T) {
+	ztest.Integration(t)
+	bus, _ := ztest.Bus(t)
+	h := newHarness(t, bus, newClock())
+	ctx := ctxT(t)
+	h.register("src")
+	h.register("tgt")
+	// A target that already holds a collection.
+	fullAddr := ztest.NewServer(t, "lite2")
+	mc, err := client.NewClient(ctx, client.Config{Address: fullAddr})
+	require.NoError(t, err)
+	defer mc.Close()
+	schema := entity.NewSchema().WithName("existing").
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(4))
+	require.NoError(t, mc.CreateCollection(ctx, schema, 1))
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "full", Connection: &zdmpb.ClusterConnection{Endpoint: fullAddr}})
+	require.NoError(t, err)
+	// A registered cluster that has since gone away.
+	goneAddr := ztest.NewServer(t, "lite2")
+	_, err = h.clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: "gone", Connection: &zdmpb.ClusterConnection{Endpoint: goneAddr}})
+	require.NoError(t, err)
+	_, _, err = h.coord.store.clusters.Update(ctx, "gone", func(r *coordpb.ClusterRecord) error {
+		r.Connection.Endpoint = "127.0.0.1:1"
+		return nil
+	})
+	require.NoError(t, err)
+
+	zdt := zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME
+	for _, tc := range []struct {
+		name string
+		req  *zdmpb.CreateMigrationRequest
+		msg  string
+	}{
+		{"source unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "gone", TargetClusterId: "tgt"}, `cluster "gone" does not answer`},
+		{"target unreachable", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "gone"}, `cluster "gone" does not answer`},
+		{"target not new", &zdmpb.CreateMigrationRequest{Type: zdt, SourceClusterId: "src", TargetClusterId: "full"}, `target cluster "full" is not new: it holds 1 collection(s): default.existing`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.mig.CreateMigration(ctx, tc.req)
+			requireCode(t, codes.FailedPrecondition, err, tc.msg)
 		})
 	}
 	// Nothing was half-written: no migration, no lock.
@@ -158,12 +253,14 @@ func TestIntegrationCreateMigrationRefusesBadInput(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, c.GetCluster().GetLockState(), id)
 	}
+	// The empty target is accepted.
+	_, err = h.mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "ok", Type: zdt, SourceClusterId: "src", TargetClusterId: "tgt"})
+	require.NoError(t, err)
 }
 
-func TestIntegrationLockedSource(t *testing.T) {
-	ztest.Integration(t)
+func TestLockedSource(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	ctx := ctxT(t)
 	h.create("job1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
 
@@ -196,10 +293,9 @@ func TestIntegrationLockedSource(t *testing.T) {
 	require.NoError(t, err, "the source is unlocked once the migration has ended")
 }
 
-func TestIntegrationCompletedByStopSync(t *testing.T) {
-	ztest.Integration(t)
+func TestCompletedByStopSync(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	ctx := ctxT(t)
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
 	h.drive("m1", ready)
@@ -225,7 +321,7 @@ func TestIntegrationCompletedByStopSync(t *testing.T) {
 	}
 	var sent []string
 	for _, c := range h.commands("m1") {
-		sent = append(sent, fmt.Sprintf("%s:%s", stageToken(c.GetStage()), strings.TrimPrefix(c.GetAction().String(), "STAGE_ACTION_")))
+		sent = append(sent, fmt.Sprintf("%s:%s", natsbus.StageToken(c.GetStage()), strings.TrimPrefix(c.GetAction().String(), "STAGE_ACTION_")))
 	}
 	require.Equal(t, []string{"prepare_target:START", "copy_data:START", "sync_incremental:START", "finalize:START", "verify:START"}, sent)
 
@@ -233,10 +329,9 @@ func TestIntegrationCompletedByStopSync(t *testing.T) {
 	requireCode(t, codes.FailedPrecondition, err, "COMPLETED")
 }
 
-func TestIntegrationCompletedBySwitchover(t *testing.T) {
-	ztest.Integration(t)
+func TestCompletedBySwitchover(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
 	h.drive("m1", switchingOver)
 	// A switchover whose drain took too long goes back to syncing...
@@ -250,11 +345,10 @@ func TestIntegrationCompletedBySwitchover(t *testing.T) {
 	require.Equal(t, "PREPARING_TARGET COPYING SYNCING READY_TO_FINALIZE SWITCHING_OVER READY_TO_FINALIZE SWITCHING_OVER COMPLETED", historyPath(m))
 }
 
-func TestIntegrationFailedByMaxSyncDuration(t *testing.T) {
-	ztest.Integration(t)
+func TestFailedByMaxSyncDuration(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	clock := newClock()
-	h := newHarness(t, bus, clock)
+	h := newUnitHarness(t, bus, clock, newFakeProber())
 	ctx := ctxT(t)
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
 	h.drive("m1", ready)
@@ -273,10 +367,9 @@ func TestIntegrationFailedByMaxSyncDuration(t *testing.T) {
 	require.Equal(t, zdmpb.LockState_LOCK_STATE_UNLOCKED, src.GetCluster().GetLockState())
 }
 
-func TestIntegrationFailedByStage(t *testing.T) {
-	ztest.Integration(t)
+func TestFailedByStage(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
 	h.drive("m1", copying)
 	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_COPY_DATA, true, "", "")
@@ -287,10 +380,9 @@ func TestIntegrationFailedByStage(t *testing.T) {
 	require.Contains(t, m.GetHistory()[len(m.GetHistory())-1].GetReason(), "keys [100, 200) differ")
 }
 
-func TestIntegrationCancelFromEveryStage(t *testing.T) {
-	ztest.Integration(t)
+func TestCancelFromEveryStage(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	ctx := ctxT(t)
 	for i, from := range []zdmpb.MigrationState{preparing, copying, paused, syncing, ready, stoppingSync, switchingOver, verifying} {
 		id := fmt.Sprintf("c%d", i)
@@ -317,10 +409,9 @@ func TestIntegrationCancelFromEveryStage(t *testing.T) {
 	}
 }
 
-func TestIntegrationPauseAndResume(t *testing.T) {
-	ztest.Integration(t)
+func TestPauseAndResume(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	ctx := ctxT(t)
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
 	m := h.drive("m1", paused)
@@ -337,7 +428,7 @@ func TestIntegrationPauseAndResume(t *testing.T) {
 	require.Equal(t, copying, resp.GetMigration().GetState())
 	var actions []string
 	for _, c := range h.commands("m1") {
-		actions = append(actions, fmt.Sprintf("%s:%s", stageToken(c.GetStage()), strings.TrimPrefix(c.GetAction().String(), "STAGE_ACTION_")))
+		actions = append(actions, fmt.Sprintf("%s:%s", natsbus.StageToken(c.GetStage()), strings.TrimPrefix(c.GetAction().String(), "STAGE_ACTION_")))
 	}
 	require.Equal(t, []string{"prepare_target:START", "copy_data:START", "copy_data:PAUSE", "copy_data:RESUME"}, actions)
 	_, err = h.mig.ResumeMigration(ctx, &zdmpb.ResumeMigrationRequest{MigrationId: "m1"})
@@ -350,11 +441,10 @@ func TestIntegrationPauseAndResume(t *testing.T) {
 	requireCode(t, codes.NotFound, err)
 }
 
-func TestIntegrationListMigrations(t *testing.T) {
-	ztest.Integration(t)
+func TestListMigrations(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	clock := newClock()
-	h := newHarness(t, bus, clock)
+	h := newUnitHarness(t, bus, clock, newFakeProber())
 	ctx := ctxT(t)
 	for _, id := range []string{"a", "b", "c"} {
 		h.create(id, zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
@@ -386,10 +476,9 @@ func TestIntegrationListMigrations(t *testing.T) {
 	require.Equal(t, "c", resp.GetMigrations()[0].GetMigrationId())
 }
 
-func TestIntegrationWatchMigration(t *testing.T) {
-	ztest.Integration(t)
+func TestWatchMigration(t *testing.T) {
 	bus, _ := ztest.Bus(t)
-	h := newHarness(t, bus, newClock())
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
 
 	watch := func(ctx context.Context, from uint64) (<-chan *zdmpb.Migration, <-chan error) {
@@ -453,44 +542,41 @@ func TestIntegrationWatchMigration(t *testing.T) {
 	requireCode(t, codes.OutOfRange, <-errc, "newer than")
 }
 
-// TestIntegrationRacingCoordinators: two coordinators share one bus and
-// state; concurrent calls and duplicate events apply each transition
-// exactly once.
-func TestIntegrationRacingCoordinators(t *testing.T) {
-	ztest.Integration(t)
+// TestRacingCoordinators: two coordinators share one bus and state;
+// concurrent calls and duplicate events apply each transition exactly
+// once.
+func TestRacingCoordinators(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	clock := newClock()
-	a := newHarness(t, bus, clock)
-	b := newHarness(t, bus, clock)
+	fake := newFakeProber()
+	a := newUnitHarness(t, bus, clock, fake)
+	b := newUnitHarness(t, bus, clock, fake)
 	ctx := ctxT(t)
 	a.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
 	a.drive("m1", copying)
 
-	var wg sync.WaitGroup
-	var ok, refused int
-	var mu sync.Mutex
+	// The calls run on goroutines of their own; their results are judged
+	// here, on the test's.
+	results := make(chan error, 8)
 	for i := range 8 {
 		h := a
 		if i%2 == 1 {
 			h = b
 		}
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
 			_, err := h.mig.PauseMigration(ctx, &zdmpb.PauseMigrationRequest{MigrationId: "m1"})
-			mu.Lock()
-			defer mu.Unlock()
-			if err == nil {
-				ok++
-			} else {
-				require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
-				refused++
-			}
+			results <- err
 		}()
 	}
-	wg.Wait()
-	require.Equal(t, 1, ok, "exactly one pause wins")
-	require.Equal(t, 7, refused)
+	ok := 0
+	for range 8 {
+		if err := <-results; err != nil {
+			requireCode(t, codes.FailedPrecondition, err)
+		} else {
+			ok++
+		}
+	}
+	require.Equal(t, 1, ok, "exactly one pause wins, the other 7 are refused")
 	_, err := b.mig.ResumeMigration(ctx, &zdmpb.ResumeMigrationRequest{MigrationId: "m1"})
 	require.NoError(t, err)
 
@@ -504,19 +590,18 @@ func TestIntegrationRacingCoordinators(t *testing.T) {
 	require.Equal(t, "PREPARING_TARGET COPYING PAUSED COPYING SYNCING READY_TO_FINALIZE", historyPath(m))
 }
 
-// TestIntegrationRestartResendsEffects: a coordinator that died after
-// writing a transition but before sending its command re-sends it on
-// start, and JetStream drops the copy when it had been sent.
-func TestIntegrationRestartResendsEffects(t *testing.T) {
-	ztest.Integration(t)
+// TestRestartResendsEffects: a coordinator that died after writing a
+// transition but before sending its command re-sends it on start, and
+// JetStream drops the copy when it had been sent.
+func TestRestartResendsEffects(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	clock := newClock()
-	h := newHarness(t, bus, clock)
+	h := newUnitHarness(t, bus, clock, newFakeProber())
 	ctx := ctxT(t)
 	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE)
 	h.drive("m1", copying)
 	// The crash: the state moves to VERIFYING, the command is never sent.
-	_, _, err := h.coord.store.migrations.update(ctx, "m1", func(m *zdmpb.Migration) error {
+	_, _, err := h.coord.store.migrations.Update(ctx, "m1", func(m *zdmpb.Migration) error {
 		_, err := Apply(m, Event{Trigger: TriggerCopyDone, Time: clock.Now(), Actor: "system"})
 		return err
 	})
@@ -524,11 +609,11 @@ func TestIntegrationRestartResendsEffects(t *testing.T) {
 	before := len(h.commands("m1"))
 	require.Equal(t, 2, before)
 
-	restarted := newHarness(t, bus, clock)
+	restarted := newUnitHarness(t, bus, clock, h.fake)
 	cmds := restarted.commands("m1")
 	require.Len(t, cmds, 3, "the lost command is sent on start")
 	require.Equal(t, zdmpb.StageKind_STAGE_KIND_VERIFY, cmds[2].GetStage())
-	third := newHarness(t, bus, clock)
+	third := newUnitHarness(t, bus, clock, h.fake)
 	require.Len(t, third.commands("m1"), 3, "a second restart sends no duplicate")
 	restarted.stageDone("m1", zdmpb.StageKind_STAGE_KIND_VERIFY, true, "", "")
 	restarted.waitState("m1", completed)
@@ -542,20 +627,19 @@ func historyPath(m *zdmpb.Migration) string {
 	return strings.Join(out, " ")
 }
 
-// TestIntegrationRestartStartsPendingMigration: a coordinator that died
-// between recording a migration and starting it leaves it PENDING; the
-// next one to start moves it on.
-func TestIntegrationRestartStartsPendingMigration(t *testing.T) {
-	ztest.Integration(t)
+// TestRestartStartsPendingMigration: a coordinator that died between
+// recording a migration and starting it leaves it PENDING; the next one to
+// start moves it on.
+func TestRestartStartsPendingMigration(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	clock := newClock()
-	h := newHarness(t, bus, clock)
+	h := newUnitHarness(t, bus, clock, newFakeProber())
 	ctx := ctxT(t)
-	_, err := h.coord.store.migrations.create(ctx, "m1", &zdmpb.Migration{MigrationId: "m1", Type: offline, State: pending,
+	_, err := h.coord.store.migrations.Create(ctx, "m1", &zdmpb.Migration{MigrationId: "m1", Type: offline, State: pending,
 		SourceClusterId: "s", TargetClusterId: "t", Stages: NewStages(offline)})
 	require.NoError(t, err)
 
-	restarted := newHarness(t, bus, clock)
+	restarted := newUnitHarness(t, bus, clock, h.fake)
 	m := restarted.waitState("m1", preparing)
 	require.Equal(t, "system", m.GetHistory()[0].GetActor())
 	cmds := restarted.commands("m1")

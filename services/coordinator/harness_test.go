@@ -22,6 +22,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/grpcserver"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/telemetry"
 	"github.com/zdm-io/zdm/pkg/ztest"
@@ -47,11 +48,69 @@ func (f *fakeClock) Advance(d time.Duration) {
 	f.now = f.now.Add(d)
 }
 
+// fakeProber stands in for the clusters' Milvus servers where a test
+// needs only what the probes answer: it knows endpoints, each with the
+// collections its cluster holds, and any other endpoint does not answer.
+// Its errors are built as MilvusProber's are for the same findings. It is
+// safe for concurrent use, so coordinators sharing a bus can share it.
+type fakeProber struct {
+	mu       sync.Mutex
+	clusters map[string][]string // collections by endpoint
+	n        int
+}
+
+// fakeVersion is the version every fake cluster reports.
+const fakeVersion = "v2.4.0-fake"
+
+var _ Prober = (*fakeProber)(nil)
+
+func newFakeProber() *fakeProber { return &fakeProber{clusters: map[string][]string{}} }
+
+// add makes a cluster holding collections ("database.collection") and
+// returns its endpoint.
+func (f *fakeProber) add(collections ...string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	ep := fmt.Sprintf("milvus-%d.fake:19530", f.n)
+	f.clusters[ep] = collections
+	return ep
+}
+
+func (f *fakeProber) find(ep string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	colls, ok := f.clusters[ep]
+	if !ok {
+		return nil, fmt.Errorf("dial %s: connection refused", ep)
+	}
+	return colls, nil
+}
+
+// Probe implements Prober.
+func (f *fakeProber) Probe(_ context.Context, id string, conn *zdmpb.ClusterConnection) (string, error) {
+	if _, err := f.find(conn.GetEndpoint()); err != nil {
+		return "", unreachable(id, err)
+	}
+	return fakeVersion, nil
+}
+
+// TargetIsNew implements Prober.
+func (f *fakeProber) TargetIsNew(_ context.Context, id string, conn *zdmpb.ClusterConnection) error {
+	colls, err := f.find(conn.GetEndpoint())
+	if err != nil {
+		return fmt.Errorf("target: %w", unreachable(id, err))
+	}
+	return notNew(id, colls)
+}
+
 // harness is one coordinator on a real JetStream, served over real gRPC.
+// Its clusters are real Milvus servers, or fakes when it has a fakeProber.
 type harness struct {
 	t        *testing.T
 	bus      *natsbus.Conn
 	clock    *fakeClock
+	fake     *fakeProber
 	coord    *Coordinator
 	mig      zdmpb.MigrationServiceClient
 	clusters zdmpb.ClusterServiceClient
@@ -61,19 +120,38 @@ type harness struct {
 // JetStream's deduplication never drops one by accident.
 var eventSeq atomic.Int64
 
+// newHarness starts a coordinator that probes real Milvus servers: for
+// integration tests.
 func newHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock) *harness {
+	t.Helper()
+	return startHarness(t, bus, clock, nil)
+}
+
+// newUnitHarness starts a coordinator whose clusters are fake's: for unit
+// tests of everything but the probes themselves.
+func newUnitHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock, fake *fakeProber) *harness {
+	t.Helper()
+	return startHarness(t, bus, clock, fake)
+}
+
+func startHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock, fake *fakeProber) *harness {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := DefaultConfig()
 	cfg.Now = clock.Now
 	cfg.SweepInterval = time.Hour // tests call sweep themselves
 	cfg.ProbeTimeout = 5 * time.Second
-	deps := service.Deps{Logger: logger, Bus: bus, TracerProvider: sdktrace.NewTracerProvider(),
-		Propagator: telemetry.Propagator(), Metrics: prometheus.NewRegistry()}
-	coord, err := New(cfg, deps)
-	require.NoError(t, err)
+	if fake != nil {
+		cfg.Prober = fake
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	reg, err := registry.Open(ctx, bus.JS, 1, nil)
+	require.NoError(t, err)
+	deps := service.Deps{Logger: logger, Bus: bus, TracerProvider: sdktrace.NewTracerProvider(),
+		Propagator: telemetry.Propagator(), Metrics: prometheus.NewRegistry(), Registry: reg}
+	coord, err := New(cfg, deps)
+	require.NoError(t, err)
 	require.NoError(t, coord.Start(ctx))
 
 	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: deps.TracerProvider,
@@ -91,7 +169,7 @@ func newHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock) *harness {
 		srv.Shutdown(ctx)
 		require.NoError(t, coord.Stop(ctx))
 	})
-	return &harness{t: t, bus: bus, clock: clock, coord: coord,
+	return &harness{t: t, bus: bus, clock: clock, fake: fake, coord: coord,
 		mig: zdmpb.NewMigrationServiceClient(conn), clusters: zdmpb.NewClusterServiceClient(conn)}
 }
 
@@ -105,10 +183,16 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// register registers a fresh, empty Milvus server as cluster id.
+// register registers a fresh, empty cluster as id: a Milvus server of
+// its own, or a fake one.
 func (h *harness) register(id string) *zdmpb.Cluster {
 	h.t.Helper()
-	addr := ztest.NewServer(h.t, "lite2")
+	var addr string
+	if h.fake != nil {
+		addr = h.fake.add()
+	} else {
+		addr = ztest.NewServer(h.t, "lite2")
+	}
 	resp, err := h.clusters.RegisterCluster(ctxT(h.t), &zdmpb.RegisterClusterRequest{
 		ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr},
 	})
@@ -130,13 +214,20 @@ func (h *harness) create(id string, typ zdmpb.MigrationType) *zdmpb.Migration {
 	return resp.GetMigration()
 }
 
-// stageDone publishes a stage's end the way the services will.
+// stageDone publishes a stage's end the way the services will; code is a
+// StageError without its prefix ("" for none), as the migration shows it.
 func (h *harness) stageDone(id string, stage zdmpb.StageKind, success bool, code, msg string) {
 	h.t.Helper()
+	var stageErr eventspb.StageError
+	if code != "" {
+		v, ok := eventspb.StageError_value["STAGE_ERROR_"+code]
+		require.True(h.t, ok, "no StageError %s", code)
+		stageErr = eventspb.StageError(v)
+	}
 	n := eventSeq.Add(1)
 	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("%s-test-%d", id, n), MigrationId: id, Stage: stage,
-		Success: success, ErrorCode: code, ErrorMessage: msg, Time: timestamppb.New(h.clock.Now())}
-	_, err := natsbus.Publish(ctxT(h.t), h.bus.JS, telemetry.Propagator(), "zdm.evt."+id+".stage", ev.EventId, ev)
+		Success: success, Code: stageErr, ErrorMessage: msg, Time: timestamppb.New(h.clock.Now())}
+	_, err := natsbus.Publish(ctxT(h.t), h.bus.JS, telemetry.Propagator(), natsbus.EventSubject(id, natsbus.EventStage), ev.EventId, ev)
 	require.NoError(h.t, err)
 }
 
@@ -147,7 +238,7 @@ func (h *harness) lag(id string, lag time.Duration, reached bool) {
 	now := h.clock.Now()
 	ev := &eventspb.LagReport{EventId: fmt.Sprintf("%s-lag-%d", id, n), MigrationId: id, Lag: durationpb.New(lag),
 		AppliedWatermark: timestamppb.New(now.Add(-lag)), ThresholdReached: reached, Time: timestamppb.New(now)}
-	_, err := natsbus.Publish(ctxT(h.t), h.bus.JS, telemetry.Propagator(), "zdm.evt."+id+".lag", ev.EventId, ev)
+	_, err := natsbus.Publish(ctxT(h.t), h.bus.JS, telemetry.Propagator(), natsbus.EventSubject(id, natsbus.EventLag), ev.EventId, ev)
 	require.NoError(h.t, err)
 }
 
@@ -155,18 +246,14 @@ func (h *harness) lag(id string, lag time.Duration, reached bool) {
 // bus.
 func (h *harness) eventsHandled() {
 	h.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		info, err := h.bus.JS.Consumer(ctxT(h.t), natsbus.EventsStream, eventsConsumer)
+	var ci *jetstream.ConsumerInfo
+	ztest.Eventually(h.t, 20*time.Second, func() bool {
+		cons, err := h.bus.JS.Consumer(ctxT(h.t), natsbus.EventsStream, eventsConsumer)
 		require.NoError(h.t, err)
-		ci, err := info.Info(ctxT(h.t))
+		ci, err = cons.Info(ctxT(h.t))
 		require.NoError(h.t, err)
-		if ci.NumPending == 0 && ci.NumAckPending == 0 {
-			return
-		}
-		require.True(h.t, time.Now().Before(deadline), "events still pending: %d, unacked: %d", ci.NumPending, ci.NumAckPending)
-		time.Sleep(10 * time.Millisecond)
-	}
+		return ci.NumPending == 0 && ci.NumAckPending == 0
+	}, "events still pending: %s", lazy(func() string { return fmt.Sprintf("%d, unacked: %d", ci.NumPending, ci.NumAckPending) }))
 }
 
 // waitState polls until the migration is in want and every event is
@@ -174,22 +261,23 @@ func (h *harness) eventsHandled() {
 func (h *harness) waitState(id string, want zdmpb.MigrationState) *zdmpb.Migration {
 	h.t.Helper()
 	var last *zdmpb.Migration
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	ztest.Eventually(h.t, 20*time.Second, func() bool {
 		resp, err := h.mig.GetMigration(ctxT(h.t), &zdmpb.GetMigrationRequest{MigrationId: id})
 		require.NoError(h.t, err)
 		last = resp.GetMigration()
-		if last.GetState() == want {
-			// The transition's side effects run after its write: wait
-			// until the handler that made it has finished.
-			h.eventsHandled()
-			return last
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.t.Fatalf("migration %s: want %s, still %s", id, stateName(want), stateName(last.GetState()))
-	return nil
+		return last.GetState() == want
+	}, "migration %s: want %s, still %s", id, stateName(want), lazy(func() string { return stateName(last.GetState()) }))
+	// The transition's side effects run after its write: wait until the
+	// handler that made it has finished.
+	h.eventsHandled()
+	return last
 }
+
+// lazy prints as what it returns when a message is formatted, so a
+// failure message passed before polling shows what the last poll saw.
+type lazy func() string
+
+func (f lazy) String() string { return f() }
 
 // drive moves a new migration to state want through the events and calls
 // that lead there.
@@ -242,7 +330,7 @@ func (h *harness) commands(id string) []*eventspb.StageCommand {
 	h.t.Helper()
 	ctx := ctxT(h.t)
 	cons, err := h.bus.JS.OrderedConsumer(ctx, natsbus.CommandsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"zdm.cmd." + id + ".>"},
+		FilterSubjects: []string{natsbus.MigrationCommands(id)},
 	})
 	require.NoError(h.t, err)
 	info, err := cons.Info(ctx)

@@ -274,16 +274,17 @@ func makeKind(t *testing.T, ctx context.Context, c client.Client, k fieldKind, r
 	waitLoaded(t, ctx, c, coll)
 }
 
-// waitLoaded waits for an asynchronous load to finish.
+// waitLoaded waits, until ctx's deadline (a minute without one), for an
+// asynchronous load to finish.
 func waitLoaded(t *testing.T, ctx context.Context, c client.Client, coll string) {
 	t.Helper()
-	for {
+	timeout := time.Minute
+	if deadline, ok := ctx.Deadline(); ok {
+		timeout = time.Until(deadline)
+	}
+	ztest.Eventually(t, timeout, func() bool {
 		st, err := c.GetLoadState(ctx, coll, nil)
 		require.NoError(t, err)
-		if st == entity.LoadStateLoaded {
-			return
-		}
-		require.NoError(t, ctx.Err(), "%s never loaded", coll)
-		time.Sleep(100 * time.Millisecond)
-	}
+		return st == entity.LoadStateLoaded
+	}, "%s never loaded", coll)
 }

@@ -3,6 +3,7 @@ package copier
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 
@@ -43,9 +44,13 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 	_, err = PrepareTarget(ctx, p.Source.Client, p.Target.Client, PrepareOptions{Databases: []string{db}})
 	require.NoError(t, err)
 
-	src, tgt := &zdmpb.ClusterConnection{Endpoint: tier.Source}, &zdmpb.ClusterConnection{Endpoint: tier.Target}
+	reg := ztest.Registry(t, bus, map[string]string{"src": tier.Source, "tgt": tier.Target})
+	src, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tier.Source}, "")
+	require.NoError(t, err)
+	defer src.Close()
 	prop := telemetry.Propagator()
-	units, err := PlanCopy(ctx, bus.JS, prop, "m1", src, tgt, PlanOptions{Databases: []string{db}, UnitRows: 400, BatchBytes: 4 << 10})
+	planOpts := PlanOptions{Databases: []string{db}, UnitRows: 400, BatchBytes: 4 << 10, SourceClusterID: "src", TargetClusterID: "tgt"}
+	units, err := PlanCopy(ctx, bus.JS, prop, "m1", src, planOpts)
 	require.NoError(t, err)
 	// items: _default (2500 rows -> 7 units) and spring (500 -> 2) and
 	// autumn (empty -> 1); events: empty, partition key -> 1.
@@ -54,7 +59,7 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 	// not change the units of a plan made again after a crash: they fall
 	// in the open last unit.
 	fill(t, ctx, p.Source.Client, "", seededRows+1, 400)
-	again, err := PlanCopy(ctx, bus.JS, prop, "m1", src, tgt, PlanOptions{Databases: []string{db}, UnitRows: 400, BatchBytes: 4 << 10})
+	again, err := PlanCopy(ctx, bus.JS, prop, "m1", src, planOpts)
 	require.NoError(t, err)
 	require.Len(t, again, 11)
 	// Collections come in the server's order, which may change: compare
@@ -77,23 +82,20 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 
 	logger := slog.New(slog.NewTextHandler(ztestWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	worker := func(id string) *Worker {
-		return &Worker{ID: id, JS: bus.JS, Propagator: prop, Logger: logger, AckWait: 2 * time.Second}
+		return &Worker{ID: id, JS: bus.JS, Propagator: prop, Logger: logger, AckWait: 2 * time.Second, Registry: reg}
 	}
 	// Copier A runs until it has written part of a unit, then stops dead.
 	ctxA, stopA := context.WithCancel(ctx)
 	doneA := make(chan error, 1)
 	go func() { doneA <- worker("a").Run(ctxA) }()
-	kvDeadline := time.Now().Add(30 * time.Second)
-	for {
-		kv, err := bus.JS.KeyValue(ctx, CheckpointsBucket)
-		if err == nil {
-			if e, err := kv.Get(ctx, units[0].GetUnitId()); err == nil && len(e.Value()) > 0 {
-				break
-			}
+	ztest.Eventually(t, 30*time.Second, func() bool {
+		kv, err := bus.JS.KeyValue(ctx, natsbus.CheckpointsBucket.Name)
+		if err != nil {
+			return false
 		}
-		require.True(t, time.Now().Before(kvDeadline), "copier a wrote no checkpoint")
-		time.Sleep(5 * time.Millisecond)
-	}
+		e, err := kv.Get(ctx, units[0].GetUnitId())
+		return err == nil && len(e.Value()) > 0
+	}, "copier a wrote no checkpoint")
 	stopA()
 	require.NoError(t, <-doneA)
 
@@ -102,10 +104,11 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 	doneB := make(chan error, 1)
 	go func() { doneB <- worker("b").Run(ctxB) }()
 
-	cons, err := bus.JS.OrderedConsumer(ctx, natsbus.EventsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"zdm.evt.m1.unit"}})
+	cons, err := bus.JS.OrderedConsumer(ctx, natsbus.EventsStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsbus.EventSubject("m1", natsbus.EventUnit)}})
 	require.NoError(t, err)
 	seen := map[string]bool{}
-	for len(seen) < len(units) {
+	deadline, _ := ctx.Deadline()
+	ztest.Eventually(t, time.Until(deadline), func() bool {
 		batch, err := cons.Fetch(20, jetstream.FetchMaxWait(time.Second))
 		require.NoError(t, err)
 		for msg := range batch.Messages() {
@@ -114,8 +117,8 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 			require.NoError(t, err)
 			seen[d.GetUnitId()] = true
 		}
-		require.NoError(t, ctx.Err(), "units done: %d of %d", len(seen), len(units))
-	}
+		return len(seen) == len(units)
+	}, "units done: %s of %d", lazy(func() string { return strconv.Itoa(len(seen)) }), len(units))
 	stopB()
 	require.NoError(t, <-doneB)
 
@@ -133,6 +136,12 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(seededRows+400), n)
 }
+
+// lazy prints as what it returns when a message is formatted, so a
+// failure message passed before polling shows what the last poll saw.
+type lazy func() string
+
+func (f lazy) String() string { return f() }
 
 type ztestWriter struct{ t *testing.T }
 
@@ -155,8 +164,10 @@ func TestIntegrationPlanRefusesUnloadedSource(t *testing.T) {
 		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
 		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(4))
 	require.NoError(t, p.Source.Client.CreateCollection(ctx, schema, 1))
-	_, err := PlanCopy(ctx, bus.JS, telemetry.Propagator(), "m-cold", &zdmpb.ClusterConnection{Endpoint: tier.Source},
-		&zdmpb.ClusterConnection{Endpoint: tier.Target}, PlanOptions{Databases: []string{p.Source.Database}})
+	src, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tier.Source}, "")
+	require.NoError(t, err)
+	defer src.Close()
+	_, err = PlanCopy(ctx, bus.JS, telemetry.Propagator(), "m-cold", src, PlanOptions{Databases: []string{p.Source.Database}})
 	require.ErrorContains(t, err, p.Source.Database+".cold is not loaded")
 	require.ErrorContains(t, err, "load it on the source")
 }
