@@ -118,11 +118,24 @@ var (
 	// CopiersBucket has one key per live copier process, kept alive by it
 	// and expiring when it stops: the throttle is shared among them.
 	CopiersBucket = Bucket{Name: "zdm_copiers", Description: "zdm live copier processes", TTL: 15 * time.Second}
+	// StagesBucket has one key per stage and live process that carries it
+	// out (<stage>.<instance>), kept alive by the process and expiring
+	// when it stops: the coordinator refuses a migration whose stages no
+	// live process serves.
+	StagesBucket = Bucket{Name: "zdm_stages", Description: "zdm stages served by live processes", TTL: 15 * time.Second}
 )
+
+// StageKey is the key in StagesBucket of stage served by instance.
+func StageKey(stage zdmpb.StageKind, instance string) string {
+	return StageToken(stage) + "." + instance
+}
+
+// StageKeys matches the keys of every instance serving stage.
+func StageKeys(stage zdmpb.StageKind) string { return StageToken(stage) + ".>" }
 
 // Buckets lists every bucket, for documentation and tests.
 func Buckets() []Bucket {
-	return []Bucket{MigrationsBucket, ClustersBucket, CopyPlansBucket, CopyControlsBucket, CheckpointsBucket, UnitPlansBucket, CopiersBucket}
+	return []Bucket{MigrationsBucket, ClustersBucket, CopyPlansBucket, CopyControlsBucket, CheckpointsBucket, UnitPlansBucket, CopiersBucket, StagesBucket}
 }
 
 // Open creates the bucket, or updates its configuration, and returns it.

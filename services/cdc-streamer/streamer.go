@@ -17,7 +17,8 @@ import (
 const Name = "cdc-streamer"
 
 // Streamer serves GatewayControlService. Until capture lands, every RPC
-// answers UNIMPLEMENTED.
+// answers UNIMPLEMENTED, its health is NOT_SERVING and it announces no
+// stage, so the coordinator refuses ZERO_DOWNTIME migrations.
 type Streamer struct {
 	streamerpb.UnimplementedGatewayControlServiceServer
 
@@ -47,3 +48,7 @@ func (s *Streamer) Start(context.Context) error { return nil }
 
 // Stop implements service.Service.
 func (s *Streamer) Stop(context.Context) error { return nil }
+
+// Idle implements service.Idle: the gateway and the applier are not in
+// place yet.
+func (s *Streamer) Idle() bool { return true }

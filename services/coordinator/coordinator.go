@@ -49,6 +49,9 @@ type Config struct {
 	// is created. Default (nil): MilvusProber, which asks the clusters;
 	// unit tests inject a fake to run the API without Milvus servers.
 	Prober Prober
+	// Stages tells whether a live process carries out a stage. Default
+	// (nil): the stages live processes announce on the bus.
+	Stages StageServers
 }
 
 // DefaultConfig returns the configuration with its defaults.
@@ -97,9 +100,10 @@ type Coordinator struct {
 	zdmpb.UnimplementedMigrationServiceServer
 	zdmpb.UnimplementedClusterServiceServer
 
-	cfg   Config
-	deps  service.Deps
-	store *store
+	cfg    Config
+	deps   service.Deps
+	store  *store
+	stages StageServers
 
 	// stop ends the background loops started by Start.
 	stop context.CancelFunc
@@ -139,6 +143,13 @@ func (c *Coordinator) Start(ctx context.Context) error {
 		return err
 	}
 	c.store = st
+	if c.stages = c.cfg.Stages; c.stages == nil {
+		kv, err := natsbus.StagesBucket.Open(ctx, c.deps.Bus.JS, c.deps.Bus.Replicas)
+		if err != nil {
+			return err
+		}
+		c.stages = service.LiveStages{KV: kv}
+	}
 	if err := c.reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile after start: %w", err)
 	}

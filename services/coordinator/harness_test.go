@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -53,6 +54,13 @@ func (f *fakeClock) Advance(d time.Duration) {
 // collections its cluster holds, and any other endpoint does not answer.
 // Its errors are built as MilvusProber's are for the same findings. It is
 // safe for concurrent use, so coordinators sharing a bus can share it.
+// servedStages says every stage is served, except the ones listed.
+type servedStages struct{ except []zdmpb.StageKind }
+
+func (s servedStages) Serves(_ context.Context, k zdmpb.StageKind) (bool, error) {
+	return !slices.Contains(s.except, k), nil
+}
+
 type fakeProber struct {
 	mu       sync.Mutex
 	clusters map[string][]string // collections by endpoint
@@ -144,6 +152,8 @@ func startHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock, fake *fakeP
 	if fake != nil {
 		cfg.Prober = fake
 	}
+	// These tests play every stage themselves, with events on the bus.
+	cfg.Stages = servedStages{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	reg, err := registry.Open(ctx, bus.JS, 1, nil)

@@ -64,6 +64,9 @@ func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigr
 		return nil, err
 	}
 
+	if err := c.checkStagesServed(ctx, req.GetType()); err != nil {
+		return nil, err
+	}
 	src, _, err := c.store.clusters.Get(ctx, req.GetSourceClusterId())
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)

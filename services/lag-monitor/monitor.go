@@ -223,3 +223,8 @@ func orOpen(s string) string {
 	}
 	return s
 }
+
+// Stages implements service.Staged: the lag monitor verifies.
+func (m *Monitor) Stages() []zdmpb.StageKind {
+	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_VERIFY}
+}

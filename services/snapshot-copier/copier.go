@@ -244,3 +244,9 @@ func (c *Copier) announcePlan(ctx context.Context, cmd *eventspb.StageCommand, u
 	_, err := natsbus.Publish(ctx, c.deps.Bus.JS, c.deps.Propagator, natsbus.EventSubject(cmd.GetMigrationId(), natsbus.EventPlan), ev.GetEventId(), ev)
 	return err
 }
+
+// Stages implements service.Staged: the copier prepares the target and
+// copies the data.
+func (c *Copier) Stages() []zdmpb.StageKind {
+	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA}
+}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -166,8 +167,26 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 			srv.SetServing(false, s.HealthNames()...)
 			return s.Stop(ctx)
 		}})
-		srv.SetServing(true, s.HealthNames()...)
+		idle, ok := s.(service.Idle)
+		srv.SetServing(!ok || !idle.Idle(), s.HealthNames()...)
 	}
+	// Stages are announced once their services run, and withdrawn first
+	// on the way out.
+	stages, err := natsbus.StagesBucket.Open(ctx, bus.JS, bus.Replicas)
+	if err != nil {
+		return err
+	}
+	announce, stopAnnouncing := context.WithCancel(context.WithoutCancel(ctx))
+	var announcing sync.WaitGroup
+	for _, s := range services {
+		if st, ok := s.(service.Staged); ok {
+			announcing.Go(func() { service.Announce(announce, stages, st.Stages(), logger) })
+		}
+	}
+	undo = append(undo, step{"stage announcements", 1, func(ctx context.Context) error {
+		stopAnnouncing()
+		return service.Wait(ctx, &announcing)
+	}})
 	srv.SetServing(true, "")
 	logger.Info("zdm serving", slog.String("version", Version), slog.Any("targets", cfg.Targets),
 		slog.String("grpc_addr", addrs.GRPC), slog.String("metrics_addr", addrs.Metrics),

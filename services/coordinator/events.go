@@ -1,0 +1,210 @@
+// Event consumption: stage, lag and copy events from the bus, each turned
+// into the transition or record update it means, then acked.
+
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/auth"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// errRetryLater marks an event that arrived before what it depends on; it
+// is redelivered later.
+var errRetryLater = errors.New("not yet")
+
+// eventsConsumer is the coordinator's durable consumer of stage events; all
+// coordinator replicas share it, so each event is handled once.
+const eventsConsumer = "coordinator"
+
+// consumeEvents starts handling stage and lag events from the bus; each
+// handler derives from run.
+func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.ConsumeContext, error) {
+	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
+		Durable:   eventsConsumer,
+		AckPolicy: jetstream.AckExplicitPolicy,
+		FilterSubjects: []string{natsbus.EventFilter(natsbus.EventStage), natsbus.EventFilter(natsbus.EventLag), natsbus.EventFilter(natsbus.EventPlan),
+			natsbus.EventFilter(natsbus.EventUnit), natsbus.EventFilter(natsbus.EventProgress), natsbus.EventFilter(natsbus.EventFailed)},
+		AckWait:    c.cfg.EventAckWait,
+		MaxDeliver: -1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("events consumer: %w", err)
+	}
+	return cons.Consume(func(msg jetstream.Msg) {
+		ctx, cancel := context.WithTimeout(run, c.cfg.EventAckWait)
+		defer cancel()
+		c.handleEvent(ctx, msg)
+	})
+}
+
+// handleEvent applies one bus event and acks it. An event the current
+// state does not allow (a late duplicate, or one about a migration that
+// has moved on) is acked and dropped; a malformed one is terminated; a
+// failure to write is retried later.
+func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
+	var err error
+	switch natsbus.EventKindOf(msg.Subject()) {
+	case natsbus.EventStage:
+		ctx, err = apply(c, ctx, msg, "coordinator.stage_completed", &eventspb.StageCompleted{}, c.onStageCompleted)
+	case natsbus.EventLag:
+		ctx, err = apply(c, ctx, msg, "coordinator.lag_report", &eventspb.LagReport{}, c.onLagReport)
+	case natsbus.EventPlan:
+		ctx, err = apply(c, ctx, msg, "coordinator.copy_planned", &eventspb.CopyPlanned{}, c.onCopyPlanned)
+	case natsbus.EventUnit:
+		ctx, err = apply(c, ctx, msg, "coordinator.unit_done", &eventspb.WorkUnitDone{}, c.onUnitDone)
+	case natsbus.EventProgress:
+		ctx, err = apply(c, ctx, msg, "coordinator.progress", &eventspb.Progress{}, c.onProgress)
+	case natsbus.EventFailed:
+		ctx, err = apply(c, ctx, msg, "coordinator.work_failed", &eventspb.WorkFailed{}, c.onWorkFailed)
+	}
+	if errors.Is(err, errMalformed) {
+		c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		// Best effort: an event whose Term is lost comes back after the ack
+		// wait and is terminated then.
+		_ = msg.Term()
+		return
+	}
+	// The Naks below only hasten the redelivery: an event whose Nak is lost
+	// comes back anyway once its ack wait ends, so their errors are dropped.
+	switch {
+	case err == nil, errors.Is(err, ErrInvalidTransition), errors.Is(err, apierr.ErrNotFound):
+		if err != nil {
+			c.deps.Logger.DebugContext(ctx, "event dropped", slog.String("subject", msg.Subject()), slog.Any("reason", err))
+		}
+		if aerr := msg.DoubleAck(ctx); aerr != nil {
+			c.deps.Logger.WarnContext(ctx, "ack event", slog.Any("error", aerr))
+		}
+	case errors.Is(err, errRetryLater):
+		c.deps.Logger.DebugContext(ctx, "event early; will retry", slog.String("subject", msg.Subject()), slog.Any("reason", err))
+		_ = msg.NakWithDelay(500 * time.Millisecond)
+	case ctx.Err() != nil:
+		// Stopping, or out of time: the event comes back.
+		c.deps.Logger.InfoContext(ctx, "event cut short; will retry", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.Nak()
+	default:
+		c.deps.Logger.ErrorContext(ctx, "event not applied; will retry", slog.String("subject", msg.Subject()), slog.Any("error", err))
+		_ = msg.NakWithDelay(time.Second)
+	}
+}
+
+// errMalformed marks an event that cannot be decoded; it is terminated.
+var errMalformed = errors.New("malformed event")
+
+// migrationEvent is any bus event about one migration.
+type migrationEvent interface {
+	proto.Message
+	GetMigrationId() string
+}
+
+// apply decodes msg into ev and hands it to on, in a span that continues
+// the publisher's trace.
+func apply[T migrationEvent](c *Coordinator, ctx context.Context, msg jetstream.Msg, span string, ev T,
+	on func(context.Context, T) error) (context.Context, error) {
+	ctx, err := natsbus.Decode(ctx, c.deps.Propagator, msg, ev)
+	if err != nil {
+		return ctx, fmt.Errorf("%w: %w", errMalformed, err)
+	}
+	ctx, sp := c.tracer().Start(ctx, span, trace.WithAttributes(attribute.String("zdm.migration_id", ev.GetMigrationId())))
+	defer sp.End()
+	return ctx, on(ctx, ev)
+}
+
+// onStageCompleted turns a stage's end into the transition it means.
+func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCompleted) error {
+	m, _, err := c.store.migrations.Get(ctx, ev.GetMigrationId())
+	if err != nil {
+		return err
+	}
+	at := ev.GetTime().AsTime()
+	if ev.GetTime() == nil {
+		at = c.now()
+	}
+	e := Event{Time: at, Actor: auth.System}
+	stage := ev.GetStage()
+	switch {
+	case m.GetState() == cancelling && ev.GetSuccess():
+		e.Trigger, e.Reason = TriggerCancelled, "cleanup after cancellation finished"
+	case !ev.GetSuccess() && m.GetState() == switchingOver && ev.GetCode() == eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED:
+		e.Trigger, e.Reason = TriggerSwitchoverAborted, ev.GetErrorMessage()
+	case !ev.GetSuccess():
+		e.Trigger, e.Reason = TriggerFail, fmt.Sprintf("stage %s failed: %s", natsbus.StageToken(stage), ev.GetErrorMessage())
+		e.Error = &zdmpb.MigrationError{Code: strings.TrimPrefix(ev.GetCode().String(), "STAGE_ERROR_"), Message: ev.GetErrorMessage(), Stage: stage, Time: ev.GetTime()}
+	case stage == zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET:
+		e.Trigger, e.Reason = TriggerPrepareDone, "target prepared"
+	case stage == zdmpb.StageKind_STAGE_KIND_COPY_DATA:
+		e.Trigger, e.Reason = TriggerCopyDone, "existing data copied"
+	case stage == zdmpb.StageKind_STAGE_KIND_FINALIZE && m.GetState() == switchingOver:
+		e.Trigger, e.Reason = TriggerSwitchedOver, "clients switched to the target"
+	case stage == zdmpb.StageKind_STAGE_KIND_FINALIZE:
+		e.Trigger, e.Reason = TriggerDrained, "remaining changes applied"
+	case stage == zdmpb.StageKind_STAGE_KIND_VERIFY:
+		e.Trigger, e.Reason = TriggerVerified, "source and target verified equal"
+	default:
+		return fmt.Errorf("%w: stage %s has no transition", ErrInvalidTransition, stage)
+	}
+	if stageOf(m.GetState()) != stage && e.Trigger != TriggerCancelled {
+		// The event is about a stage the migration is not in: a late
+		// duplicate, or a stage of a paused migration.
+		return fmt.Errorf("%w: %s event while %s", ErrInvalidTransition, natsbus.StageToken(stage), stateName(m.GetState()))
+	}
+	if e.Trigger == TriggerVerified || e.Trigger == TriggerSwitchedOver {
+		// Completing: record where clients connect, in the same write.
+		rec, _, err := c.store.clusters.Get(ctx, m.GetTargetClusterId())
+		if err != nil {
+			return err
+		}
+		e.TargetEndpoint = rec.GetCluster().GetEndpoint()
+	}
+	_, err = c.transition(ctx, ev.GetMigrationId(), e)
+	return err
+}
+
+// onLagReport records the lag and moves a syncing migration to
+// READY_TO_FINALIZE the first time lag reaches the threshold.
+func (c *Coordinator) onLagReport(ctx context.Context, ev *eventspb.LagReport) error {
+	_, _, err := c.store.migrations.Update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		if m.GetState() != syncing && m.GetState() != ready {
+			return errStop
+		}
+		if m.Lag == nil {
+			m.Lag = &zdmpb.Lag{}
+		}
+		if m.Lag.MeasureTime != nil && ev.GetTime().AsTime().Before(m.Lag.MeasureTime.AsTime()) {
+			return errStop // an older report arrived late
+		}
+		m.Lag.Lag, m.Lag.AppliedWatermark, m.Lag.MeasureTime = ev.GetLag(), ev.GetAppliedWatermark(), ev.GetTime()
+		m.UpdateTime = timestamppb.New(c.now())
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !ev.GetThresholdReached() {
+		return nil
+	}
+	_, err = c.transition(ctx, ev.GetMigrationId(), Event{
+		Trigger: TriggerLagReached, Time: ev.GetTime().AsTime(), Actor: auth.System,
+		Reason: fmt.Sprintf("lag %s reached the threshold", ev.GetLag().AsDuration()),
+	})
+	return err
+}
+
+func (c *Coordinator) tracer() trace.Tracer {
+	return c.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/coordinator")
+}
