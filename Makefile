@@ -74,7 +74,7 @@ checkgenerate: generate ## Fail when the committed generated code is stale.
 	fi
 
 .PHONY: lint
-lint: $(BUF) $(STATICCHECK) ## buf lint, format and breaking check; gofmt, go vet, staticcheck.
+lint: $(BUF) $(STATICCHECK) ## buf lint, format and breaking check; gofmt, go vet, staticcheck; every module tidy and building alone.
 	buf lint
 	buf format --diff --exit-code
 	@if git rev-parse --verify -q main >/dev/null; then \
@@ -83,6 +83,12 @@ lint: $(BUF) $(STATICCHECK) ## buf lint, format and breaking check; gofmt, go ve
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt would change:" $$out >&2; exit 1; fi
 	go vet $(PKGS)
 	staticcheck $(PKGS)
+	@# Each module stands alone: its go.mod lists what it imports, and it
+	@# builds without the workspace (another service imports proto alone).
+	@for m in $(MODULES); do \
+	  (cd $$m && GOWORK=off go mod tidy -diff >/dev/null) || { echo "$$m: go.mod or go.sum is not tidy: run (cd $$m && GOWORK=off go mod tidy)" >&2; exit 1; }; \
+	  (cd $$m && GOWORK=off go build ./...) || { echo "$$m does not build on its own (GOWORK=off)" >&2; exit 1; }; \
+	done
 
 .PHONY: test
 test: testenv-up test-unit test-integration ## Unit, integration and end-to-end tests on real servers (starts the rig).

@@ -2,9 +2,9 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"os/exec"
