@@ -78,17 +78,15 @@ func terminal(m *zdmpb.Migration) bool {
 // compareSides verifies db.coll on the two servers, independently of zdm.
 func compareSides(t *testing.T, ctx context.Context, srcAddr, tgtAddr, db, coll string) *verify.Report {
 	t.Helper()
-	sc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: srcAddr}, "")
+	sc, err := milvusx.Open(ctx, &zdmpb.ClusterConnection{Endpoint: srcAddr}, "")
 	require.NoError(t, err)
 	defer sc.Close()
-	tc, err := milvusx.Connect(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
+	tc, err := milvusx.Open(ctx, &zdmpb.ClusterConnection{Endpoint: tgtAddr}, "")
 	require.NoError(t, err)
 	defer tc.Close()
-	rs, _ := milvusx.Raw(sc)
-	rt, _ := milvusx.Raw(tc)
-	table, err := milvusx.DescribeTable(ctx, rs, db, coll)
+	table, err := milvusx.DescribeTable(ctx, sc.Raw, db, coll)
 	require.NoError(t, err)
-	report, err := verify.Collection(ctx, rs, rt, table, 0)
+	report, err := verify.Collection(ctx, sc.Raw, tc.Raw, table, 0)
 	require.NoError(t, err)
 	return report
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/zdm-io/zdm/pkg/ztest"
+	lagpb "github.com/zdm-io/zdm/proto/zdm/lag/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -91,8 +92,9 @@ func waitHealthy(t *testing.T, addr string, logs *syncBuffer) {
 	}, "zdm not SERVING; logs:\n%s", logs)
 }
 
-// TestE2ESigtermDuringCopy sends SIGTERM to bin/zdm while a copy runs and
-// two WatchMigration streams are open: the streams end with UNAVAILABLE,
+// TestE2ESigtermDuringCopy sends SIGTERM to bin/zdm while a copy runs, a
+// verification runs and two WatchMigration streams are open: the streams
+// end with UNAVAILABLE, the verification returns,
 // the process stops in the documented order and exits 0 within its
 // shutdown timeout, and after a restart the copy resumes and the target
 // equals the source.
@@ -141,6 +143,14 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 	}, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COPYING, m.GetState())
 
+	// A verification in flight: the source against itself, in small ranges.
+	verified := make(chan error, 1)
+	go func() {
+		_, err := lagpb.NewLagMonitorServiceClient(conn).Verify(ctx, &lagpb.VerifyRequest{MigrationId: "term", RangeRows: 100,
+			Source: &zdmpb.ClusterConnection{Endpoint: srcAddr}, Target: &zdmpb.ClusterConnection{Endpoint: srcAddr}})
+		verified <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // not a wait for a condition: lets the call reach the server
 	took, exitErr := p.sigterm(timeout + 3*time.Second)
 	require.NoError(t, exitErr, "exit status after SIGTERM; logs:\n%s", p.logs)
 	require.Less(t, took, timeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
@@ -153,9 +163,17 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 			t.Fatal("a watch stream was not ended by the shutdown")
 		}
 	}
+	select {
+	case err := <-verified:
+		// It finished within the API's share of the timeout, or was cut
+		// short when that ran out; either way the caller got an answer.
+		t.Logf("verification in flight at SIGTERM: %v", status.Code(err))
+	case <-time.After(5 * time.Second):
+		t.Fatal("the verification in flight got no answer")
+	}
 	// The API stops first, then the services in reverse order of start,
 	// then the bus, the embedded NATS server and telemetry.
-	require.Equal(t, []string{"gRPC API", "metrics endpoint", "coordinator", "lag-monitor", "cdc-streamer", "snapshot-copier",
+	require.Equal(t, []string{"gRPC API", "metrics endpoint", "stage announcements", "coordinator", "lag-monitor", "cdc-streamer", "snapshot-copier",
 		"NATS connection drain", "embedded NATS", "metrics provider", "trace export"}, p.stoppedSteps(), "logs:\n%s", p.logs)
 	require.NotContains(t, p.logs.String(), "did not finish cleanly")
 

@@ -27,9 +27,11 @@ var ErrConnect = errors.New("connect to Milvus")
 
 // Connect opens an SDK client to the cluster described by conn, using
 // database db ("" for the default). It blocks until connected or ctx ends.
-// Errors never contain the credentials.
+// A cluster that cannot be reached is an error wrapping ErrConnect; errors
+// never contain the credentials. Open returns the client with its raw stub.
 func Connect(ctx context.Context, conn *zdmpb.ClusterConnection, db string) (client.Client, error) {
-	if _, _, err := net.SplitHostPort(conn.GetEndpoint()); err != nil {
+	host, _, err := net.SplitHostPort(conn.GetEndpoint())
+	if err != nil {
 		return nil, fmt.Errorf("endpoint %q: want host:port", conn.GetEndpoint())
 	}
 	cfg := client.Config{Address: conn.GetEndpoint(), DBName: db}
@@ -40,7 +42,7 @@ func Connect(ctx context.Context, conn *zdmpb.ClusterConnection, db string) (cli
 		cfg.APIKey = a.Token
 	}
 	if conn.GetTls().GetEnabled() {
-		tc, err := tlsConfig(conn)
+		tc, err := tlsConfig(conn, host)
 		if err != nil {
 			return nil, err
 		}
@@ -54,11 +56,12 @@ func Connect(ctx context.Context, conn *zdmpb.ClusterConnection, db string) (cli
 	return c, nil
 }
 
-func tlsConfig(conn *zdmpb.ClusterConnection) (*tls.Config, error) {
+// tlsConfig is conn's TLS setup; host, the endpoint's host, is the server
+// name unless conn names another.
+func tlsConfig(conn *zdmpb.ClusterConnection, host string) (*tls.Config, error) {
 	t := conn.GetTls()
 	tc := &tls.Config{ServerName: t.GetServerName(), MinVersion: tls.VersionTLS12}
 	if tc.ServerName == "" {
-		host, _, _ := net.SplitHostPort(conn.GetEndpoint())
 		tc.ServerName = host
 	}
 	if len(t.GetCaPem()) > 0 {

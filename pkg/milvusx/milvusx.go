@@ -10,41 +10,13 @@ import (
 	"strings"
 	"time"
 
-	grpc_retry "github.com/grpc-ecosystem/go-grpc-middleware/retry"
-
 	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// Raw returns the generated Milvus service stub behind an SDK client; the
-// client's interceptors (database name, credentials) still apply. Its
-// calls try a server that does not answer rawAttempts times, within about
-// a second, where the SDK's own calls try six times over some 20 seconds:
-// zdm retries its work itself, with backoff, and shows a cluster that is
-// down as soon as a call fails.
-func Raw(c client.Client) (milvuspb.MilvusServiceClient, error) {
-	g, ok := c.(*client.GrpcClient)
-	if !ok || g.Conn == nil {
-		return nil, fmt.Errorf("milvus client %T has no raw service stub", c)
-	}
-	return milvuspb.NewMilvusServiceClient(fewerRetries{g.Conn}), nil
-}
-
-// rawAttempts is how many times a raw call tries a server that answers
-// UNAVAILABLE.
-const rawAttempts = 3
-
-// fewerRetries lowers the SDK's retry count for every call on a connection.
-type fewerRetries struct{ grpc.ClientConnInterface }
-
-func (c fewerRetries) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return c.ClientConnInterface.Invoke(ctx, method, args, reply, append(opts, grpc_retry.WithMax(rawAttempts))...)
-}
 
 // IsUnreachable reports whether err says the server did not answer (as
 // opposed to answering with an error): the connection failed or the call

@@ -63,7 +63,7 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 		mctx, err := natsbus.Decode(run, prop, msg, &cmd)
 		if err != nil {
 			logger.Error("malformed command dropped", slog.Any("error", err))
-			_ = msg.Term()
+			_ = msg.Term() // a lost Term brings the message back, to be dropped again
 			return
 		}
 		hctx, cancel := context.WithTimeout(mctx, timeout)
@@ -86,7 +86,7 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			// redelivered and carried out again (handlers are idempotent).
 			logger.InfoContext(mctx, "stopping: command left for redelivery", slog.String("migration", cmd.GetMigrationId()),
 				slog.String("stage", cmd.GetStage().String()))
-			_ = msg.Nak()
+			_ = msg.Nak() // a lost Nak brings it back after the ack wait all the same
 			return
 		}
 		if role := Unreachable(herr); role != zdmpb.ClusterRole_CLUSTER_ROLE_UNSPECIFIED {
@@ -115,7 +115,10 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			_ = msg.NakWithDelay(time.Second)
 			return
 		}
-		_ = msg.DoubleAck(mctx)
+		if err := msg.DoubleAck(mctx); err != nil {
+			// The command comes back and runs again; handlers are idempotent.
+			logger.WarnContext(mctx, "ack command", slog.Any("error", err))
+		}
 	})
 }
 

@@ -53,70 +53,7 @@ func (c *Coordinator) CreateMigration(ctx context.Context, req *zdmpb.CreateMigr
 	if id == "" {
 		id = newMigrationID()
 	}
-	// A retried create with the same ID and request returns the migration.
-	if existing, rev, err := c.store.migrations.Get(ctx, id); err == nil {
-		if existing.GetType() == req.GetType() && existing.GetSourceClusterId() == req.GetSourceClusterId() &&
-			existing.GetTargetClusterId() == req.GetTargetClusterId() {
-			return &zdmpb.CreateMigrationResponse{Migration: withRevision(existing, rev)}, nil
-		}
-		return nil, fmt.Errorf("%w: migration %q already exists with another request", apierr.ErrAlreadyExists, id)
-	} else if !errors.Is(err, apierr.ErrNotFound) {
-		return nil, err
-	}
-
-	if err := c.checkStagesServed(ctx, req.GetType()); err != nil {
-		return nil, err
-	}
-	src, _, err := c.store.clusters.Get(ctx, req.GetSourceClusterId())
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	tgt, _, err := c.store.clusters.Get(ctx, req.GetTargetClusterId())
-	if err != nil {
-		return nil, fmt.Errorf("target: %w", err)
-	}
-	srcConn, err := c.deps.Registry.Connection(src)
-	if err != nil {
-		return nil, err
-	}
-	tgtConn, err := c.deps.Registry.Connection(tgt)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.probe(ctx, req.GetSourceClusterId(), srcConn); err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	if err := c.checkTargetIsNew(ctx, req.GetTargetClusterId(), tgtConn); err != nil {
-		return nil, err
-	}
-
-	// Lock both clusters, then record the migration. A crash in between
-	// leaves a lock naming a migration that does not exist, which
-	// lockHolder ignores.
-	if _, err := c.lock(ctx, "source", req.GetSourceClusterId(), id); err != nil {
-		return nil, err
-	}
-	if _, err := c.lock(ctx, "target", req.GetTargetClusterId(), id); err != nil {
-		return nil, errors.Join(err, c.unlock(context.WithoutCancel(ctx), req.GetSourceClusterId(), id))
-	}
-	now := c.now()
-	m := &zdmpb.Migration{
-		MigrationId:     id,
-		Type:            req.GetType(),
-		State:           pending,
-		SourceClusterId: req.GetSourceClusterId(),
-		TargetClusterId: req.GetTargetClusterId(),
-		Options:         opts,
-		Stages:          NewStages(req.GetType()),
-		CreatedBy:       auth.Actor(ctx),
-		CreateTime:      timestamppb.New(now),
-		UpdateTime:      timestamppb.New(now),
-	}
-	if _, err := c.store.migrations.Create(ctx, id, m); err != nil {
-		uctx := context.WithoutCancel(ctx)
-		return nil, errors.Join(err, c.unlock(uctx, req.GetSourceClusterId(), id), c.unlock(uctx, req.GetTargetClusterId(), id))
-	}
-	m, err = c.transition(ctx, id, Event{Trigger: TriggerStart, Time: now, Actor: auth.Actor(ctx), Reason: "migration created"})
+	m, err := c.create(ctx, id, req.GetType(), req.GetSourceClusterId(), req.GetTargetClusterId(), opts)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -93,12 +92,21 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 	if !stage.Starts(cmd) {
 		return 0, stage.ErrPending
 	}
-	src, tgt, code, err := stage.Connect(ctx, m.deps.Registry, cmd)
+	sc, tc, code, err := stage.Connect(ctx, m.deps.Registry, cmd)
 	if err != nil {
 		return code, err
 	}
-	defer src.Close()
-	defer tgt.Close()
+	// Verifying only reads: a failure to close changes no result.
+	defer sc.Close()
+	defer tc.Close()
+	src, err := milvusx.Wrap(sc)
+	if err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+	}
+	tgt, err := milvusx.Wrap(tc)
+	if err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+	}
 	reports, err := compareAll(ctx, src, tgt, nil, 0)
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
@@ -122,15 +130,7 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 // compareAll verifies the given collections ("database.collection"; nil
 // for every collection of every source database). Errors:
 // apierr.ErrNotFound for a collection the source lacks.
-func compareAll(ctx context.Context, src, tgt client.Client, only []string, rangeRows int) ([]*verify.Report, error) {
-	rs, err := milvusx.Raw(src)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := milvusx.Raw(tgt)
-	if err != nil {
-		return nil, err
-	}
+func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, rangeRows int) ([]*verify.Report, error) {
 	all, err := milvusx.UserCollections(ctx, src)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
@@ -146,11 +146,11 @@ func compareAll(ctx context.Context, src, tgt client.Client, only []string, rang
 	var out []*verify.Report
 	for _, c := range all {
 		db, name, _ := strings.Cut(c, ".")
-		t, err := milvusx.DescribeTable(ctx, rs, db, name)
+		t, err := milvusx.DescribeTable(ctx, src.Raw, db, name)
 		if err != nil {
 			return nil, err
 		}
-		r, err := verify.Collection(ctx, rs, rt, t, rangeRows)
+		r, err := verify.Collection(ctx, src.Raw, tgt.Raw, t, rangeRows)
 		if err != nil {
 			return nil, err
 		}
@@ -172,12 +172,13 @@ func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.
 	if req.GetRangeRows() < 0 {
 		return nil, fmt.Errorf("%w: range_rows %d must not be negative", apierr.ErrInvalidArgument, req.GetRangeRows())
 	}
-	src, err := milvusx.Connect(ctx, req.GetSource(), "")
+	src, err := milvusx.Open(ctx, req.GetSource(), "")
 	if err != nil {
 		return nil, fmt.Errorf("%w: source: %w", apierr.ErrFailedPrecondition, err)
 	}
+	// Verifying only reads: a failure to close changes no result.
 	defer src.Close()
-	tgt, err := milvusx.Connect(ctx, req.GetTarget(), "")
+	tgt, err := milvusx.Open(ctx, req.GetTarget(), "")
 	if err != nil {
 		return nil, fmt.Errorf("%w: target: %w", apierr.ErrFailedPrecondition, err)
 	}

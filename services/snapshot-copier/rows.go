@@ -29,6 +29,8 @@ func firstPageRows(s *schemapb.CollectionSchema, batchBytes int) int {
 	if s.GetEnableDynamicField() {
 		size += maxValueBytes
 	}
+	// Milvus checks that dim and max_length are integers when a collection
+	// is made; were one not, it would count as 0 in this first estimate.
 	for _, f := range s.GetFields() {
 		dim := 0
 		for _, kv := range f.GetTypeParams() {

@@ -2,19 +2,12 @@ package copier
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
-	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
-	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
-	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
@@ -25,7 +18,6 @@ import (
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/registry"
 	"github.com/zdm-io/zdm/pkg/stage"
-	copierpb "github.com/zdm-io/zdm/proto/zdm/copier/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -37,147 +29,6 @@ const (
 	// pausedRetry is how soon a unit of a paused migration comes back.
 	pausedRetry = 2 * time.Second
 )
-
-// PlanOptions tune PlanCopy.
-type PlanOptions struct {
-	// Databases in scope; empty means all.
-	Databases []string
-	// UnitRows is the size of a unit in rows.
-	UnitRows int64
-	// BatchBytes caps each insert; 0 means DefaultBatchBytes.
-	BatchBytes int64
-	// Replicas of the unit plans bucket.
-	Replicas int
-	// SourceClusterID and TargetClusterID are what the units carry: the
-	// copier resolves them from the registry, so no connection rides on
-	// the work queue.
-	SourceClusterID, TargetClusterID string
-}
-
-// PlanCopy splits every collection (and partition) of the source
-// databases in scope into units of about unitRows rows and publishes them
-// to the work queue. Unit IDs are derived from the migration, table and
-// range, so planning again after a crash publishes the same IDs and
-// JetStream drops the duplicates. It returns the units published.
-func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, migration string,
-	sc client.Client, opts PlanOptions) ([]*eventspb.WorkUnit, error) {
-	raw, err := milvusx.Raw(sc)
-	if err != nil {
-		return nil, err
-	}
-	dbs, err := milvusx.Databases(ctx, sc)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	readTs, err := milvusx.ReadTimestamp(ctx, raw)
-	if err != nil {
-		return nil, fmt.Errorf("source: %w", err)
-	}
-	plans, err := natsbus.OpenTable(ctx, js, natsbus.UnitPlansBucket, "unit plan", opts.Replicas,
-		func() *copierpb.TablePlan { return &copierpb.TablePlan{} })
-	if err != nil {
-		return nil, err
-	}
-	var out []*eventspb.WorkUnit
-	for _, db := range dbs {
-		if len(opts.Databases) > 0 && !slices.Contains(opts.Databases, db) {
-			continue
-		}
-		names, err := milvusx.CollectionsIn(ctx, sc, db)
-		if err != nil {
-			return nil, fmt.Errorf("source: %w", err)
-		}
-		for _, name := range names {
-			t, err := milvusx.DescribeTable(ctx, raw, db, name)
-			if err != nil {
-				return nil, err
-			}
-			t.ReadTs = readTs
-			desc, err := describeSchema(ctx, raw, db, name)
-			if err != nil {
-				return nil, err
-			}
-			parts, err := milvusx.PagedPartitions(ctx, raw, db, name, desc)
-			if err != nil {
-				return nil, err
-			}
-			for _, part := range parts {
-				pt := t
-				pt.Partition = part
-				plan, err := tablePlan(ctx, plans, tableKey(migration, db, name, part), func() ([]Unit, error) {
-					units, err := PlanUnits(ctx, raw, pt, opts.UnitRows)
-					if err != nil {
-						return nil, explainUnloaded(ctx, raw, db, name, err)
-					}
-					return units, nil
-				}, t.PK.GetDataType() == schemapb.DataType_VarChar)
-				if err != nil {
-					return nil, err
-				}
-				for i, u := range plan.GetUnits() {
-					wu := &eventspb.WorkUnit{
-						UnitId: unitID(migration, db, name, part, i), MigrationId: migration,
-						Database: db, Collection: name, Partition: part,
-						Range: u.GetRange(), ExpectedRows: u.GetRows(), BatchBytes: opts.BatchBytes, ReadTimestamp: readTs,
-						SourceClusterId: opts.SourceClusterID, TargetClusterId: opts.TargetClusterID,
-					}
-					if _, err := natsbus.Publish(ctx, js, prop, natsbus.WorkSubject(migration), wu.GetUnitId(), wu); err != nil {
-						return nil, err
-					}
-					out = append(out, wu)
-				}
-			}
-		}
-	}
-	return out, nil
-}
-
-// explainUnloaded adds the likely cause to a read error on a collection
-// that is not loaded: Milvus reads only loaded collections.
-func explainUnloaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, name string, err error) error {
-	st, lerr := c.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
-	if milvusx.Check(st, lerr) != nil || st.GetState() == commonpb.LoadState_LoadStateLoaded {
-		return err
-	}
-	return fmt.Errorf("source collection %s.%s is not loaded (%s), and Milvus reads only loaded collections: "+
-		"load it on the source (it needs an index) and retry: %w", db, name, st.GetState(), err)
-}
-
-// tableKey names a table of a migration, as a valid KV key whatever the
-// database and collection names hold.
-func tableKey(migration, db, coll, part string) string {
-	h := sha256.Sum256([]byte(db + "\x00" + coll + "\x00" + part))
-	return migration + "." + hex.EncodeToString(h[:6])
-}
-
-// unitID is stable for a migration, table and unit index.
-func unitID(migration, db, coll, part string, i int) string {
-	return fmt.Sprintf("%s.%d", tableKey(migration, db, coll, part), i)
-}
-
-// tablePlan returns the units stored for a table, or plans them and
-// stores them before anything is published. A plan stored first by
-// another copier wins.
-func tablePlan(ctx context.Context, plans *natsbus.Table[*copierpb.TablePlan], key string, plan func() ([]Unit, error), strKeys bool) (*copierpb.TablePlan, error) {
-	if p, _, err := plans.Get(ctx, key); !errors.Is(err, apierr.ErrNotFound) {
-		return p, err
-	}
-	units, err := plan()
-	if err != nil {
-		return nil, err
-	}
-	p := &copierpb.TablePlan{}
-	for _, u := range units {
-		p.Units = append(p.Units, &copierpb.PlannedUnit{Range: rangeToPB(u.Range, strKeys), Rows: u.Rows})
-	}
-	if _, err := plans.Create(ctx, key, p); errors.Is(err, apierr.ErrAlreadyExists) {
-		p, _, err = plans.Get(ctx, key)
-		return p, err
-	} else if err != nil {
-		return nil, err
-	}
-	return p, nil
-}
 
 // Worker copies work units pulled from the queue. Any number of workers,
 // in any number of processes, share the queue.
@@ -204,7 +55,7 @@ type Worker struct {
 
 	checkpoints *natsbus.Table[*eventspb.WorkUnitCheckpoint]
 	mu          sync.Mutex
-	clients     map[string]client.Client
+	clients     map[string]*milvusx.Client
 }
 
 // Run pulls and copies units until ctx is done, one at a time.
@@ -218,7 +69,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.checkpoints = cps
-	w.clients = map[string]client.Client{}
+	w.clients = map[string]*milvusx.Client{}
 	defer w.closeClients()
 	cons, err := w.JS.CreateOrUpdateConsumer(ctx, natsbus.WorkStream, jetstream.ConsumerConfig{
 		Durable: workConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: w.AckWait, MaxDeliver: -1,
@@ -241,11 +92,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// closeClients closes the cached clients when the worker stops. Closing
+// only releases a connection the worker is done with, so a failure to
+// close changes nothing and is dropped.
 func (w *Worker) closeClients() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, c := range w.clients {
-		c.Close()
+		_ = c.Close()
 	}
 }
 
@@ -254,6 +108,8 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	ctx, err := natsbus.Decode(ctx, w.Propagator, msg, &u)
 	if err != nil {
 		w.Logger.ErrorContext(ctx, "malformed work unit dropped", slog.Any("error", err))
+		// A unit whose Term or Nak is lost comes back after the ack wait
+		// and is handled again, so those errors are dropped here and below.
 		_ = msg.Term()
 		return
 	}
@@ -310,15 +166,15 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		if err != nil {
 			return stage.OnTarget(err)
 		}
-		rs, _ := milvusx.Raw(src)
-		rt, _ := milvusx.Raw(tgt)
-		t, err := milvusx.DescribeTable(ctx, rs, u.GetDatabase(), u.GetCollection())
+		t, err := milvusx.DescribeTable(ctx, src.Raw, u.GetDatabase(), u.GetCollection())
 		if err != nil {
 			return stage.OnSource(err)
 		}
 		t.Partition, t.ReadTs = u.GetPartition(), u.GetReadTimestamp()
 		base := CopyStats{Rows: cp.GetRows(), Bytes: cp.GetBytes()}
-		alive := func() { _ = msg.InProgress() } // keep the unit
+		// Keep the unit. A lost InProgress at worst hands the unit to another
+		// copier, which the checkpoint's revision check already allows for.
+		alive := func() { _ = msg.InProgress() }
 		// Pay for each page before it is written; stop there if paused.
 		pace := func(rows, bytes int64) error {
 			return w.Controls.Wait(ctx, u.GetMigrationId(), rows, bytes, alive)
@@ -338,7 +194,7 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 			batch = w.BatchBytes
 		}
 		opts := CopyOptions{Resume: keyFromPB(cp.GetLastKey()), BatchBytes: batch, Pace: pace, Checkpoint: save}
-		if _, err := CopyRange(ctx, rs, rt, t, rangeFromPB(u.GetRange()), opts); err != nil {
+		if _, err := CopyRange(ctx, src.Raw, tgt.Raw, t, rangeFromPB(u.GetRange()), opts); err != nil {
 			return err
 		}
 		cp.Complete, cp.Time, cp.CopierId = true, timestamppb.Now(), w.ID
@@ -380,7 +236,7 @@ func (w *Worker) progress(ctx context.Context, u *eventspb.WorkUnit, cp *eventsp
 // client returns a cached connection to the registered cluster id, keyed
 // by its connection, so a cluster registered again under the same ID with
 // another endpoint gets a client of its own.
-func (w *Worker) client(ctx context.Context, id string) (client.Client, error) {
+func (w *Worker) client(ctx context.Context, id string) (*milvusx.Client, error) {
 	conn, err := w.Registry.Resolve(ctx, id)
 	if err != nil {
 		return nil, err
@@ -398,6 +254,10 @@ func (w *Worker) client(ctx context.Context, id string) (client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.clients[string(key)] = c
-	return c, nil
+	mc, err := milvusx.Wrap(c)
+	if err != nil {
+		return nil, errors.Join(err, c.Close())
+	}
+	w.clients[string(key)] = mc
+	return mc, nil
 }
