@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -106,20 +105,7 @@ func seedDefault(t *testing.T, ctx context.Context, addr string, n int) {
 		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(16))
 	require.NoError(t, c.CreateCollection(ctx, schema, 1))
 	for from := 1; from <= n; from += 2000 {
-		var ids []int64
-		var titles []string
-		var vecs [][]float32
-		for id := from; id < from+2000 && id <= n; id++ {
-			ids, titles = append(ids, int64(id)), append(titles, fmt.Sprintf("item %d", id))
-			v := make([]float32, 16)
-			for j := range v {
-				v[j] = float32(id) + float32(j)/16
-			}
-			vecs = append(vecs, v)
-		}
-		_, err := c.Insert(ctx, "items", "", entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
-			entity.NewColumnFloatVector("vec", 16, vecs))
-		require.NoError(t, err)
+		insertItems(t, ctx, c, "", from, min(from+1999, n))
 	}
 	idx, err := entity.NewIndexFlat(entity.L2)
 	require.NoError(t, err)

@@ -57,9 +57,9 @@ func TestE2ECopiersKilled(t *testing.T) {
 	conn := dial(t, p.addrs.GRPC)
 	mig := zdmpb.NewMigrationServiceClient(conn)
 	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
-	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "fault", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+	// The copier processes announce their stages once they run.
+	createWhenServed(t, ctx, mig, &zdmpb.CreateMigrationRequest{MigrationId: "fault", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
-	require.NoError(t, err)
 
 	// Kill at random moments while copying, a bounded number of times,
 	// so the copy also gets to finish.

@@ -3,8 +3,6 @@ package main_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os/exec"
@@ -23,7 +21,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
-	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/telemetry"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
@@ -41,17 +38,8 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 	require.NoError(t, err)
 	// The test plays every stage with events of its own, so it announces
 	// them as the services would.
-	kv, err := natsbus.StagesBucket.Open(context.Background(), bus.JS, 1)
-	require.NoError(t, err)
-	actx, stopAnnouncing := context.WithCancel(context.Background())
-	announced := make(chan struct{})
-	go func() {
-		defer close(announced)
-		service.Announce(actx, kv, []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA,
-			zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE, zdmpb.StageKind_STAGE_KIND_VERIFY},
-			slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
-	t.Cleanup(func() { stopAnnouncing(); <-announced })
+	announceStages(t, bus.JS, zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA,
+		zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE, zdmpb.StageKind_STAGE_KIND_VERIFY)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := l.Addr().String()

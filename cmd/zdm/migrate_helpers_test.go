@@ -2,12 +2,21 @@ package main_test
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/verify"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
@@ -89,4 +98,33 @@ func compareSides(t *testing.T, ctx context.Context, srcAddr, tgtAddr, db, coll 
 	report, err := verify.Collection(ctx, sc.Raw, tc.Raw, table, 0)
 	require.NoError(t, err)
 	return report
+}
+
+// announceStages announces on the bus that stages are served, as live
+// services would, until t ends: for tests that play a stage themselves, or
+// whose service joins later.
+func announceStages(t *testing.T, js jetstream.JetStream, stages ...zdmpb.StageKind) {
+	t.Helper()
+	kv, err := natsbus.StagesBucket.Open(context.Background(), js, 1)
+	require.NoError(t, err)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		service.Announce(ctx, kv, stages, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	t.Cleanup(func() { stop(); <-done })
+}
+
+// createWhenServed creates a migration once processes that were just
+// started announce the stages it needs, retrying while CreateMigration
+// says a stage is not served yet.
+func createWhenServed(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceClient, req *zdmpb.CreateMigrationRequest) {
+	t.Helper()
+	var err error
+	ztest.Eventually(t, 30*time.Second, func() bool {
+		_, err = mig.CreateMigration(ctx, req)
+		return status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "no running zdm process")
+	}, "stages not served: %v", lazy(func() string { return fmt.Sprint(err) }))
+	require.NoError(t, err)
 }

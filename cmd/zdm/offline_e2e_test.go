@@ -8,6 +8,8 @@ import (
 
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -78,32 +80,39 @@ func seedShop(t *testing.T, ctx context.Context, addr string, n int) {
 		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(16))
 	require.NoError(t, c.CreateCollection(ctx, schema, 1))
 	require.NoError(t, c.CreatePartition(ctx, "items", "archive"))
-	for part, span := range map[string][2]int{"": {1, n - 300}, "archive": {n - 299, n}} {
-		var ids []int64
-		var titles []string
-		var vecs [][]float32
-		for id := span[0]; id <= span[1]; id++ {
-			ids, titles = append(ids, int64(id)), append(titles, fmt.Sprintf("item %d", id))
-			v := make([]float32, 16)
-			for j := range v {
-				v[j] = float32(id) + float32(j)/16
-			}
-			vecs = append(vecs, v)
-		}
-		_, err := c.Insert(ctx, "items", part, entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
-			entity.NewColumnFloatVector("vec", 16, vecs))
-		require.NoError(t, err)
-	}
+	insertItems(t, ctx, c, "", 1, n-300)
+	insertItems(t, ctx, c, "archive", n-299, n)
 	idx, err := entity.NewIndexFlat(entity.L2)
 	require.NoError(t, err)
 	require.NoError(t, c.CreateIndex(ctx, "items", "vec", idx, true))
 	require.NoError(t, c.LoadCollection(ctx, "items", true))
 }
 
+// insertItems writes rows from..to (inclusive) of the items shape into
+// partition part ("" for the default) of collection items.
+func insertItems(t *testing.T, ctx context.Context, c client.Client, part string, from, to int) {
+	t.Helper()
+	var ids []int64
+	var titles []string
+	var vecs [][]float32
+	for id := from; id <= to; id++ {
+		ids, titles = append(ids, int64(id)), append(titles, fmt.Sprintf("item %d", id))
+		v := make([]float32, 16)
+		for j := range v {
+			v[j] = float32(id) + float32(j)/16
+		}
+		vecs = append(vecs, v)
+	}
+	_, err := c.Insert(ctx, "items", part, entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
+		entity.NewColumnFloatVector("vec", 16, vecs))
+	require.NoError(t, err)
+}
+
 // TestE2EOfflineMigrationFailsOnMismatch changes the target after the copy
 // and before verification: the migration FAILS and names the ranges and
 // keys. The lag monitor runs in a second process that joins later, so the
-// change lands while the migration waits in VERIFYING.
+// change lands while the migration waits in VERIFYING; until it joins, the
+// test announces the verify stage for it.
 func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 	ztest.Integration(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -115,7 +124,13 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 	conn := dial(t, p.addrs.GRPC)
 	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
 	registerPair(t, ctx, clusters, srcAddr, tgtAddr)
-	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off2", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+	nc, err := nats.Connect(p.addrs.NATS)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	announceStages(t, js, zdmpb.StageKind_STAGE_KIND_VERIFY)
+	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off2", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)
 	waitMigration(t, ctx, mig, "off2", 2*time.Minute, inState(zdmpb.MigrationState_MIGRATION_STATE_VERIFYING), nil)
