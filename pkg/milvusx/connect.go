@@ -42,7 +42,7 @@ func Connect(ctx context.Context, conn *zdmpb.ClusterConnection, db string) (cli
 		cfg.APIKey = a.Token
 	}
 	if conn.GetTls().GetEnabled() {
-		tc, err := tlsConfig(conn, host)
+		tc, err := TLSConfig(conn, host)
 		if err != nil {
 			return nil, err
 		}
@@ -56,9 +56,9 @@ func Connect(ctx context.Context, conn *zdmpb.ClusterConnection, db string) (cli
 	return c, nil
 }
 
-// tlsConfig is conn's TLS setup; host, the endpoint's host, is the server
-// name unless conn names another.
-func tlsConfig(conn *zdmpb.ClusterConnection, host string) (*tls.Config, error) {
+// TLSConfig is conn's TLS setup, for anything that dials a cluster; host,
+// the endpoint's host, is the server name unless conn names another.
+func TLSConfig(conn *zdmpb.ClusterConnection, host string) (*tls.Config, error) {
 	t := conn.GetTls()
 	tc := &tls.Config{ServerName: t.GetServerName(), MinVersion: tls.VersionTLS12}
 	if tc.ServerName == "" {

@@ -323,7 +323,11 @@ func newServices(cfg Config, deps service.Deps, logger *slog.Logger) ([]service.
 			}
 			out = append(out, c)
 		case streamer.Name:
-			out = append(out, streamer.New(d))
+			s, err := streamer.New(cfg.Streamer, d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
 		case lagmonitor.Name:
 			out = append(out, lagmonitor.New(d))
 		case coordinator.Name:

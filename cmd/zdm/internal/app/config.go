@@ -16,6 +16,7 @@ import (
 	"github.com/peterbourgon/ff/v3"
 
 	"github.com/zdm-io/zdm/pkg/secret"
+	streamer "github.com/zdm-io/zdm/services/cdc-streamer"
 	"github.com/zdm-io/zdm/services/coordinator"
 	copier "github.com/zdm-io/zdm/services/snapshot-copier"
 )
@@ -46,6 +47,7 @@ type Config struct {
 	CredentialsKey   string
 	Coordinator      coordinator.Config
 	Copier           copier.Config
+	Streamer         streamer.Config
 	syncInterval     time.Duration
 	targetFlagString string
 	box              *secret.Box
@@ -80,6 +82,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CredentialsKey, "credentials-key", "", "32 random bytes in base64 (openssl rand -base64 32) that seal cluster credentials stored on the bus; every zdm process of a deployment needs the same one. Prefer ZDM_CREDENTIALS_KEY to the flag")
 	c.Coordinator.RegisterFlags(fs)
 	c.Copier.RegisterFlags(fs)
+	c.Streamer.RegisterFlags(fs)
 }
 
 // AuthOff reports whether the API runs without authentication: asked for
@@ -158,6 +161,9 @@ func (c *Config) Validate() error {
 	}
 	if slices.Contains(c.Targets, copier.Name) {
 		errs = append(errs, c.Copier.Validate())
+	}
+	if slices.Contains(c.Targets, streamer.Name) {
+		errs = append(errs, c.Streamer.Validate())
 	}
 	return errors.Join(errs...)
 }

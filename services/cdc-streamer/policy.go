@@ -1,0 +1,157 @@
+package streamer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// milvusService prefixes the full method names of Milvus's API.
+const milvusService = "/milvus.proto.milvus.MilvusService/"
+
+// Writes, by method name without the service.
+var (
+	// mutations change rows.
+	mutations = set("Insert", "Upsert", "Delete")
+	// frozenDDL is the DDL refused on a source for as long as a migration
+	// runs: the target could not follow it.
+	frozenDDL = set("AlterCollection", "AlterCollectionField", "CreateAlias", "DropAlias", "AlterAlias",
+		"RenameCollection", "AlterDatabase", "Import")
+	// replicatedDDL is the DDL a ZERO_DOWNTIME migration carries over and
+	// an OFFLINE one refuses with every other write.
+	replicatedDDL = set("CreateDatabase", "DropDatabase", "CreateCollection", "DropCollection", "CreatePartition",
+		"DropPartition", "CreateIndex", "DropIndex", "AlterIndex")
+)
+
+func set(names ...string) map[string]bool {
+	m := map[string]bool{}
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
+// policy decides which calls the gateway lets through to its source. With
+// no migration from the source, all of them. During an OFFLINE migration,
+// no write (mutation or DDL). During a ZERO_DOWNTIME migration, everything
+// but the DDL the target could not follow (frozenDDL). Reads always pass.
+// It follows the migrations bucket, so a migration's start and end reach
+// every gateway replica within moments.
+type policy struct {
+	cluster string
+
+	mu     sync.Mutex
+	active map[string]*zdmpb.Migration // running migrations from cluster, by ID
+	ready  chan struct{}               // closed once the stored migrations are loaded
+}
+
+func newPolicy(cluster string) *policy {
+	return &policy{cluster: cluster, active: map[string]*zdmpb.Migration{}, ready: make(chan struct{})}
+}
+
+// run follows table until ctx is done.
+func (p *policy) run(ctx context.Context, table *natsbus.Table[*zdmpb.Migration]) error {
+	w, err := table.KV().WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch migrations: %w", err)
+	}
+	defer func() { _ = w.Stop() }() // ending a watch that ends with ctx anyway
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("migrations watch ended")
+			}
+			if e == nil {
+				p.markReady()
+				continue
+			}
+			var m *zdmpb.Migration
+			if e.Operation() == jetstream.KeyValuePut {
+				if m, err = table.Decode(e); err != nil {
+					return err
+				}
+			}
+			p.update(e.Key(), m)
+		}
+	}
+}
+
+func (p *policy) markReady() {
+	select {
+	case <-p.ready:
+	default:
+		close(p.ready)
+	}
+}
+
+// update records migration id as stored (nil: deleted).
+func (p *policy) update(id string, m *zdmpb.Migration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m == nil || m.GetSourceClusterId() != p.cluster || ended(m.GetState()) {
+		delete(p.active, id)
+		return
+	}
+	p.active[id] = m
+}
+
+func ended(s zdmpb.MigrationState) bool {
+	switch s {
+	case zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, zdmpb.MigrationState_MIGRATION_STATE_FAILED,
+		zdmpb.MigrationState_MIGRATION_STATE_CANCELLED:
+		return true
+	}
+	return false
+}
+
+// refusal is a write the policy does not let through. The gateway answers
+// it as Milvus answers a failed call (see refuse), so every SDK raises it
+// at once: pymilvus retries any gRPC-level error but a few.
+type refusal struct{ msg string }
+
+func (r *refusal) Error() string { return "FAILED_PRECONDITION: " + r.msg }
+
+// readyWait bounds how long a write waits for the policy to load.
+const readyWait = 5 * time.Second
+
+// allow returns nil when a call of method may go to the source; a
+// *refusal naming the migration when the policy refuses it; UNAVAILABLE
+// while the gateway does not know the migrations yet (clients retry it).
+func (p *policy) allow(method string) error {
+	name, ok := strings.CutPrefix(method, milvusService)
+	if !ok || !(mutations[name] || frozenDDL[name] || replicatedDDL[name]) {
+		return nil // a read, or a service that is not Milvus's data API
+	}
+	select {
+	case <-p.ready:
+	case <-time.After(readyWait):
+		return status.Error(codes.Unavailable, "zdm gateway: migrations not loaded yet; retry")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, m := range p.active {
+		switch {
+		case m.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE:
+			return &refusal{fmt.Sprintf("%s refused: cluster %q is the source of OFFLINE migration %q, which refuses every write until it ends", name, p.cluster, id)}
+		case frozenDDL[name]:
+			return &refusal{fmt.Sprintf("%s refused: cluster %q is the source of migration %q, whose target could not follow it; retry after the migration ends", name, p.cluster, id)}
+		}
+	}
+	return nil
+}
