@@ -111,6 +111,10 @@ bench: ## Benchmarks; each figure is also given as a ratio to its baseline from 
 bench-copy: build testenv-up ## Copy benchmark on the primary rig tier: ceiling, zdm's copy, a naive copy (name=value lines).
 	$(WITH_TESTENV) go run ./cmd/zdm/tools/benchcopy -zdm bin/zdm $(BENCH_COPY_FLAGS)
 
+.PHONY: bench-cdc
+bench-cdc: build testenv-up ## Gateway benchmark on the primary rig tier: added latency, throughput, CPU (name=value lines).
+	$(WITH_TESTENV) go run ./cmd/zdm/tools/benchcdc -zdm bin/zdm $(BENCH_CDC_FLAGS)
+
 .PHONY: testenv-up
 testenv-up: ## Install and start the real Milvus servers of every tier (idempotent).
 	$(TESTENV) up

@@ -131,3 +131,42 @@ func TestE2EGateway(t *testing.T) {
 	}, "writes still refused after the migration ended: %v", lazy(func() string { return err.Error() }))
 	require.Equal(t, int64(12011), count())
 }
+
+// TestE2EGatewayPrimaryTier writes and reads through the gateway in front
+// of the standalone Milvus: Milvus 2.3 serves gRPC and HTTP on one port and
+// routes a connection by its content type, so the gateway must speak
+// exactly as an SDK does.
+func TestE2EGatewayPrimaryTier(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tier := ztest.PrimaryTier(t)
+	pair := ztest.NewPair(t, tier)
+	gw := freeAddr(t)
+	p := start(t, "-gateway-cluster", "prim", "-gateway-addr", gw)
+	_, err := zdmpb.NewClusterServiceClient(dial(t, p.addrs.GRPC)).RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{
+		ClusterId: "prim", Connection: &zdmpb.ClusterConnection{Endpoint: tier.Source}})
+	require.NoError(t, err)
+
+	c, err := client.NewClient(ctx, client.Config{Address: gw, DBName: pair.Source.Database})
+	require.NoError(t, err)
+	defer c.Close()
+	schema := entity.NewSchema().WithName("items").
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
+		WithField(entity.NewField().WithName("title").WithDataType(entity.FieldTypeVarChar).WithMaxLength(64)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(16))
+	require.NoError(t, c.CreateCollection(ctx, schema, 1))
+	insertItems(t, ctx, c, "", 1, 500)
+	idx, err := entity.NewIndexFlat(entity.L2)
+	require.NoError(t, err)
+	require.NoError(t, c.CreateIndex(ctx, "items", "vec", idx, false))
+	require.NoError(t, c.LoadCollection(ctx, "items", false))
+	res, err := c.Query(ctx, "items", nil, "", []string{"count(*)"}, client.WithSearchQueryConsistencyLevel(entity.ClStrong))
+	require.NoError(t, err)
+	require.Equal(t, int64(500), res.GetColumn("count(*)").(*entity.ColumnInt64).Data()[0])
+
+	// The rows are on the source itself.
+	direct, err := pair.Source.Client.Query(ctx, "items", nil, "id in [1, 500]", []string{"id"}, client.WithSearchQueryConsistencyLevel(entity.ClStrong))
+	require.NoError(t, err)
+	require.Equal(t, 2, direct.GetColumn("id").Len())
+}

@@ -40,7 +40,10 @@ type frame struct{ b []byte }
 // rawCodec moves frames as they are.
 type rawCodec struct{}
 
-func (rawCodec) Name() string { return "proto" } // what Milvus clients and servers speak
+// Name is empty so requests to the source carry the plain content type
+// application/grpc: Milvus 2.3 routes a connection to its gRPC server only
+// on that exact value (application/grpc+proto goes to its HTTP server).
+func (rawCodec) Name() string { return "" }
 
 func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	f, ok := v.(*frame)
