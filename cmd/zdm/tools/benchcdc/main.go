@@ -130,15 +130,27 @@ func connect(ctx context.Context, addr string) (client.Client, error) {
 	return client.NewClient(ctx, client.Config{Address: addr, DBName: database})
 }
 
-// prepare makes the benchmark collection on the source.
+// prepare makes the benchmark collection on the source, dropping what an
+// interrupted run left behind first.
 func prepare(ctx context.Context, addr string) error {
 	admin, err := client.NewClient(ctx, client.Config{Address: addr})
 	if err != nil {
 		return err
 	}
 	defer admin.Close()
+	dbs, err := admin.ListDatabases(ctx)
+	if err != nil {
+		return err
+	}
+	for _, db := range dbs {
+		if db.Name == database {
+			if err := dropDatabase(ctx, addr); err != nil {
+				return fmt.Errorf("drop the database %s an earlier run left: %w", database, err)
+			}
+		}
+	}
 	if err := admin.CreateDatabase(ctx, database); err != nil {
-		return fmt.Errorf("create database %s on the source (left by an earlier run? make testenv-down && make testenv-up): %w", database, err)
+		return fmt.Errorf("create database %s on the source: %w", database, err)
 	}
 	c, err := connect(ctx, addr)
 	if err != nil {
