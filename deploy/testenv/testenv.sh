@@ -70,8 +70,12 @@ pidfile() { echo "$dir/pids/$1.pid"; }
 # still exists. For the standalone tier that is a Python wrapper, which
 # outlives the Milvus binary inside it.
 alive() {
-  local f; f=$(pidfile "$1")
-  [[ -f $f ]] && kill -0 -- "-$(cat "$f")" 2>/dev/null
+  local f pid; f=$(pidfile "$1")
+  [[ -f $f ]] || return 1
+  pid=$(cat "$f")
+  # The process itself, or its group: just after the fork the process has
+  # not yet made its group (setsid), and later the group may outlive it.
+  kill -0 "$pid" 2>/dev/null || kill -0 -- "-$pid" 2>/dev/null
 }
 
 # serving NAME: alive, and its server answers on its address.
@@ -255,14 +259,15 @@ write_env() {
   log "addresses written to $f"
 }
 
-# gone PGID SECONDS: waits until no process of group PGID is left.
+# gone PID SECONDS: waits until neither PID nor any process of its group
+# is left.
 gone() {
-  local pgid=$1 n=$(($2 * 2))
+  local pid=$1 n=$(($2 * 2))
   while ((n-- > 0)); do
-    kill -0 -- "-$pgid" 2>/dev/null || return 0
+    kill -0 "$pid" 2>/dev/null || kill -0 -- "-$pid" 2>/dev/null || return 0
     sleep 0.5
   done
-  ! kill -0 -- "-$pgid" 2>/dev/null
+  ! { kill -0 "$pid" 2>/dev/null || kill -0 -- "-$pid" 2>/dev/null; }
 }
 
 # stop_one NAME: stops every process of NAME's group and returns once they
