@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -40,10 +39,7 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 	// them as the services would.
 	announceStages(t, bus.JS, zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA,
 		zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE, zdmpb.StageKind_STAGE_KIND_VERIFY)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
+	addr := freeAddr(t)
 
 	var cmd *exec.Cmd
 	var logs syncBuffer

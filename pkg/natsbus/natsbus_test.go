@@ -171,3 +171,8 @@ func TestStartEmbeddedRequiresStoreDir(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "store directory")
 }
+
+func TestKeyToken(t *testing.T) {
+	require.Equal(t, "host_example-12_3=x_", natsbus.KeyToken("host.example-12/3=x*"))
+	require.Equal(t, "copier-a", natsbus.KeyToken("copier-a"))
+}

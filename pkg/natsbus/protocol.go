@@ -153,3 +153,18 @@ func (b Bucket) Open(ctx context.Context, js jetstream.JetStream, replicas int) 
 
 // MigrationCommands matches every command of migration.
 func MigrationCommands(migration string) string { return commandSpace + "." + migration + ".>" }
+
+// KeyToken makes s, a process or copier name, one token of a KV key:
+// every character but letters, digits, '-', '_' and '=' becomes '_' (a
+// '.' would split it in two).
+func KeyToken(s string) string {
+	b := []byte(s)
+	for i, ch := range b {
+		switch {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '-', ch == '_', ch == '=':
+		default:
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}

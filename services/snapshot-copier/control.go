@@ -81,7 +81,7 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 	for {
 		select {
 		case <-ctx.Done():
-			_ = live.Delete(context.WithoutCancel(ctx), kvKey(copierID)) // best effort: the key expires anyway
+			_ = live.Delete(context.WithoutCancel(ctx), natsbus.KeyToken(copierID)) // best effort: the key expires anyway
 			return nil
 		case <-renew.C:
 			c.announce(ctx, live, copierID, log)
@@ -103,7 +103,7 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 
 // announce renews this copier's liveness and recounts the live copiers.
 func (c *Controls) announce(ctx context.Context, live jetstream.KeyValue, copierID string, log *slog.Logger) {
-	if _, err := live.PutString(ctx, kvKey(copierID), time.Now().UTC().Format(time.RFC3339)); err != nil {
+	if _, err := live.PutString(ctx, natsbus.KeyToken(copierID), time.Now().UTC().Format(time.RFC3339)); err != nil {
 		log.WarnContext(ctx, "announce copier", slog.Any("error", err))
 		return
 	}
@@ -249,17 +249,4 @@ func (c *Controls) Wait(ctx context.Context, migration string, rows, bytes int64
 		}
 	}
 	return nil
-}
-
-// kvKey makes a copier ID a valid KV key.
-func kvKey(id string) string {
-	b := []byte(id)
-	for i, ch := range b {
-		switch {
-		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '-', ch == '_', ch == '=':
-		default:
-			b[i] = '_'
-		}
-	}
-	return string(b)
 }

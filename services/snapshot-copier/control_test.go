@@ -239,8 +239,3 @@ func TestControlsWithoutBus(t *testing.T) {
 	defer cancel()
 	require.ErrorIs(t, NewControls().Check(short, "m1"), context.DeadlineExceeded)
 }
-
-func TestKVKey(t *testing.T) {
-	require.Equal(t, "host_example-12_3=x_", kvKey("host.example-12/3=x*"))
-	require.Equal(t, "copier-a", kvKey("copier-a"))
-}

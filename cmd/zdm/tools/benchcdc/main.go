@@ -19,7 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +34,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/zdm-io/zdm/cmd/zdm/internal/benchproc"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -77,7 +77,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer stop(zdm)
+	defer benchproc.Stop(zdm)
 
 	direct, err := connect(ctx, src)
 	if err != nil {
@@ -109,12 +109,12 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("direct saturation: %w", err)
 	}
-	zdmCPU0, srcCPU0 := cpuSeconds([]int{zdm.Process.Pid}), cpuSeconds(groupPids(sourcePgid))
+	zdmCPU0, srcCPU0 := benchproc.CPUSeconds([]int{zdm.Process.Pid}), benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))
 	gatewayRate, err := saturate(ctx, viaGateway, *writers, *saturateFor)
 	if err != nil {
 		return fmt.Errorf("gateway saturation: %w", err)
 	}
-	zdmCPU, srcCPU := cpuSeconds([]int{zdm.Process.Pid})-zdmCPU0, cpuSeconds(groupPids(sourcePgid))-srcCPU0
+	zdmCPU, srcCPU := benchproc.CPUSeconds([]int{zdm.Process.Pid})-zdmCPU0, benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))-srcCPU0
 
 	fmt.Printf("direct_p99_ms=%.2f\n", directP99)
 	fmt.Printf("gateway_p99_ms=%.2f\n", gatewayP99)
@@ -248,7 +248,7 @@ func saturate(ctx context.Context, c client.Client, writers int, d time.Duration
 // startZDM runs the coordinator and the gateway in one process in front of
 // the source, registered as "src", and returns the gateway's address.
 func startZDM(ctx context.Context, bin, src string) (string, *exec.Cmd, error) {
-	addrs, err := freeAddrs(3)
+	addrs, err := benchproc.FreeAddrs(3)
 	if err != nil {
 		return "", nil, err
 	}
@@ -263,13 +263,13 @@ func startZDM(ctx context.Context, bin, src string) (string, *exec.Cmd, error) {
 	if err := cmd.Start(); err != nil {
 		return "", nil, err
 	}
-	if err := waitListening(gw); err != nil {
-		stop(cmd)
+	if err := benchproc.WaitListening(gw); err != nil {
+		benchproc.Stop(cmd)
 		return "", nil, err
 	}
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		stop(cmd)
+		benchproc.Stop(cmd)
 		return "", nil, err
 	}
 	defer conn.Close()
@@ -277,39 +277,10 @@ func startZDM(ctx context.Context, bin, src string) (string, *exec.Cmd, error) {
 	defer cancel()
 	if _, err := zdmpb.NewClusterServiceClient(conn).RegisterCluster(rctx, &zdmpb.RegisterClusterRequest{ClusterId: "src",
 		Connection: &zdmpb.ClusterConnection{Endpoint: src}}); err != nil {
-		stop(cmd)
+		benchproc.Stop(cmd)
 		return "", nil, fmt.Errorf("register the source: %w", err)
 	}
 	return gw, cmd, nil
-}
-
-func freeAddrs(n int) ([]string, error) {
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, l.Addr().String())
-		defer l.Close()
-	}
-	return out, nil
-}
-
-func waitListening(addr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			return c.Close()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("zdm not listening on %s within 30s", addr)
-}
-
-func stop(cmd *exec.Cmd) {
-	_ = cmd.Process.Signal(os.Interrupt) // then wait: the process exits on its own
-	_ = cmd.Wait()
 }
 
 func readPid(path string) (int, error) {
@@ -318,37 +289,4 @@ func readPid(path string) (int, error) {
 		return 0, fmt.Errorf("source pid file: %w (run make testenv-up)", err)
 	}
 	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-// groupPids lists the processes of process group pgid.
-func groupPids(pgid int) []int {
-	out, err := exec.Command("pgrep", "-g", strconv.Itoa(pgid)).Output()
-	if err != nil {
-		return []int{pgid}
-	}
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		if p, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, p)
-		}
-	}
-	return pids
-}
-
-// cpuSeconds is the user and system CPU time the processes have used.
-func cpuSeconds(pids []int) float64 {
-	const ticks = 100 // USER_HZ on Linux
-	total := 0.0
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name, which is in parentheses.
-		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		utime, _ := strconv.ParseFloat(fields[11], 64)
-		stime, _ := strconv.ParseFloat(fields[12], 64)
-		total += (utime + stime) / ticks
-	}
-	return total
 }

@@ -11,19 +11,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +31,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/zdm-io/zdm/cmd/zdm/internal/benchproc"
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 	copier "github.com/zdm-io/zdm/services/snapshot-copier"
@@ -335,7 +333,7 @@ func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (
 		return 0, 0, err
 	}
 	defer os.RemoveAll(dir)
-	addrs, err := freeAddrs(5)
+	addrs, err := benchproc.FreeAddrs(5)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -346,8 +344,8 @@ func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (
 	if err := coord.Start(); err != nil {
 		return 0, 0, err
 	}
-	defer stop(coord)
-	if err := waitListening(grpcAddr); err != nil {
+	defer benchproc.Stop(coord)
+	if err := benchproc.WaitListening(grpcAddr); err != nil {
 		return 0, 0, err
 	}
 	copier := exec.CommandContext(ctx, bin, "-target", "snapshot-copier", "-nats-url", "nats://"+natsAddr, "-grpc-addr", addrs[3],
@@ -356,7 +354,7 @@ func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (
 	if err := copier.Start(); err != nil {
 		return 0, 0, err
 	}
-	defer stop(copier)
+	defer benchproc.Stop(copier)
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -375,7 +373,7 @@ func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (
 	}
 	var peak float64
 	for {
-		peak = max(peak, peakRSS(copier.Process.Pid))
+		peak = max(peak, benchproc.PeakRSS(copier.Process.Pid))
 		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "bench"})
 		if err != nil {
 			return 0, 0, err
@@ -398,59 +396,5 @@ func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (
 			return 0, 0, fmt.Errorf("migration failed: %s", m.GetError().GetMessage())
 		}
 		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// peakRSS is a process's peak resident memory in MiB (VmHWM).
-func peakRSS(pid int) float64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
-
-// freeAddrs returns n loopback addresses with free ports.
-func freeAddrs(n int) ([]string, error) {
-	var out []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, l.Addr().String())
-		defer l.Close()
-	}
-	return out, nil
-}
-
-func waitListening(addr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("zdm not listening on %s", addr)
-}
-
-func stop(cmd *exec.Cmd) {
-	_ = cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
 	}
 }
