@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
@@ -129,6 +130,9 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 				return stats, err
 			}
 		}
+		if err := ctx.Err(); err != nil {
+			return stats, err // stopping: start no new page
+		}
 		if err := write(ctx, tgt, t, p.Fields, len(p.Keys), upsert); err != nil {
 			return stats, stage.OnTarget(err) // the deferred cancel stops the reader
 		}
@@ -206,7 +210,18 @@ func readPages(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.
 	}
 }
 
+// writeTimeout bounds one insert or upsert, which a stopping copier lets
+// finish (see write).
+const writeTimeout = 2 * time.Minute
+
+// write inserts (or upserts) one page into the target. A page being
+// written is finished even when ctx ends: a cancelled request can still
+// land on the server after the unit has gone to another copier, which
+// would then not see those rows when it checks what the target holds,
+// and write them again. Only writeTimeout bounds it.
 func write(ctx context.Context, tgt milvuspb.MilvusServiceClient, t milvusx.Table, fields []*schemapb.FieldData, rows int, upsert bool) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
 	var (
 		resp *milvuspb.MutationResult
 		err  error
