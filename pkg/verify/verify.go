@@ -40,8 +40,12 @@ func (r *Report) Match() bool {
 }
 
 func (r *Report) String() string {
-	return fmt.Sprintf("%s.%s: count %d/%d, distinct keys %d/%d, %d mismatched ranges",
+	s := fmt.Sprintf("%s.%s: count %d/%d, distinct keys %d/%d, %d mismatched ranges",
 		r.Database, r.Collection, r.SourceCount, r.TargetCount, r.SourceDistinct, r.TargetDistinct, len(r.Mismatches))
+	for _, m := range r.Mismatches {
+		s += fmt.Sprintf("; [%s, %s) keys %v", m.Start, m.End, m.SampleKeys)
+	}
+	return s
 }
 
 // Collection compares table t on src and tgt: count(*), distinct primary

@@ -96,11 +96,12 @@ type CopyOptions struct {
 // offset. Pages are written with insert, which is cheaper than upsert and
 // cannot duplicate: a page's keys are above everything written before.
 //
-// When opts.Resume is set, copying starts after it. The page written after
-// that checkpoint may have reached the target before a crash, so the
-// target is asked for the largest key it holds above the checkpoint, and
-// pages are written with upsert, which replaces rows instead of
-// duplicating them, until that key is passed.
+// When opts.Resume is set, copying starts after it. Pages written after
+// the last checkpoint (or before the first) may have reached the target
+// before a crash, so the target is first asked for the largest key it
+// holds above the checkpoint (or in the whole range), and pages are
+// written with upsert, which replaces rows instead of duplicating them,
+// until that key is passed.
 //
 // The next page is read while the current one is written, so a copy runs
 // at the pace of the slower side rather than of both added up; at most
@@ -150,14 +151,12 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 	return stats, <-read
 }
 
-// written reports whether the target holds rows of r above resume, which a
-// copy interrupted after writing a page but before its checkpoint left
-// there, and the largest of their keys (nil: too many to list, so upsert
-// to the end).
+// written reports whether the target holds rows of r above resume (nil:
+// anywhere in r), which a copy interrupted after writing a page but before
+// its checkpoint left there, and the largest of their keys (nil: too many
+// to list, so upsert to the end). A unit with no checkpoint is asked too:
+// its first page may have landed before the copier died.
 func written(ctx context.Context, tgt milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, resume *milvusx.Key) (bool, *milvusx.Key, error) {
-	if resume == nil {
-		return false, nil, nil
-	}
 	t.ReadTs = 0 // a source timestamp means nothing to the target
 	// A resume often follows a restart of the target, which may have come
 	// back with its collections released.
