@@ -308,3 +308,12 @@ func HasMinInt64Key(ctx context.Context, c milvuspb.MilvusServiceClient, t Table
 	keys, err := PKValues(resp.GetFieldsData(), t.PK)
 	return len(keys) > 0, err
 }
+
+// InFilter is the filter `pk in [keys]`.
+func InFilter(pk string, keys []Key) string {
+	lits := make([]string, len(keys))
+	for i, k := range keys {
+		lits[i] = literal(k)
+	}
+	return pk + " in [" + strings.Join(lits, ",") + "]"
+}

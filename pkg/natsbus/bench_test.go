@@ -33,7 +33,7 @@ func BenchmarkPublishChange(b *testing.B) {
 			}
 			ctx := context.Background()
 			defer c.Close(ctx)
-			if err := natsbus.EnsureStreams(ctx, c.JS, 1); err != nil {
+			if err := natsbus.EnsureStreams(ctx, c.JS, 1, natsbus.ChangeLimits{}); err != nil {
 				b.Fatal(err)
 			}
 			prop := telemetry.Propagator()

@@ -28,7 +28,7 @@ func TestPublishRefusesMessageWithoutID(t *testing.T) {
 
 func TestStreamsCoverEverySubjectSpace(t *testing.T) {
 	got := map[string][]string{}
-	for _, s := range natsbus.Streams(3) {
+	for _, s := range natsbus.Streams(3, natsbus.ChangeLimits{}) {
 		got[s.Name] = s.Subjects
 		require.Equal(t, 3, s.Replicas, s.Name)
 		require.Equal(t, jetstream.FileStorage, s.Storage, s.Name)
@@ -38,7 +38,7 @@ func TestStreamsCoverEverySubjectSpace(t *testing.T) {
 		natsbus.CommandsStream: {"zdm.cmd.>"},
 		natsbus.EventsStream:   {"zdm.evt.>"},
 		natsbus.WorkStream:     {"zdm.work.>"},
-		natsbus.ChangesStream:  {"zdm.chg.>", "zdm.resolved.>"},
+		natsbus.ChangesStream:  {"zdm.chg.>"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("streams (-want, +got):\n%s", diff)
@@ -150,7 +150,7 @@ func TestIntegrationEmbeddedKeepsAcknowledgedWrites(t *testing.T) {
 	}
 	e, c := start()
 	require.Empty(t, e.ClientURL(), "no listener without Listen")
-	require.NoError(t, natsbus.EnsureStreams(ctx, c.JS, 1))
+	require.NoError(t, natsbus.EnsureStreams(ctx, c.JS, 1, natsbus.ChangeLimits{}))
 	_, err := natsbus.Publish(ctx, c.JS, telemetry.Propagator(), "zdm.chg.db.coll", "g1-1", &eventspb.ChangeEvent{EventId: "g1-1", Sequence: 1})
 	require.NoError(t, err)
 	require.NoError(t, c.Close(ctx))

@@ -22,7 +22,6 @@ const (
 	eventSpace    = "zdm.evt"
 	workSpace     = "zdm.work"
 	changeSpace   = "zdm.chg"
-	resolvedSpace = "zdm.resolved"
 )
 
 // EventKind is the kind of a migration event, the last token of its
@@ -69,6 +68,21 @@ func CommandFilter(stage zdmpb.StageKind) string { return commandSpace + ".*." +
 
 // WorkSubject is the copy work queue of migration.
 func WorkSubject(migration string) string { return workSpace + "." + migration }
+
+// ChangeSubject is where a gateway publishes migration's captured changes
+// to collection of database; collection is empty for a database's own
+// DDL. Milvus names are letters, digits and '_', so they are tokens as
+// they are.
+func ChangeSubject(migration, database, collection string) string {
+	s := changeSpace + "." + migration + "." + KeyToken(database)
+	if collection != "" {
+		s += "." + KeyToken(collection)
+	}
+	return s
+}
+
+// ChangeFilter matches every captured change of migration.
+func ChangeFilter(migration string) string { return changeSpace + "." + migration + ".>" }
 
 // StageToken is a stage's subject token, for example "copy_data"; "all"
 // for STAGE_KIND_UNSPECIFIED.
@@ -123,6 +137,17 @@ var (
 	// when it stops: the coordinator refuses a migration whose stages no
 	// live process serves.
 	StagesBucket = Bucket{Name: "zdm_stages", Description: "zdm stages served by live processes", TTL: 15 * time.Second}
+	// GatewaysBucket holds events.v1.ResolvedTimestamp by gateway replica
+	// ID: each live replica's latest promise, written at least every
+	// 200 ms and expiring when the replica stops.
+	GatewaysBucket = Bucket{Name: "zdm_gateways", Description: "zdm live gateway replicas and their resolved timestamps", TTL: 5 * time.Second}
+	// AppliedBucket holds events.v1.AppliedPosition by migration ID,
+	// written by the applier; the lag monitor derives lag from it.
+	AppliedBucket = Bucket{Name: "zdm_applied", Description: "zdm applier positions and watermarks, by migration"}
+	// AppliersBucket has one key per migration being applied, naming the
+	// process that applies it; kept alive by that process and expiring
+	// when it stops, so another takes over.
+	AppliersBucket = Bucket{Name: "zdm_appliers", Description: "zdm applier leases, by migration", TTL: 6 * time.Second}
 )
 
 // StageKey is the key in StagesBucket of stage served by instance.
@@ -135,7 +160,8 @@ func StageKeys(stage zdmpb.StageKind) string { return StageToken(stage) + ".>" }
 
 // Buckets lists every bucket, for documentation and tests.
 func Buckets() []Bucket {
-	return []Bucket{MigrationsBucket, ClustersBucket, CopyPlansBucket, CopyControlsBucket, CheckpointsBucket, UnitPlansBucket, CopiersBucket, StagesBucket}
+	return []Bucket{MigrationsBucket, ClustersBucket, CopyPlansBucket, CopyControlsBucket, CheckpointsBucket, UnitPlansBucket, CopiersBucket, StagesBucket,
+		GatewaysBucket, AppliedBucket, AppliersBucket}
 }
 
 // Open creates the bucket, or updates its configuration, and returns it.

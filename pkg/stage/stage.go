@@ -66,7 +66,8 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			_ = msg.Term() // a lost Term brings the message back, to be dropped again
 			return
 		}
-		hctx, cancel := context.WithTimeout(mctx, timeout)
+		out := &outcome{}
+		hctx, cancel := context.WithTimeout(context.WithValue(mctx, outcomeKey{}, out), timeout)
 		defer cancel()
 		beat := time.NewTicker(ackWait / 3)
 		defer beat.Stop()
@@ -110,7 +111,7 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
 				slog.String("stage", cmd.GetStage().String()), slog.Any("error", herr))
 		}
-		if err := Report(mctx, js, prop, &cmd, code, herr); err != nil {
+		if err := report(mctx, js, prop, &cmd, code, herr, out); err != nil {
 			logger.ErrorContext(mctx, "report stage; will retry", slog.Any("error", err))
 			_ = msg.NakWithDelay(time.Second)
 			return
@@ -127,11 +128,28 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 // ID derives from the command's, so a repeat is dropped. ErrPending
 // reports nothing.
 func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, cmd *eventspb.StageCommand, code eventspb.StageError, err error) error {
+	return report(ctx, js, prop, cmd, code, err, &outcome{})
+}
+
+// outcome is what a handler adds to its stage's report (see Repaired).
+type outcome struct{ ranges, rows int64 }
+
+type outcomeKey struct{}
+
+// Repaired records, for the report of the stage a Consume handler runs,
+// the key ranges a verification repaired and the rows that took.
+func Repaired(ctx context.Context, ranges, rows int64) {
+	if o, ok := ctx.Value(outcomeKey{}).(*outcome); ok {
+		o.ranges, o.rows = ranges, rows
+	}
+}
+
+func report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, cmd *eventspb.StageCommand, code eventspb.StageError, err error, out *outcome) error {
 	if errors.Is(err, ErrPending) {
 		return nil
 	}
 	ev := &eventspb.StageCompleted{EventId: "done-" + cmd.GetEventId(), MigrationId: cmd.GetMigrationId(), Stage: cmd.GetStage(),
-		Success: err == nil, Time: timestamppb.Now()}
+		Success: err == nil, Time: timestamppb.Now(), RepairedRanges: out.ranges, RepairedRows: out.rows}
 	if err != nil {
 		ev.Code, ev.ErrorMessage = code, err.Error()
 		if ev.Code == eventspb.StageError_STAGE_ERROR_UNSPECIFIED {

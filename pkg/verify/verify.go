@@ -31,6 +31,10 @@ type Report struct {
 type Mismatch struct {
 	Start, End string // "" for an open bound
 	SampleKeys []string
+	// Partition is the partition compared ("" for the whole collection).
+	Partition string
+	// Range is the same range, for Repair.
+	Range milvusx.Range
 }
 
 // Match reports whether the two sides hold the same rows.
@@ -108,6 +112,7 @@ func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st
 		r.SourceDistinct += int64(len(srcRows))
 		r.TargetDistinct += int64(len(tgtRows))
 		if m, ok := compare(rng, srcRows, tgtRows); !ok {
+			m.Partition, m.Range = st.Partition, rng
 			r.Mismatches = append(r.Mismatches, m)
 		}
 		if next == nil {

@@ -36,7 +36,7 @@ func Bus(t testing.TB) (*natsbus.Conn, *natsbus.Embedded) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := natsbus.EnsureStreams(ctx, c.JS, 1); err != nil {
+	if err := natsbus.EnsureStreams(ctx, c.JS, 1, natsbus.ChangeLimits{}); err != nil {
 		t.Fatalf("create streams: %v", err)
 	}
 	return c, e

@@ -64,8 +64,9 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // gateway forwards Milvus RPCs to the source.
 type gateway struct {
-	up     *upstream
-	policy *policy
+	src     *sourceClient
+	capture *capture
+	policy  *policy
 	server *grpc.Server
 	log    *slog.Logger
 }
@@ -133,8 +134,8 @@ func dialUpstream(conn *zdmpb.ClusterConnection) (*grpc.ClientConn, error) {
 // up to 64 MiB and answers queries as large.
 const maxMessage = 256 << 20
 
-func newGateway(up *upstream, p *policy, log *slog.Logger) *gateway {
-	g := &gateway{up: up, policy: p, log: log}
+func newGateway(src *sourceClient, c *capture, p *policy, log *slog.Logger) *gateway {
+	g := &gateway{src: src, capture: c, policy: p, log: log}
 	g.server = grpc.NewServer(grpc.UnknownServiceHandler(g.forward), grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage),
 		// Milvus SDKs ping every few seconds, idle or not (milvus-sdk-go:
@@ -196,7 +197,10 @@ func (g *gateway) forward(_ any, ss grpc.ServerStream) error {
 			return err
 		}
 	}
-	up, err := g.up.get(ctx)
+	if name := strings.TrimPrefix(method, milvusService); first != nil && captured[name] != nil {
+		return g.capture.call(ss, method, name, first)
+	}
+	up, err := g.src.up.get(ctx)
 	if err != nil {
 		return err
 	}

@@ -50,13 +50,17 @@ func set(names ...string) map[string]bool {
 type policy struct {
 	cluster string
 
+	// follow is told, after every change, which ZERO_DOWNTIME migration
+	// from the cluster runs ("" for none) and whether it stopped syncing.
+	follow func(migration string, stopping bool)
+
 	mu     sync.Mutex
 	active map[string]*zdmpb.Migration // running migrations from cluster, by ID
 	ready  chan struct{}               // closed once the stored migrations are loaded
 }
 
-func newPolicy(cluster string) *policy {
-	return &policy{cluster: cluster, active: map[string]*zdmpb.Migration{}, ready: make(chan struct{})}
+func newPolicy(cluster string, follow func(migration string, stopping bool)) *policy {
+	return &policy{cluster: cluster, follow: follow, active: map[string]*zdmpb.Migration{}, ready: make(chan struct{})}
 }
 
 // run follows table until ctx is done.
@@ -106,9 +110,25 @@ func (p *policy) update(id string, m *zdmpb.Migration) {
 	defer p.mu.Unlock()
 	if m == nil || m.GetSourceClusterId() != p.cluster || ended(m.GetState()) {
 		delete(p.active, id)
+	} else {
+		p.active[id] = m
+	}
+	if p.follow == nil {
 		return
 	}
-	p.active[id] = m
+	armed, stopping := "", false
+	for id, m := range p.active {
+		if m.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
+			armed, stopping = id, stoppedSync(m.GetState())
+		}
+	}
+	p.follow(armed, stopping)
+}
+
+// stoppedSync reports whether a ZERO_DOWNTIME migration in state s takes
+// no more writes on its source.
+func stoppedSync(s zdmpb.MigrationState) bool {
+	return s == zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC || s == zdmpb.MigrationState_MIGRATION_STATE_VERIFYING
 }
 
 func ended(s zdmpb.MigrationState) bool {

@@ -9,7 +9,7 @@ import (
 )
 
 func TestPolicy(t *testing.T) {
-	p := newPolicy("src")
+	p := newPolicy("src", nil)
 	p.markReady()
 	m := func(name string) string { return milvusService + name }
 	allowed := func(method string) bool { return p.allow(method) == nil }

@@ -1,11 +1,13 @@
 // Package streamer is the CDC streamer: the gateway, a Milvus-protocol gRPC
-// endpoint in front of the source that forwards every call and guards the
-// source's writes during a migration, and (to come) the capture of every
-// acknowledged mutation and the applier that replays it on the target.
+// endpoint in front of the source that forwards every call, guards the
+// source's writes during a migration and captures every acknowledged
+// mutation and DDL of a ZERO_DOWNTIME migration on the change stream; and
+// the applier, which replays the stream on the target.
 package streamer
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	streamerpb "github.com/zdm-io/zdm/proto/zdm/streamer/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -54,15 +57,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Streamer runs the gateway and serves GatewayControlService, whose RPCs
-// answer UNIMPLEMENTED until capture lands. It announces no stage yet, so
-// the coordinator refuses ZERO_DOWNTIME migrations; without a gateway its
-// health is NOT_SERVING.
+// Streamer runs the gateway, when configured, and the applier, which any
+// streamer process may run for any migration. It serves
+// GatewayControlService's status; arming follows the migrations bucket
+// and switchover's hold and release are not served yet.
 type Streamer struct {
 	streamerpb.UnimplementedGatewayControlServiceServer
 
 	cfg     Config
 	deps    service.Deps
+	id      string
 	gateway *gateway
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
@@ -70,7 +74,7 @@ type Streamer struct {
 
 var (
 	_ service.Service = (*Streamer)(nil)
-	_ service.Idle    = (*Streamer)(nil)
+	_ service.Staged  = (*Streamer)(nil)
 )
 
 // New returns a streamer that is not yet started.
@@ -78,7 +82,7 @@ func New(cfg Config, deps service.Deps) (*Streamer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Streamer{cfg: cfg, deps: deps}, nil
+	return &Streamer{cfg: cfg, deps: deps, id: "gw-" + rand.Text()[:10]}, nil
 }
 
 // Name implements service.Service.
@@ -94,32 +98,54 @@ func (s *Streamer) HealthNames() []string {
 	return []string{streamerpb.GatewayControlService_ServiceDesc.ServiceName}
 }
 
-// Idle implements service.Idle: a streamer without a gateway serves
-// nothing yet.
-func (s *Streamer) Idle() bool { return s.gateway == nil }
+// Stages implements service.Staged: the streamer syncs (its applier) and
+// drains at stop sync.
+func (s *Streamer) Stages() []zdmpb.StageKind {
+	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE}
+}
 
-// Start opens the gateway, when configured, in front of its cluster. The
-// cluster is resolved from the registry at the first call, so it may be
-// registered after the gateway starts. It returns once the gateway
-// listens.
+// Start starts the applier and opens the gateway, when configured, in
+// front of its cluster. The cluster is resolved from the registry at the
+// first call, so it may be registered after the gateway starts. It
+// returns once the gateway listens.
 func (s *Streamer) Start(ctx context.Context) error {
-	if s.cfg.GatewayCluster == "" {
-		return nil
-	}
-	migrations, err := natsbus.OpenTable(ctx, s.deps.Bus.JS, natsbus.MigrationsBucket, "migration", s.deps.Bus.Replicas,
+	bus := s.deps.Bus
+	migrations, err := natsbus.OpenTable(ctx, bus.JS, natsbus.MigrationsBucket, "migration", bus.Replicas,
 		func() *zdmpb.Migration { return &zdmpb.Migration{} })
 	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", s.cfg.GatewayAddr)
+	positions, err := natsbus.OpenTable(ctx, bus.JS, natsbus.AppliedBucket, "applied position", bus.Replicas,
+		func() *eventspb.AppliedPosition { return &eventspb.AppliedPosition{} })
 	if err != nil {
-		return fmt.Errorf("gateway on --gateway-addr %s: %w", s.cfg.GatewayAddr, err)
+		return err
 	}
-	up := &upstream{reg: s.deps.Registry, id: s.cfg.GatewayCluster}
-	p := newPolicy(s.cfg.GatewayCluster)
-	s.gateway = newGateway(up, p, s.deps.Logger)
+	gateways, err := natsbus.GatewaysBucket.Open(ctx, bus.JS, bus.Replicas)
+	if err != nil {
+		return err
+	}
+	leases, err := natsbus.AppliersBucket.Open(ctx, bus.JS, bus.Replicas)
+	if err != nil {
+		return err
+	}
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = stop
+	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, log: s.deps.Logger, reg: s.deps.Registry,
+		migrations: migrations, positions: positions, leases: leases, gateways: gateways, running: map[string]context.CancelFunc{}}
+	s.wg.Go(func() { ap.run(run) })
+	if s.cfg.GatewayCluster == "" {
+		return nil
+	}
+	lis, err := net.Listen("tcp", s.cfg.GatewayAddr)
+	if err != nil {
+		stop()
+		s.wg.Wait()
+		return fmt.Errorf("gateway on --gateway-addr %s: %w", s.cfg.GatewayAddr, err)
+	}
+	src := &sourceClient{up: &upstream{reg: s.deps.Registry, id: s.cfg.GatewayCluster}}
+	c := newCapture(run, s.id, s.cfg.GatewayCluster, lis.Addr().String(), bus.JS, s.deps.Propagator, s.deps.Logger, src, gateways)
+	p := newPolicy(s.cfg.GatewayCluster, c.follow)
+	s.gateway = newGateway(src, c, p, s.deps.Logger)
 	s.wg.Go(func() {
 		if err := p.run(run, migrations); err != nil {
 			// Writes wait for a policy that no longer follows the
@@ -127,23 +153,44 @@ func (s *Streamer) Start(ctx context.Context) error {
 			s.deps.Logger.Error("gateway stopped following migrations", "error", err)
 		}
 	})
+	s.wg.Go(func() { c.run(run) })
 	s.wg.Go(func() {
 		if err := s.gateway.serve(lis); err != nil {
 			s.deps.Logger.Error("gateway stopped serving", "error", err)
 		}
 	})
-	s.deps.Logger.Info("gateway serving", "addr", lis.Addr().String(), "cluster", s.cfg.GatewayCluster)
+	s.deps.Logger.Info("gateway serving", "addr", lis.Addr().String(), "cluster", s.cfg.GatewayCluster, "gateway_id", s.id)
 	return nil
 }
 
 // Stop lets calls in flight through the gateway finish until ctx ends,
-// then stops following migrations.
+// then stops the applier and the gateway's loops.
 func (s *Streamer) Stop(ctx context.Context) error {
-	if s.gateway == nil {
-		return nil
+	if s.gateway != nil {
+		s.gateway.stop(ctx)
 	}
-	s.gateway.stop(ctx)
-	s.stop()
+	if s.stop != nil {
+		s.stop()
+	}
 	err := service.Wait(ctx, &s.wg)
-	return errors.Join(err, s.gateway.up.close())
+	if s.gateway != nil {
+		err = errors.Join(err, s.gateway.src.close())
+	}
+	return err
+}
+
+// GetGatewayStatus implements streamerpb.GatewayControlServiceServer.
+func (s *Streamer) GetGatewayStatus(context.Context, *streamerpb.GetGatewayStatusRequest) (*streamerpb.GetGatewayStatusResponse, error) {
+	resp := &streamerpb.GetGatewayStatusResponse{GatewayId: s.id}
+	if s.gateway == nil {
+		return resp, nil
+	}
+	c := s.gateway.capture
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.armed != "" {
+		resp.ArmedMigrationIds = []string{c.armed}
+	}
+	resp.LastSequence = c.seq
+	return resp, nil
 }

@@ -54,6 +54,7 @@ func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdm
 func (c *Coordinator) effects(ctx context.Context, m *zdmpb.Migration) error {
 	if IsTerminal(m.GetState()) {
 		return errors.Join(c.store.controls.Purge(ctx, m.GetMigrationId()),
+			natsbus.PurgeChanges(ctx, c.deps.Bus.JS, m.GetMigrationId()),
 			c.unlock(ctx, m.GetSourceClusterId(), m.GetMigrationId()),
 			c.unlock(ctx, m.GetTargetClusterId(), m.GetMigrationId()))
 	}

@@ -155,6 +155,10 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 		e.Trigger, e.Reason = TriggerDrained, "remaining changes applied"
 	case stage == zdmpb.StageKind_STAGE_KIND_VERIFY:
 		e.Trigger, e.Reason = TriggerVerified, "source and target verified equal"
+		if n := ev.GetRepairedRanges(); n > 0 {
+			e.Reason = fmt.Sprintf("source and target verified equal after %d key ranges (%d rows) the change stream missed were copied again", n, ev.GetRepairedRows())
+			e.RepairedRanges, e.RepairedRows = n, ev.GetRepairedRows()
+		}
 	default:
 		return fmt.Errorf("%w: stage %s has no transition", ErrInvalidTransition, stage)
 	}

@@ -143,6 +143,9 @@ type Event struct {
 	// TargetEndpoint is recorded when the trigger completes the migration:
 	// where clients connect from now on.
 	TargetEndpoint string
+	// RepairedRanges and RepairedRows are recorded from a verification
+	// that repaired what the change stream missed.
+	RepairedRanges, RepairedRows int64
 }
 
 // IsTerminal reports whether s can no longer change.
@@ -193,6 +196,9 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 		if m.Lag.ThresholdReachedTime == nil {
 			m.Lag.ThresholdReachedTime = at
 		}
+	}
+	if ev.RepairedRanges > 0 {
+		m.RepairedRanges, m.RepairedRows = ev.RepairedRanges, ev.RepairedRows
 	}
 	if to == failed {
 		m.Error = ev.Error

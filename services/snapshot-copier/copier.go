@@ -176,6 +176,12 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (event
 		c.deps.Logger.InfoContext(ctx, "command of an ended migration ignored", "migration", cmd.GetMigrationId(), "stage", cmd.GetStage().String())
 		return 0, stage.ErrPending
 	}
+	if cmd.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
+		// Capture first: the schema and the rows are read after T0.
+		if _, err := stage.WaitArmed(ctx, c.deps.Bus.JS, c.deps.Bus.Replicas, cmd.GetSourceClusterId(), cmd.GetMigrationId()); err != nil {
+			return eventspb.StageError_STAGE_ERROR_NO_GATEWAY, err
+		}
+	}
 	src, tgt, code, err := stage.Connect(ctx, c.deps.Registry, cmd)
 	if err != nil {
 		return code, err
@@ -210,6 +216,12 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (event
 func (c *Copier) cancelMigration(ctx context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
 	if err := PurgeUnits(ctx, c.deps.Bus.JS, cmd.GetMigrationId()); err != nil {
 		return eventspb.StageError_STAGE_ERROR_CANCEL_FAILED, err
+	}
+	if cmd.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
+		// Capture first: the schema and the rows are read after T0.
+		if _, err := stage.WaitArmed(ctx, c.deps.Bus.JS, c.deps.Bus.Replicas, cmd.GetSourceClusterId(), cmd.GetMigrationId()); err != nil {
+			return eventspb.StageError_STAGE_ERROR_NO_GATEWAY, err
+		}
 	}
 	src, tgt, code, err := stage.Connect(ctx, c.deps.Registry, cmd)
 	if err != nil {

@@ -488,8 +488,14 @@ type Migration struct {
 	// with CLUSTER_UNREACHABLE at fail_time unless the cluster answers again
 	// first, which removes its entry. Empty while every cluster answers.
 	ClusterProblems []*ClusterProblem `protobuf:"bytes,20,rep,name=cluster_problems,json=clusterProblems,proto3" json:"cluster_problems,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Key ranges that the final verification of a ZERO_DOWNTIME migration
+	// found different (writes that bypassed the gateway, or that a gateway
+	// could not publish before it died) and copied again from the source.
+	RepairedRanges int64 `protobuf:"varint,21,opt,name=repaired_ranges,json=repairedRanges,proto3" json:"repaired_ranges,omitempty"`
+	// Rows written or deleted on the target by that repair.
+	RepairedRows  int64 `protobuf:"varint,22,opt,name=repaired_rows,json=repairedRows,proto3" json:"repaired_rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
@@ -660,6 +666,20 @@ func (x *Migration) GetClusterProblems() []*ClusterProblem {
 		return x.ClusterProblems
 	}
 	return nil
+}
+
+func (x *Migration) GetRepairedRanges() int64 {
+	if x != nil {
+		return x.RepairedRanges
+	}
+	return 0
+}
+
+func (x *Migration) GetRepairedRows() int64 {
+	if x != nil {
+		return x.RepairedRows
+	}
+	return 0
 }
 
 // ClusterProblem is a cluster that stopped answering during a migration.
@@ -2497,7 +2517,7 @@ var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\a\n" +
+	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\b\n" +
 	"\tMigration\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12,\n" +
@@ -2522,7 +2542,9 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\x0ftarget_endpoint\x18\x11 \x01(\tR\x0etargetEndpoint\x12O\n" +
 	"\x16switchover_write_pause\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\x14switchoverWritePause\x12B\n" +
 	"\x11paused_from_state\x18\x13 \x01(\x0e2\x16.zdm.v1.MigrationStateR\x0fpausedFromState\x12A\n" +
-	"\x10cluster_problems\x18\x14 \x03(\v2\x16.zdm.v1.ClusterProblemR\x0fclusterProblems\"\xcf\x02\n" +
+	"\x10cluster_problems\x18\x14 \x03(\v2\x16.zdm.v1.ClusterProblemR\x0fclusterProblems\x12'\n" +
+	"\x0frepaired_ranges\x18\x15 \x01(\x03R\x0erepairedRanges\x12#\n" +
+	"\rrepaired_rows\x18\x16 \x01(\x03R\frepairedRows\"\xcf\x02\n" +
 	"\x0eClusterProblem\x12'\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x13.zdm.v1.ClusterRoleR\x04role\x12\x1d\n" +
 	"\n" +

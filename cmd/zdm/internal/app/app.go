@@ -105,7 +105,7 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	}
 	undo = append(undo, step{"NATS connection drain", 2, bus.Close})
 	bus.Replicas = cfg.StreamReplicas
-	if err := natsbus.EnsureStreams(ctx, bus.JS, bus.Replicas); err != nil {
+	if err := natsbus.EnsureStreams(ctx, bus.JS, bus.Replicas, natsbus.ChangeLimits{MaxAge: cfg.ChangeMaxAge, MaxBytes: cfg.ChangeMaxBytes}); err != nil {
 		return err
 	}
 	reg, err := registry.Open(ctx, bus.JS, bus.Replicas, cfg.box)

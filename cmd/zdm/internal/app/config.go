@@ -15,6 +15,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3"
 
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/secret"
 	streamer "github.com/zdm-io/zdm/services/cdc-streamer"
 	"github.com/zdm-io/zdm/services/coordinator"
@@ -37,6 +38,8 @@ type Config struct {
 	DataDir          string
 	JetStreamSync    string
 	StreamReplicas   int
+	ChangeMaxAge     time.Duration
+	ChangeMaxBytes   int64
 	ShutdownTimeout  time.Duration
 	LogFormat        string
 	LogLevel         string
@@ -72,6 +75,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", "zdm-data", "directory for the embedded NATS server's JetStream files")
 	fs.StringVar(&c.JetStreamSync, "jetstream-sync", "always", "embedded JetStream fsync policy: always (after every write) or an interval such as 1s")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of each JetStream stream; 3 on a production NATS cluster")
+	fs.DurationVar(&c.ChangeMaxAge, "change-max-age", natsbus.DefaultChangeMaxAge, "how long the change stream keeps captured changes; at least the longest max_sync_duration plus a day")
+	fs.Int64Var(&c.ChangeMaxBytes, "change-max-bytes", 0, "byte limit of the change stream (0: the JetStream server's storage); when reached, capture fails the migration instead of discarding changes")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 8*time.Second, "longest time in-flight work may take to finish on shutdown")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -137,6 +142,12 @@ func (c *Config) Validate() error {
 	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		errs = append(errs, fmt.Errorf("--stream-replicas %d: want 1, 3 or 5", c.StreamReplicas))
+	}
+	if c.ChangeMaxAge < 25*time.Hour {
+		errs = append(errs, fmt.Errorf("--change-max-age %s: want at least 25h (the shortest max_sync_duration plus a day)", c.ChangeMaxAge))
+	}
+	if c.ChangeMaxBytes != 0 && c.ChangeMaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("--change-max-bytes %d: want 0 (no limit of its own) or at least 1048576", c.ChangeMaxBytes))
 	}
 	if c.NATSURL == "" && c.StreamReplicas != 1 {
 		errs = append(errs, fmt.Errorf("--stream-replicas %d needs a NATS cluster: set --nats-url, or use 1 with the embedded server", c.StreamReplicas))

@@ -119,6 +119,11 @@ const (
 	StageError_STAGE_ERROR_SWITCHOVER_ABORTED StageError = 10
 	// The service has no such stage.
 	StageError_STAGE_ERROR_UNKNOWN_STAGE StageError = 11
+	// The change stream reached its byte limit: capture cannot go on
+	// without discarding changes.
+	StageError_STAGE_ERROR_CHANGE_STREAM_FULL StageError = 12
+	// No gateway in front of the source armed capture in time.
+	StageError_STAGE_ERROR_NO_GATEWAY StageError = 13
 )
 
 // Enum value maps for StageError.
@@ -136,6 +141,8 @@ var (
 		9:  "STAGE_ERROR_VERIFICATION_MISMATCH",
 		10: "STAGE_ERROR_SWITCHOVER_ABORTED",
 		11: "STAGE_ERROR_UNKNOWN_STAGE",
+		12: "STAGE_ERROR_CHANGE_STREAM_FULL",
+		13: "STAGE_ERROR_NO_GATEWAY",
 	}
 	StageError_value = map[string]int32{
 		"STAGE_ERROR_UNSPECIFIED":           0,
@@ -150,6 +157,8 @@ var (
 		"STAGE_ERROR_VERIFICATION_MISMATCH": 9,
 		"STAGE_ERROR_SWITCHOVER_ABORTED":    10,
 		"STAGE_ERROR_UNKNOWN_STAGE":         11,
+		"STAGE_ERROR_CHANGE_STREAM_FULL":    12,
+		"STAGE_ERROR_NO_GATEWAY":            13,
 	}
 )
 
@@ -547,7 +556,12 @@ type StageCompleted struct {
 	// applier knows where to start replaying.
 	ArmTimestamp uint64 `protobuf:"varint,8,opt,name=arm_timestamp,json=armTimestamp,proto3" json:"arm_timestamp,omitempty"`
 	// What failed, when it failed.
-	Code          StageError `protobuf:"varint,9,opt,name=code,proto3,enum=zdm.events.v1.StageError" json:"code,omitempty"`
+	Code StageError `protobuf:"varint,9,opt,name=code,proto3,enum=zdm.events.v1.StageError" json:"code,omitempty"`
+	// For a ZERO_DOWNTIME verification: key ranges found different and
+	// copied again from the source before the final comparison.
+	RepairedRanges int64 `protobuf:"varint,10,opt,name=repaired_ranges,json=repairedRanges,proto3" json:"repaired_ranges,omitempty"`
+	// Rows written or deleted on the target by that repair.
+	RepairedRows  int64 `protobuf:"varint,11,opt,name=repaired_rows,json=repairedRows,proto3" json:"repaired_rows,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -636,6 +650,20 @@ func (x *StageCompleted) GetCode() StageError {
 		return x.Code
 	}
 	return StageError_STAGE_ERROR_UNSPECIFIED
+}
+
+func (x *StageCompleted) GetRepairedRanges() int64 {
+	if x != nil {
+		return x.RepairedRanges
+	}
+	return 0
+}
+
+func (x *StageCompleted) GetRepairedRows() int64 {
+	if x != nil {
+		return x.RepairedRows
+	}
+	return 0
 }
 
 // KeyRange is a half-open range of primary keys [start, end). An unset
@@ -1622,8 +1650,9 @@ func (x *StringKeys) GetValues() []string {
 }
 
 // ChangeEvent is one mutation or DDL acknowledged by the source, published
-// by a gateway replica before it answers the client
-// (subject zdm.chg.<database>.<collection>).
+// by a gateway replica before it answers the client (subject
+// zdm.chg.<migration>.<database>.<collection>, or
+// zdm.chg.<migration>.<database> for a database's DDL).
 type ChangeEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique ID used as the Nats-Msg-Id: gateway_id and sequence.
@@ -1652,7 +1681,9 @@ type ChangeEvent struct {
 	// timestamp); changes are applied in this order.
 	CommitTimestamp uint64 `protobuf:"varint,11,opt,name=commit_timestamp,json=commitTimestamp,proto3" json:"commit_timestamp,omitempty"`
 	// When the gateway published it.
-	PublishTime   *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=publish_time,json=publishTime,proto3" json:"publish_time,omitempty"`
+	PublishTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=publish_time,json=publishTime,proto3" json:"publish_time,omitempty"`
+	// The migration whose capture is armed on the gateway.
+	MigrationId   string `protobuf:"bytes,13,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1771,9 +1802,18 @@ func (x *ChangeEvent) GetPublishTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ChangeEvent) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
 // ResolvedTimestamp promises that a gateway replica will publish no change
-// with a commit timestamp at or below resolved_timestamp
-// (subject zdm.resolved.<gateway_id>).
+// with a commit timestamp at or below resolved_timestamp, and says what
+// the replica is doing. Each live replica keeps its latest one in KV
+// bucket zdm_gateways under its ID, at least every 200 ms; the key
+// expires when the replica stops.
 type ResolvedTimestamp struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique ID used as the Nats-Msg-Id.
@@ -1785,7 +1825,24 @@ type ResolvedTimestamp struct {
 	// Last change sequence published before this promise.
 	LastSequence uint64 `protobuf:"varint,4,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
 	// Wall time of the promise.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// Registered cluster the gateway stands in front of.
+	ClusterId string `protobuf:"bytes,6,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// Migration whose capture is armed; empty when none is.
+	MigrationId string `protobuf:"bytes,7,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// Source timestamp T0 at which capture was armed: every mutation the
+	// source acknowledged after it is on the change stream.
+	ArmTimestamp uint64 `protobuf:"varint,8,opt,name=arm_timestamp,json=armTimestamp,proto3" json:"arm_timestamp,omitempty"`
+	// Change stream sequence of the last change published before this
+	// promise (0: none yet): an applier that has applied the stream up to
+	// it has applied every change of this replica at or below
+	// resolved_timestamp.
+	LastStreamSequence uint64 `protobuf:"varint,9,opt,name=last_stream_sequence,json=lastStreamSequence,proto3" json:"last_stream_sequence,omitempty"`
+	// Set once the replica refuses the armed migration's writes (stop sync)
+	// and has published every write it accepted before.
+	WritesStopped bool `protobuf:"varint,10,opt,name=writes_stopped,json=writesStopped,proto3" json:"writes_stopped,omitempty"`
+	// Where the replica serves Milvus clients.
+	Addr          string `protobuf:"bytes,11,opt,name=addr,proto3" json:"addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1855,6 +1912,170 @@ func (x *ResolvedTimestamp) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ResolvedTimestamp) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *ResolvedTimestamp) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *ResolvedTimestamp) GetArmTimestamp() uint64 {
+	if x != nil {
+		return x.ArmTimestamp
+	}
+	return 0
+}
+
+func (x *ResolvedTimestamp) GetLastStreamSequence() uint64 {
+	if x != nil {
+		return x.LastStreamSequence
+	}
+	return 0
+}
+
+func (x *ResolvedTimestamp) GetWritesStopped() bool {
+	if x != nil {
+		return x.WritesStopped
+	}
+	return false
+}
+
+func (x *ResolvedTimestamp) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+// AppliedPosition is how far the applier has replayed a migration's
+// changes on the target, kept in KV bucket zdm_applied under the
+// migration ID and written after the changes it covers are applied.
+type AppliedPosition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// Last change stream sequence applied.
+	StreamSequence uint64 `protobuf:"varint,2,opt,name=stream_sequence,json=streamSequence,proto3" json:"stream_sequence,omitempty"`
+	// Applied watermark: source hybrid timestamp below which every captured
+	// change is on the target.
+	Watermark uint64 `protobuf:"varint,3,opt,name=watermark,proto3" json:"watermark,omitempty"`
+	// Wall time of the watermark (its physical part).
+	WatermarkTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=watermark_time,json=watermarkTime,proto3" json:"watermark_time,omitempty"`
+	// Changes applied so far.
+	ChangesApplied int64 `protobuf:"varint,5,opt,name=changes_applied,json=changesApplied,proto3" json:"changes_applied,omitempty"`
+	// Rows upserted or deleted so far.
+	RowsApplied int64 `protobuf:"varint,6,opt,name=rows_applied,json=rowsApplied,proto3" json:"rows_applied,omitempty"`
+	// Applier process that wrote it.
+	ApplierId string `protobuf:"bytes,7,opt,name=applier_id,json=applierId,proto3" json:"applier_id,omitempty"`
+	// When written.
+	Time *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=time,proto3" json:"time,omitempty"`
+	// Set when the migration stopped syncing and every gateway's last
+	// change is applied.
+	Drained       bool `protobuf:"varint,9,opt,name=drained,proto3" json:"drained,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedPosition) Reset() {
+	*x = AppliedPosition{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedPosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedPosition) ProtoMessage() {}
+
+func (x *AppliedPosition) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedPosition.ProtoReflect.Descriptor instead.
+func (*AppliedPosition) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AppliedPosition) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *AppliedPosition) GetStreamSequence() uint64 {
+	if x != nil {
+		return x.StreamSequence
+	}
+	return 0
+}
+
+func (x *AppliedPosition) GetWatermark() uint64 {
+	if x != nil {
+		return x.Watermark
+	}
+	return 0
+}
+
+func (x *AppliedPosition) GetWatermarkTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WatermarkTime
+	}
+	return nil
+}
+
+func (x *AppliedPosition) GetChangesApplied() int64 {
+	if x != nil {
+		return x.ChangesApplied
+	}
+	return 0
+}
+
+func (x *AppliedPosition) GetRowsApplied() int64 {
+	if x != nil {
+		return x.RowsApplied
+	}
+	return 0
+}
+
+func (x *AppliedPosition) GetApplierId() string {
+	if x != nil {
+		return x.ApplierId
+	}
+	return ""
+}
+
+func (x *AppliedPosition) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AppliedPosition) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
 // CollectionLag is the lag of one collection.
 type CollectionLag struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1872,7 +2093,7 @@ type CollectionLag struct {
 
 func (x *CollectionLag) Reset() {
 	*x = CollectionLag{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2105,7 @@ func (x *CollectionLag) String() string {
 func (*CollectionLag) ProtoMessage() {}
 
 func (x *CollectionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2118,7 @@ func (x *CollectionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionLag.ProtoReflect.Descriptor instead.
 func (*CollectionLag) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CollectionLag) GetDatabase() string {
@@ -1952,7 +2173,7 @@ type LagReport struct {
 
 func (x *LagReport) Reset() {
 	*x = LagReport{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2185,7 @@ func (x *LagReport) String() string {
 func (*LagReport) ProtoMessage() {}
 
 func (x *LagReport) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2198,7 @@ func (x *LagReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LagReport.ProtoReflect.Descriptor instead.
 func (*LagReport) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LagReport) GetEventId() string {
@@ -2045,7 +2266,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2278,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2291,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MigrationEvent) GetEventId() string {
@@ -2118,7 +2339,7 @@ type CopyControl struct {
 
 func (x *CopyControl) Reset() {
 	*x = CopyControl{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2351,7 @@ func (x *CopyControl) String() string {
 func (*CopyControl) ProtoMessage() {}
 
 func (x *CopyControl) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2364,7 @@ func (x *CopyControl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyControl.ProtoReflect.Descriptor instead.
 func (*CopyControl) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CopyControl) GetMigrationId() string {
@@ -2187,7 +2408,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2420,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2463,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2475,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2314,7 +2535,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"collection\x18\x02 \x01(\tR\n" +
 	"collection\x12\x14\n" +
 	"\x05units\x18\x03 \x01(\x03R\x05units\x12\x12\n" +
-	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xcc\x02\n" +
+	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\x9a\x03\n" +
 	"\x0eStageCompleted\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -2323,7 +2544,10 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\x12.\n" +
 	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
 	"\rarm_timestamp\x18\b \x01(\x04R\farmTimestamp\x12-\n" +
-	"\x04code\x18\t \x01(\x0e2\x19.zdm.events.v1.StageErrorR\x04codeJ\x04\b\x05\x10\x06R\n" +
+	"\x04code\x18\t \x01(\x0e2\x19.zdm.events.v1.StageErrorR\x04code\x12'\n" +
+	"\x0frepaired_ranges\x18\n" +
+	" \x01(\x03R\x0erepairedRanges\x12#\n" +
+	"\rrepaired_rows\x18\v \x01(\x03R\frepairedRowsJ\x04\b\x05\x10\x06R\n" +
 	"error_code\"\xca\x02\n" +
 	"\bKeyRange\x12B\n" +
 	"\n" +
@@ -2420,7 +2644,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\x03R\x06values\"$\n" +
 	"\n" +
 	"StringKeys\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xd0\x03\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\xf3\x03\n" +
 	"\vChangeEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
@@ -2437,14 +2661,34 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\fprimary_keys\x18\n" +
 	" \x01(\v2\x1a.zdm.events.v1.PrimaryKeysR\vprimaryKeys\x12)\n" +
 	"\x10commit_timestamp\x18\v \x01(\x04R\x0fcommitTimestamp\x12=\n" +
-	"\fpublish_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\"\xd1\x01\n" +
+	"\fpublish_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x12!\n" +
+	"\fmigration_id\x18\r \x01(\tR\vmigrationId\"\xa5\x03\n" +
 	"\x11ResolvedTimestamp\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x12-\n" +
 	"\x12resolved_timestamp\x18\x03 \x01(\x04R\x11resolvedTimestamp\x12#\n" +
 	"\rlast_sequence\x18\x04 \x01(\x04R\flastSequence\x12.\n" +
-	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xc1\x01\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x06 \x01(\tR\tclusterId\x12!\n" +
+	"\fmigration_id\x18\a \x01(\tR\vmigrationId\x12#\n" +
+	"\rarm_timestamp\x18\b \x01(\x04R\farmTimestamp\x120\n" +
+	"\x14last_stream_sequence\x18\t \x01(\x04R\x12lastStreamSequence\x12%\n" +
+	"\x0ewrites_stopped\x18\n" +
+	" \x01(\bR\rwritesStopped\x12\x12\n" +
+	"\x04addr\x18\v \x01(\tR\x04addr\"\xf3\x02\n" +
+	"\x0fAppliedPosition\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12'\n" +
+	"\x0fstream_sequence\x18\x02 \x01(\x04R\x0estreamSequence\x12\x1c\n" +
+	"\twatermark\x18\x03 \x01(\x04R\twatermark\x12A\n" +
+	"\x0ewatermark_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rwatermarkTime\x12'\n" +
+	"\x0fchanges_applied\x18\x05 \x01(\x03R\x0echangesApplied\x12!\n" +
+	"\frows_applied\x18\x06 \x01(\x03R\vrowsApplied\x12\x1d\n" +
+	"\n" +
+	"applier_id\x18\a \x01(\tR\tapplierId\x12.\n" +
+	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
+	"\adrained\x18\t \x01(\bR\adrained\"\xc1\x01\n" +
 	"\rCollectionLag\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
 	"\n" +
@@ -2477,7 +2721,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x12STAGE_ACTION_PAUSE\x10\x02\x12\x17\n" +
 	"\x13STAGE_ACTION_RESUME\x10\x03\x12\x17\n" +
 	"\x13STAGE_ACTION_CANCEL\x10\x04\x12\x1f\n" +
-	"\x1bSTAGE_ACTION_UPDATE_OPTIONS\x10\x05*\x95\x03\n" +
+	"\x1bSTAGE_ACTION_UPDATE_OPTIONS\x10\x05*\xd5\x03\n" +
 	"\n" +
 	"StageError\x12\x1b\n" +
 	"\x17STAGE_ERROR_UNSPECIFIED\x10\x00\x12\x1c\n" +
@@ -2492,7 +2736,9 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"!STAGE_ERROR_VERIFICATION_MISMATCH\x10\t\x12\"\n" +
 	"\x1eSTAGE_ERROR_SWITCHOVER_ABORTED\x10\n" +
 	"\x12\x1d\n" +
-	"\x19STAGE_ERROR_UNKNOWN_STAGE\x10\v*{\n" +
+	"\x19STAGE_ERROR_UNKNOWN_STAGE\x10\v\x12\"\n" +
+	"\x1eSTAGE_ERROR_CHANGE_STREAM_FULL\x10\f\x12\x1a\n" +
+	"\x16STAGE_ERROR_NO_GATEWAY\x10\r*{\n" +
 	"\tOperation\x12\x19\n" +
 	"\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10OPERATION_INSERT\x10\x01\x12\x14\n" +
@@ -2514,7 +2760,7 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
 	(StageError)(0),               // 1: zdm.events.v1.StageError
@@ -2535,65 +2781,68 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*StringKeys)(nil),            // 16: zdm.events.v1.StringKeys
 	(*ChangeEvent)(nil),           // 17: zdm.events.v1.ChangeEvent
 	(*ResolvedTimestamp)(nil),     // 18: zdm.events.v1.ResolvedTimestamp
-	(*CollectionLag)(nil),         // 19: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 20: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 21: zdm.events.v1.MigrationEvent
-	(*CopyControl)(nil),           // 22: zdm.events.v1.CopyControl
-	(*KeyRange_IntBounds)(nil),    // 23: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 24: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 25: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 26: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(v1.MigrationType)(0),         // 28: zdm.v1.MigrationType
-	(v1.ClusterRole)(0),           // 29: zdm.v1.ClusterRole
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 31: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 32: zdm.v1.Transition
-	(*v1.Throttle)(nil),           // 33: zdm.v1.Throttle
+	(*AppliedPosition)(nil),       // 19: zdm.events.v1.AppliedPosition
+	(*CollectionLag)(nil),         // 20: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),             // 21: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),        // 22: zdm.events.v1.MigrationEvent
+	(*CopyControl)(nil),           // 23: zdm.events.v1.CopyControl
+	(*KeyRange_IntBounds)(nil),    // 24: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 25: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 26: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 27: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(v1.MigrationType)(0),         // 29: zdm.v1.MigrationType
+	(v1.ClusterRole)(0),           // 30: zdm.v1.ClusterRole
+	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*v1.Migration)(nil),          // 32: zdm.v1.Migration
+	(*v1.Transition)(nil),         // 33: zdm.v1.Transition
+	(*v1.Throttle)(nil),           // 34: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	25, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	26, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	26, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	27, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	28, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	27, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	28, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	29, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
 	5,  // 5: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
-	27, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
-	25, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	27, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	28, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	26, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	28, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
 	1,  // 9: zdm.events.v1.StageCompleted.code:type_name -> zdm.events.v1.StageError
-	23, // 10: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	24, // 11: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	24, // 10: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	25, // 11: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
 	7,  // 12: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
 	7,  // 13: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	27, // 14: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	28, // 14: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
 	10, // 15: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	29, // 16: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
-	25, // 17: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
+	30, // 16: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
+	26, // 17: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
 	7,  // 18: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
-	27, // 19: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
-	27, // 20: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	27, // 21: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	28, // 19: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
+	28, // 20: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	28, // 21: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
 	15, // 22: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
 	16, // 23: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
 	2,  // 24: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
 	14, // 25: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	27, // 26: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	27, // 27: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	30, // 28: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	27, // 29: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	30, // 30: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	27, // 31: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	19, // 32: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	27, // 33: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	31, // 34: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	32, // 35: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	33, // 36: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	28, // 26: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	28, // 27: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	28, // 28: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
+	28, // 29: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
+	31, // 30: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	28, // 31: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	31, // 32: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	28, // 33: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	20, // 34: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	28, // 35: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	32, // 36: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	33, // 37: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	34, // 38: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	39, // [39:39] is the sub-list for method output_type
+	39, // [39:39] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2613,15 +2862,15 @@ func file_zdm_events_v1_events_proto_init() {
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[20].OneofWrappers = []any{}
 	file_zdm_events_v1_events_proto_msgTypes[21].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,351 @@
+package streamer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/registry"
+	"github.com/zdm-io/zdm/pkg/stage"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// The applier replays a ZERO_DOWNTIME migration's captured changes on its
+// target from the moment the copy is done (SYNCING) until stop sync has
+// drained them. Any streamer process may run it; a lease in the appliers
+// bucket makes one of them do so at a time, and another takes over
+// within the lease's TTL when it dies. Changes are read in stream order,
+// which for changes to the same keys is the order the source applied them
+// (the gateway serialises those), and applied one by one. The position
+// (the last stream sequence applied) and the applied watermark are stored
+// after the changes they cover are applied, so a restarted applier
+// replays at most a few changes again, idempotently, and never skips one.
+
+const (
+	// leaseRenew is how often an applier renews its lease (the bucket's
+	// TTL is a few times longer).
+	leaseRenew = 2 * time.Second
+	// scanEvery is how often each streamer looks for migrations to apply.
+	scanEvery = time.Second
+	// fetchMax is how many changes one read takes.
+	fetchMax = 256
+)
+
+// applying is a migration state in which its changes are applied.
+func applying(m *zdmpb.Migration) bool {
+	if m.GetType() != zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
+		return false
+	}
+	switch m.GetState() {
+	case zdmpb.MigrationState_MIGRATION_STATE_SYNCING, zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE,
+		zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC:
+		return true
+	}
+	return false
+}
+
+// appliers starts an applier for every migration that needs one and whose
+// lease this process wins.
+type appliers struct {
+	id         string
+	js         jetstream.JetStream
+	prop       propagation.TextMapPropagator
+	log        *slog.Logger
+	reg        *registry.Registry
+	migrations *natsbus.Table[*zdmpb.Migration]
+	positions  *natsbus.Table[*eventspb.AppliedPosition]
+	leases     jetstream.KeyValue
+	gateways   jetstream.KeyValue
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// run scans for migrations to apply until ctx ends, then waits for the
+// appliers it started.
+func (a *appliers) run(ctx context.Context) {
+	t := time.NewTicker(scanEvery)
+	defer t.Stop()
+	for {
+		if err := a.scan(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("look for migrations to apply", slog.Any("error", err))
+		}
+		select {
+		case <-ctx.Done():
+			a.wg.Wait()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *appliers) scan(ctx context.Context) error {
+	all, err := a.migrations.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range all {
+		m := e.Val
+		id := m.GetMigrationId()
+		a.mu.Lock()
+		_, busy := a.running[id]
+		a.mu.Unlock()
+		if busy || !applying(m) {
+			continue
+		}
+		rev, err := a.leases.Create(ctx, id, []byte(a.id))
+		if err != nil {
+			continue // another process applies it
+		}
+		actx, cancel := context.WithCancel(ctx)
+		a.mu.Lock()
+		a.running[id] = cancel
+		a.mu.Unlock()
+		a.wg.Go(func() {
+			defer func() {
+				cancel()
+				a.mu.Lock()
+				delete(a.running, id)
+				a.mu.Unlock()
+				dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+				// The lease expires at its TTL if this fails.
+				_ = a.leases.Delete(dctx, id)
+				dcancel()
+			}()
+			a.log.Info("applier started", slog.String("migration", id))
+			err := a.apply(actx, m, rev)
+			switch {
+			case err == nil || actx.Err() != nil:
+				a.log.Info("applier stopped", slog.String("migration", id))
+			default:
+				a.log.Error("applier stopped", slog.String("migration", id), slog.Any("error", err))
+			}
+		})
+	}
+	return nil
+}
+
+// errEnded ends an applier whose migration left the applying states.
+var errEnded = errors.New("migration no longer syncing")
+
+// apply runs one migration's applier until its migration stops applying,
+// its lease is lost or ctx ends.
+func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint64) error {
+	id := m.GetMigrationId()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// Keep the lease, and follow the migration's state.
+	state := make(chan *zdmpb.Migration, 1)
+	state <- m
+	go func() {
+		t := time.NewTicker(leaseRenew)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			rev, err := a.leases.Update(ctx, id, []byte(a.id), leaseRev)
+			if err != nil {
+				cancel(fmt.Errorf("lease lost: %w", err))
+				return
+			}
+			leaseRev = rev
+			cur, _, err := a.migrations.Get(ctx, id)
+			if err != nil {
+				continue
+			}
+			if !applying(cur) {
+				cancel(errEnded)
+				return
+			}
+			select {
+			case <-state:
+			default:
+			}
+			state <- cur
+		}
+	}()
+
+	conn, err := a.reg.Resolve(ctx, m.GetTargetClusterId())
+	if err != nil {
+		return err
+	}
+	var tgt *milvusx.Client
+	for tgt == nil {
+		if tgt, err = milvusx.Open(ctx, conn, ""); err != nil {
+			a.log.Warn("applier: target does not answer; will retry", slog.String("migration", id), slog.Any("error", err))
+			if err := sleep(ctx, 2*time.Second); err != nil {
+				return nil
+			}
+		}
+	}
+	defer tgt.Close()
+	rp := newReplayer(tgt.Raw)
+
+	pos, _, err := a.positions.Get(ctx, id)
+	if errors.Is(err, apierr.ErrNotFound) {
+		pos, err = &eventspb.AppliedPosition{MigrationId: id}, nil
+	}
+	if err != nil {
+		return err
+	}
+	wm := newWatermark(m.GetSourceClusterId(), id, pos.GetWatermark())
+	cons, err := a.js.OrderedConsumer(ctx, natsbus.ChangesStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{natsbus.ChangeFilter(id)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq: pos.GetStreamSequence() + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("change stream: %w", err)
+	}
+	cur := m
+	for ctx.Err() == nil {
+		select {
+		case cur = <-state:
+		default:
+		}
+		batch, err := cons.Fetch(fetchMax, jetstream.FetchMaxWait(resolveEvery))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return fmt.Errorf("read changes: %w", err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			var ev eventspb.ChangeEvent
+			mctx, err := natsbus.Decode(ctx, a.prop, msg, &ev)
+			if err != nil {
+				return fmt.Errorf("malformed change on %s: %w", msg.Subject(), err)
+			}
+			rows, err := a.applyOne(mctx, rp, cur, &ev)
+			if err != nil {
+				return nil // stopping
+			}
+			md, err := msg.Metadata()
+			if err != nil {
+				return err
+			}
+			pos.StreamSequence = md.Sequence.Stream
+			pos.ChangesApplied++
+			pos.RowsApplied += rows
+			n++
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		info, err := cons.Info(ctx)
+		pending := err != nil || info.NumPending > 0
+		gws, err := a.liveGateways(ctx)
+		if err != nil {
+			continue
+		}
+		w, drained := wm.advance(gws, pos.GetStreamSequence())
+		drained = drained && !pending && cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC
+		if n == 0 && w == pos.GetWatermark() && !drained {
+			continue
+		}
+		pos.Watermark, pos.Drained, pos.ApplierId, pos.Time = w, drained, a.id, timestamppb.Now()
+		if w != 0 {
+			pos.WatermarkTime = timestamppb.New(milvusx.PhysicalTime(w))
+		}
+		if _, _, err := a.positions.Upsert(ctx, id, func(p *eventspb.AppliedPosition) error {
+			proto.Reset(p)
+			proto.Merge(p, pos)
+			return nil
+		}); err != nil {
+			a.log.Warn("applier: store position; will retry", slog.String("migration", id), slog.Any("error", err))
+			continue
+		}
+		if drained {
+			if err := a.reportDrained(ctx, cur); err != nil {
+				a.log.Warn("applier: report drained; will retry", slog.String("migration", id), slog.Any("error", err))
+			}
+		}
+	}
+	if errors.Is(context.Cause(ctx), errEnded) {
+		return nil
+	}
+	return context.Cause(ctx)
+}
+
+// applyOne applies ev, retrying with backoff for as long as the target
+// fails; it returns an error only when ctx ends. While the target does
+// not answer the coordinator hears of it, as from the copy.
+func (a *appliers) applyOne(ctx context.Context, rp *replayer, m *zdmpb.Migration, ev *eventspb.ChangeEvent) (int64, error) {
+	for attempt := uint64(1); ; attempt++ {
+		rows, err := rp.apply(ctx, ev)
+		if err == nil {
+			return rows, nil
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		a.log.Warn("applier: change not applied; will retry", slog.String("migration", m.GetMigrationId()),
+			slog.String("change", ev.GetEventId()), slog.Uint64("attempt", attempt), slog.Any("error", err))
+		fail := &eventspb.WorkFailed{EventId: fmt.Sprintf("failed-%s-%s-a%d", m.GetMigrationId(), ev.GetEventId(), attempt),
+			MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL,
+			Database: ev.GetDatabase(), Collection: ev.GetCollection(), Worker: a.id}
+		if perr := stage.PublishFailure(ctx, a.js, a.prop, fail, stage.OnTarget(err)); perr != nil {
+			a.log.Warn("applier: report failed change", slog.Any("error", perr))
+		}
+		if err := sleep(ctx, stage.Backoff(attempt)); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// reportDrained ends the FINALIZE stage of a migration that stopped
+// syncing: every change its gateways accepted is on the target.
+func (a *appliers) reportDrained(ctx context.Context, m *zdmpb.Migration) error {
+	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("drained-%s-t%d", m.GetMigrationId(), len(m.GetHistory())),
+		MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Success: true, Time: timestamppb.Now()}
+	_, err := natsbus.Publish(ctx, a.js, a.prop, natsbus.EventSubject(m.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
+	return err
+}
+
+// liveGateways returns the latest state of every live gateway replica.
+func (a *appliers) liveGateways(ctx context.Context) ([]*eventspb.ResolvedTimestamp, error) {
+	lister, err := a.gateways.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*eventspb.ResolvedTimestamp
+	for k := range lister.Keys() {
+		e, err := a.gateways.Get(ctx, k)
+		if err != nil {
+			continue // gone since listed
+		}
+		var g eventspb.ResolvedTimestamp
+		if err := proto.Unmarshal(e.Value(), &g); err != nil {
+			continue
+		}
+		out = append(out, &g)
+	}
+	return out, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

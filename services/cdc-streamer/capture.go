@@ -1,0 +1,363 @@
+package streamer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/milvus-io/milvus-proto/go-api/v2/commonpb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+)
+
+// resolveEvery is how often a gateway replica publishes its resolved
+// timestamp.
+const resolveEvery = 200 * time.Millisecond
+
+// capture is the gateway's side of the handoff (shared/DESIGN.md): while
+// a ZERO_DOWNTIME migration from its cluster runs, every mutation and
+// replicated DDL the source acknowledges is published on the change
+// stream before the client hears of it, and the replica's resolved
+// timestamp is kept in the gateways bucket.
+type capture struct {
+	id, cluster, addr string
+	js                jetstream.JetStream
+	prop              propagation.TextMapPropagator
+	log               *slog.Logger
+	src               *sourceClient
+	locks             *keyLocks
+	gateways          jetstream.KeyValue
+	ctx               context.Context // the streamer's run context
+
+	mu        sync.Mutex
+	changed   *sync.Cond
+	nextCall  uint64              // IDs of writes, in the order they started
+	inflight  map[uint64]struct{} // writes started and not yet answered
+	armed     string              // migration whose capture is armed
+	armTs     uint64              // T0, once every write older than arming ended
+	seq       uint64              // last change sequence of this replica
+	streamSeq uint64              // highest stream sequence of a change published
+	stopped   string              // migration whose writes are refused for stop sync
+	schemas   map[string]*schemapb.FieldSchema
+}
+
+func newCapture(ctx context.Context, id, cluster, addr string, js jetstream.JetStream, prop propagation.TextMapPropagator, log *slog.Logger, src *sourceClient, gateways jetstream.KeyValue) *capture {
+	c := &capture{ctx: ctx, id: id, cluster: cluster, addr: addr, js: js, prop: prop, log: log, src: src, locks: newKeyLocks(),
+		gateways: gateways, inflight: map[uint64]struct{}{}, schemas: map[string]*schemapb.FieldSchema{}}
+	c.changed = sync.NewCond(&c.mu)
+	return c
+}
+
+// begin registers a write that is about to go to the source and returns
+// its ID and the migration armed when it started ("" for none). A write
+// of a migration that stopped syncing is refused: ok is false and nothing
+// is registered.
+func (c *capture) begin() (id uint64, migration string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped != "" && c.stopped == c.armed {
+		return 0, c.stopped, false
+	}
+	c.nextCall++
+	c.inflight[c.nextCall] = struct{}{}
+	return c.nextCall, c.armed, true
+}
+
+// end marks write id answered.
+func (c *capture) end(id uint64) {
+	c.mu.Lock()
+	delete(c.inflight, id)
+	c.mu.Unlock()
+	c.changed.Broadcast()
+}
+
+// waitBefore waits until every write that started at or before id has
+// been answered (and so published, if captured), or ctx ends.
+func (c *capture) waitBefore(ctx context.Context, id uint64) error {
+	stop := context.AfterFunc(ctx, c.changed.Broadcast)
+	defer stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		older := false
+		for w := range c.inflight {
+			if w <= id {
+				older = true
+				break
+			}
+		}
+		if !older {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c.changed.Wait()
+	}
+}
+
+// follow arms capture for migration (empty: disarm), and refuses its
+// writes once stopping is set. Arming completes in the background: T0 is
+// taken once every write that started before it has ended, so no write
+// acknowledged after T0 escapes the stream.
+func (c *capture) follow(migration string, stopping bool) {
+	c.mu.Lock()
+	if migration != c.armed {
+		c.armed, c.armTs, c.stopped = migration, 0, ""
+		if migration != "" {
+			last := c.nextCall
+			go c.completeArm(c.ctx, migration, last)
+		}
+	}
+	if stopping && migration != "" {
+		c.stopped = migration
+	}
+	c.mu.Unlock()
+}
+
+func (c *capture) completeArm(ctx context.Context, migration string, last uint64) {
+	for ctx.Err() == nil {
+		err := c.waitBefore(ctx, last)
+		var ts uint64
+		if err == nil {
+			ts, err = c.src.timestamp(ctx)
+		}
+		if err != nil {
+			c.log.Warn("arming capture: will retry", slog.String("migration", migration), slog.Any("error", err))
+			time.Sleep(time.Second)
+			continue
+		}
+		c.mu.Lock()
+		if c.armed == migration && c.armTs == 0 {
+			c.armTs = ts
+			c.log.Info("capture armed", slog.String("migration", migration), slog.Uint64("arm_timestamp", ts))
+		}
+		c.mu.Unlock()
+		return
+	}
+}
+
+// capture forwards one captured call (a unary Milvus call) to the source
+// and, if the source acknowledged it, publishes its change before the
+// client gets the reply. A change that cannot be published makes the
+// call fail with UNAVAILABLE, never succeed.
+func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) error {
+	ctx := ss.Context()
+	md, _ := metadata.FromIncomingContext(ctx)
+	req, err := decodeRequest(name, first.b, md)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "zdm gateway: %v", err)
+	}
+	id, migration, ok := c.begin()
+	if !ok {
+		return refuse(ss, method, &refusal{fmt.Sprintf("%s refused: migration %q from cluster %q is stopping sync, so the source takes no more writes; point clients at the target once it completes",
+			name, migration, c.cluster)})
+	}
+	defer c.end(id)
+	if migration == "" {
+		return c.src.relay(ss, method, first, md, nil)
+	}
+	// Hold the rows (or the collection) until the change is published.
+	collection := req.database + "." + req.collection
+	whole := req.op == eventspb.Operation_OPERATION_DDL
+	var keys []milvusx.Key
+	if !whole {
+		pk, err := c.pk(ctx, md, req)
+		if err != nil {
+			return err
+		}
+		known := false
+		if pk != nil {
+			keys, known = req.keysOf(pk)
+		}
+		whole = !known
+	}
+	release := c.locks.lock(collection, keys, whole)
+	defer release()
+
+	var published error
+	err = c.src.relay(ss, method, first, md, func(reply []byte) error {
+		ev, ok, err := c.change(req, migration, method, first.b, reply, keys)
+		if err != nil || !ok {
+			return err // a failed call publishes nothing
+		}
+		published = c.publish(ctx, ev)
+		return published
+	})
+	if published != nil {
+		c.log.Error("change not published; the client is told the write is unavailable",
+			slog.String("migration", migration), slog.String("method", name), slog.String("collection", collection), slog.Any("error", published))
+		return status.Errorf(codes.Unavailable, "zdm gateway: the write reached the source but could not be recorded for migration %q: %v; retry it", migration, published)
+	}
+	if req.op == eventspb.Operation_OPERATION_DDL {
+		c.forget(collection)
+	}
+	return err
+}
+
+// change builds the ChangeEvent of an acknowledged call; ok is false when
+// the source refused the call.
+func (c *capture) change(req *request, migration, method string, request, reply []byte, sent []milvusx.Key) (*eventspb.ChangeEvent, bool, error) {
+	ev := &eventspb.ChangeEvent{MigrationId: migration, GatewayId: c.id, Database: req.database, Collection: req.collection,
+		Partition: req.partition, Operation: req.op, Method: method, Request: request}
+	if req.op == eventspb.Operation_OPERATION_DDL {
+		var st commonpb.Status
+		if err := proto.Unmarshal(reply, &st); err != nil {
+			return nil, false, fmt.Errorf("decode %s reply: %w", req.name, err)
+		}
+		return ev, statusOK(&st), nil
+	}
+	var res milvuspb.MutationResult
+	if err := proto.Unmarshal(reply, &res); err != nil {
+		return nil, false, fmt.Errorf("decode %s reply: %w", req.name, err)
+	}
+	if !statusOK(res.GetStatus()) {
+		return nil, false, nil
+	}
+	keys := replyKeys(res.GetIDs())
+	if len(keys) == 0 {
+		keys = sent // Milvus 2.3 names no key in a delete's reply
+	}
+	ev.PrimaryKeys, ev.CommitTimestamp = keysPB(keys), res.GetTimestamp()
+	return ev, true, nil
+}
+
+// publish numbers ev and stores it on the change stream, waiting for
+// JetStream's ack.
+func (c *capture) publish(ctx context.Context, ev *eventspb.ChangeEvent) error {
+	c.mu.Lock()
+	c.seq++
+	ev.Sequence = c.seq
+	c.mu.Unlock()
+	ev.EventId = fmt.Sprintf("%s-%d", c.id, ev.GetSequence())
+	ev.PublishTime = timestamppb.Now()
+	subject := natsbus.ChangeSubject(ev.GetMigrationId(), ev.GetDatabase(), ev.GetCollection())
+	// The client's cancellation must not cut a publish whose write the
+	// source already took.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	ack, err := natsbus.Publish(pctx, c.js, c.prop, subject, ev.GetEventId(), ev)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.streamSeq = max(c.streamSeq, ack.Sequence)
+	c.mu.Unlock()
+	return nil
+}
+
+// pk returns the primary key field of the request's collection, from a
+// cache that DDL on the collection clears.
+func (c *capture) pk(ctx context.Context, md metadata.MD, req *request) (*schemapb.FieldSchema, error) {
+	name := req.database + "." + req.collection
+	c.mu.Lock()
+	f, ok := c.schemas[name]
+	c.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	f, err := c.src.primaryKey(ctx, md, req.database, req.collection)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.schemas[name] = f
+	c.mu.Unlock()
+	return f, nil
+}
+
+func (c *capture) forget(collection string) {
+	c.mu.Lock()
+	delete(c.schemas, collection)
+	c.mu.Unlock()
+}
+
+// resolve publishes one resolved timestamp: R is allocated on the source
+// (on a server without AllocTimestamp, taken from the clock, the promise
+// then holding in this replica's publish order), every write in flight
+// at that moment is waited for, and R is stored with the stream sequence
+// of the last change published.
+func (c *capture) resolve(ctx context.Context) error {
+	c.mu.Lock()
+	armed := c.armed
+	c.mu.Unlock()
+	var r uint64
+	if armed != "" {
+		var err error
+		if r, err = c.src.timestamp(ctx); err != nil {
+			return err
+		}
+	}
+	// Writes refused from now on: once the older ones end, none is left.
+	c.mu.Lock()
+	last, stopped := c.nextCall, c.stopped != "" && c.stopped == c.armed
+	c.mu.Unlock()
+	if err := c.waitBefore(ctx, last); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	st := &eventspb.ResolvedTimestamp{GatewayId: c.id, ClusterId: c.cluster, Addr: c.addr, MigrationId: c.armed,
+		ArmTimestamp: c.armTs, LastSequence: c.seq, LastStreamSequence: c.streamSeq, Time: timestamppb.Now(),
+		WritesStopped: stopped && c.stopped == c.armed}
+	if c.armed == armed && c.armTs != 0 {
+		st.ResolvedTimestamp = r
+	}
+	c.mu.Unlock()
+	st.EventId = fmt.Sprintf("%s-r%d", c.id, st.GetResolvedTimestamp())
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return err
+	}
+	_, err = c.gateways.Put(ctx, natsbus.KeyToken(c.id), b)
+	return err
+}
+
+// run publishes resolved timestamps until ctx ends, and removes this
+// replica's entry when it does.
+func (c *capture) run(ctx context.Context) {
+	t := time.NewTicker(resolveEvery)
+	defer t.Stop()
+	failing := false
+	for {
+		err := c.resolve(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			c.log.Warn("resolved timestamp not published; lag rises until it is", slog.Any("error", err))
+			failing = true
+		case err == nil && failing:
+			c.log.Info("resolved timestamps published again")
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			// Gone from the bucket now rather than at its TTL; if this
+			// fails the entry expires all the same.
+			_ = c.gateways.Delete(dctx, natsbus.KeyToken(c.id))
+			cancel()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// statusOK reads a Milvus status the way the SDKs do: code when set,
+// else the legacy error_code.
+func statusOK(s *commonpb.Status) bool {
+	//lint:ignore SA1019 servers before 2.3 set only error_code.
+	return s.GetCode() == 0 && s.GetErrorCode() == commonpb.ErrorCode_Success
+}
