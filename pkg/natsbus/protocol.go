@@ -18,10 +18,10 @@ import (
 
 // Subject spaces, one per stream (see Streams).
 const (
-	commandSpace  = "zdm.cmd"
-	eventSpace    = "zdm.evt"
-	workSpace     = "zdm.work"
-	changeSpace   = "zdm.chg"
+	commandSpace = "zdm.cmd"
+	eventSpace   = "zdm.evt"
+	workSpace    = "zdm.work"
+	changeSpace  = "zdm.chg"
 )
 
 // EventKind is the kind of a migration event, the last token of its

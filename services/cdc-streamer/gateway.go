@@ -67,8 +67,8 @@ type gateway struct {
 	src     *sourceClient
 	capture *capture
 	policy  *policy
-	server *grpc.Server
-	log    *slog.Logger
+	server  *grpc.Server
+	log     *slog.Logger
 }
 
 // upstream is the connection to the source, opened at the first call: the
