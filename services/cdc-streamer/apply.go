@@ -233,9 +233,6 @@ func explicitKeys(b []byte) ([]byte, error) {
 			f.AutoID, changed = false, true
 		}
 	}
-	if s.GetAutoID() {
-		s.AutoID, changed = false, true
-	}
 	if !changed {
 		return b, nil
 	}
