@@ -4,15 +4,18 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"github.com/stretchr/testify/require"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -112,9 +115,46 @@ func (l *load) end(t *testing.T) {
 // by zdm's verification and by an independent comparison.
 func TestE2EZeroDowntime(t *testing.T) {
 	ztest.Integration(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	zeroDowntime(t, ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3"))
+}
+
+// TestE2EZeroDowntimePrimaryTier is TestE2EZeroDowntime on standalone
+// Milvus 2.3, whose Delete replies name no key and carry no timestamp.
+func TestE2EZeroDowntimePrimaryTier(t *testing.T) {
+	ztest.Integration(t)
+	tier := ztest.WholePrimaryTier(t)
+	for _, addr := range []string{tier.Source, tier.Target} {
+		t.Cleanup(func() { dropAll(t, addr) })
+	}
+	zeroDowntime(t, tier.Source, tier.Target)
+}
+
+// dropAll drops every user collection and database of the server at addr.
+func dropAll(t *testing.T, addr string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	c, err := milvusx.Open(ctx, &zdmpb.ClusterConnection{Endpoint: addr}, "")
+	require.NoError(t, err)
+	defer c.Close()
+	colls, err := milvusx.UserCollections(ctx, c)
+	require.NoError(t, err)
+	for _, full := range colls {
+		db, name, _ := strings.Cut(full, ".")
+		resp, err := c.Raw.DropCollection(ctx, &milvuspb.DropCollectionRequest{DbName: db, CollectionName: name})
+		require.NoError(t, milvusx.CheckStatus(resp, err))
+	}
+	dbs, err := milvusx.Databases(ctx, c)
+	require.NoError(t, err)
+	for _, db := range dbs {
+		if db != milvusx.DefaultDatabase {
+			require.NoError(t, c.DropDatabase(ctx, db))
+		}
+	}
+}
+
+func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
 	seedShop(t, ctx, srcAddr, 3000)
 	gw := freeAddr(t)
 	p := start(t, "-gateway-cluster", "src", "-gateway-addr", gw)
@@ -132,6 +172,11 @@ func TestE2EZeroDowntime(t *testing.T) {
 	_, err = app.Insert(ctx, "doomed", "", entity.NewColumnInt64("id", []int64{1, 2}),
 		entity.NewColumnFloatVector("vec", 4, [][]float32{{1, 2, 3, 4}, {5, 6, 7, 8}}))
 	require.NoError(t, err)
+	idx, err := entity.NewIndexFlat(entity.L2)
+	require.NoError(t, err)
+	// Standalone Milvus reads only loaded collections.
+	require.NoError(t, app.CreateIndex(ctx, "doomed", "vec", idx, false))
+	require.NoError(t, app.LoadCollection(ctx, "doomed", false))
 
 	l := startLoad(t, ctx, gw, "shop")
 	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "zd1", Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
@@ -152,8 +197,6 @@ func TestE2EZeroDowntime(t *testing.T) {
 		ids, vecs = append(ids, int64(i)), append(vecs, []float32{float32(i), 1, 2, 3})
 	}
 	_, err = app.Insert(ctx, "late", "", entity.NewColumnInt64("id", ids), entity.NewColumnFloatVector("vec", 4, vecs))
-	require.NoError(t, err)
-	idx, err := entity.NewIndexFlat(entity.L2)
 	require.NoError(t, err)
 	require.NoError(t, app.CreateIndex(ctx, "late", "vec", idx, false))
 	require.NoError(t, app.LoadCollection(ctx, "late", false))

@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,8 +37,59 @@ var tierEnv = []struct{ name, prefix string }{
 }
 
 // Tiers returns every tier of the rig. A tier whose addresses are not in
-// the environment ends t through Missing.
+// the environment ends t through Missing. The test shares the rig with
+// tests of other packages running at the same time, each in databases of
+// its own, until it ends (see WholePrimaryTier).
 func Tiers(t testing.TB) []Tier {
+	t.Helper()
+	out := tiers(t)
+	lockRig(t, out[0], syscall.LOCK_SH)
+	return out
+}
+
+// WholePrimaryTier returns the standalone Milvus tier for a test that
+// needs its servers to itself, such as a migration of a whole cluster:
+// tests of other packages that use the rig wait until it ends, and it
+// waits for theirs. It fails t when the target holds user collections.
+func WholePrimaryTier(t testing.TB) Tier {
+	t.Helper()
+	tier := tiers(t)[0]
+	lockRig(t, tier, syscall.LOCK_EX)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.NewClient(ctx, client.Config{Address: tier.Target})
+	if err != nil {
+		t.Fatalf("%s target %s: %v", tier.Name, tier.Target, err)
+	}
+	defer c.Close()
+	left, err := milvusx.UserCollections(ctx, c)
+	if err != nil {
+		t.Fatalf("%s target %s: %v", tier.Name, tier.Target, err)
+	}
+	if len(left) > 0 {
+		t.Fatalf("%s target %s is not empty (%v): restart the rig (make testenv-down testenv-up)", tier.Name, tier.Target, left)
+	}
+	return tier
+}
+
+// lockRig takes a lock on the rig's servers, shared or exclusive, for the
+// rest of t: a file lock, since tests of several packages run in
+// processes of their own.
+func lockRig(t testing.TB, tier Tier, how int) {
+	t.Helper()
+	name := filepath.Join(os.TempDir(), "zdm-rig-"+sanitize(tier.Source)+".lock")
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("rig lock: %v", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		t.Fatalf("rig lock %s: %v", name, err)
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
+}
+
+func tiers(t testing.TB) []Tier {
 	t.Helper()
 	var out []Tier
 	for _, e := range tierEnv {
