@@ -31,7 +31,10 @@ type load struct {
 	errs   []error
 }
 
-func startLoad(t *testing.T, ctx context.Context, gw, db string) *load {
+// startLoad starts the writers. With idempotent set, new rows are written
+// with upsert rather than insert, so a write the client retries after a
+// gateway died under it cannot land twice on the source.
+func startLoad(t *testing.T, ctx context.Context, gw, db string, idempotent bool) *load {
 	t.Helper()
 	l := &load{stop: make(chan struct{})}
 	c, err := client.NewClient(ctx, client.Config{Address: gw, DBName: db})
@@ -83,7 +86,11 @@ func startLoad(t *testing.T, ctx context.Context, gw, db string) *load {
 			ids, titles = append(ids, id), append(titles, cols[1].(*entity.ColumnVarChar).Data()[0])
 			vecs = append(vecs, cols[2].(*entity.ColumnFloatVector).Data()[0])
 		}
-		_, err := c.Insert(ctx, "items", "", entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
+		write := c.Insert
+		if idempotent {
+			write = c.Upsert
+		}
+		_, err := write(ctx, "items", "", entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
 			entity.NewColumnFloatVector("vec", 16, vecs))
 		time.Sleep(20 * time.Millisecond)
 		return err
@@ -101,10 +108,16 @@ func startLoad(t *testing.T, ctx context.Context, gw, db string) *load {
 // end stops the writers and fails t if any write failed.
 func (l *load) end(t *testing.T) {
 	t.Helper()
+	require.Empty(t, l.halt(t), "writes through the gateway failed")
+}
+
+// halt stops the writers and returns the errors they met.
+func (l *load) halt(t *testing.T) []error {
+	t.Helper()
 	close(l.stop)
 	l.wg.Wait()
-	require.Empty(t, l.errs, "writes through the gateway failed")
 	require.Positive(t, l.writes.Load())
+	return l.errs
 }
 
 // TestE2EZeroDowntime runs a ZERO_DOWNTIME migration while applications
@@ -178,7 +191,7 @@ func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
 	require.NoError(t, app.CreateIndex(ctx, "doomed", "vec", idx, false))
 	require.NoError(t, app.LoadCollection(ctx, "doomed", false))
 
-	l := startLoad(t, ctx, gw, "shop")
+	l := startLoad(t, ctx, gw, "shop", false)
 	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "zd1", Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)

@@ -34,16 +34,20 @@ type Config struct {
 	// GatewayAddr is where the gateway listens for Milvus clients.
 	// Default 127.0.0.1:19540.
 	GatewayAddr string
+	// Apply runs the applier for syncing migrations (one streamer process
+	// at a time applies each). Default true.
+	Apply bool
 }
 
 // DefaultConfig returns the defaults.
-func DefaultConfig() Config { return Config{GatewayAddr: "127.0.0.1:19540"} }
+func DefaultConfig() Config { return Config{GatewayAddr: "127.0.0.1:19540", Apply: true} }
 
 // RegisterFlags defines the streamer's flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
 	fs.StringVar(&c.GatewayCluster, "gateway-cluster", d.GatewayCluster, "registered cluster the Milvus gateway stands in front of; empty runs no gateway")
 	fs.StringVar(&c.GatewayAddr, "gateway-addr", d.GatewayAddr, "host:port where the gateway serves Milvus clients")
+	fs.BoolVar(&c.Apply, "apply", d.Apply, "apply the captured changes of syncing migrations to their targets (one streamer process applies each migration at a time)")
 }
 
 // Validate checks the configuration.
@@ -98,9 +102,12 @@ func (s *Streamer) HealthNames() []string {
 	return []string{streamerpb.GatewayControlService_ServiceDesc.ServiceName}
 }
 
-// Stages implements service.Staged: the streamer syncs (its applier) and
-// drains at stop sync.
+// Stages implements service.Staged: the applier syncs and drains at stop
+// sync.
 func (s *Streamer) Stages() []zdmpb.StageKind {
+	if !s.cfg.Apply {
+		return nil
+	}
 	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE}
 }
 
@@ -132,7 +139,9 @@ func (s *Streamer) Start(ctx context.Context) error {
 	s.stop = stop
 	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, log: s.deps.Logger, reg: s.deps.Registry,
 		migrations: migrations, positions: positions, leases: leases, gateways: gateways, running: map[string]context.CancelFunc{}}
-	s.wg.Go(func() { ap.run(run) })
+	if s.cfg.Apply {
+		s.wg.Go(func() { ap.run(run) })
+	}
 	if s.cfg.GatewayCluster == "" {
 		return nil
 	}
