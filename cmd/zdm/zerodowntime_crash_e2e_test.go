@@ -55,19 +55,21 @@ func TestE2EZeroDowntimeCrashes(t *testing.T) {
 	}, "gateway not serving; logs:\n%s", gateway.logs)
 
 	l := startLoad(t, ctx, gw, "shop", true)
+	began := time.Now()
 	createWhenServed(t, ctx, mig, &zdmpb.CreateMigrationRequest{MigrationId: "zdk", Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	waitMigration(t, ctx, mig, "zdk", 3*time.Minute, func(m *zdmpb.Migration) bool {
 		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SYNCING || terminal(m)
 	}, nil)
+	t.Logf("syncing after %s", time.Since(began))
 
 	for i := range 10 {
 		// Each applier takes the lease its killed predecessor left (it
 		// expires) and applies for a random while before it is killed.
-		began := time.Now()
+		waited := time.Now()
 		ztest.Eventually(t, 60*time.Second, func() bool { return strings.Contains(applier.logs.String(), "applier started") },
 			"applier %d did not start; logs:\n%s", i, applier.logs)
-		t.Logf("applier %d took over after %s", i, time.Since(began))
+		t.Logf("applier %d took over after %s", i, time.Since(waited))
 		time.Sleep(time.Duration(200+rand.IntN(2500)) * time.Millisecond)
 		kill(applier)
 		applier = streamer()
@@ -80,6 +82,7 @@ func TestE2EZeroDowntimeCrashes(t *testing.T) {
 		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE || terminal(m)
 	}, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE, m.GetState(), "error: %v", m.GetError())
+	t.Logf("ready after %s: %v", time.Since(began), m.GetLag())
 	errs := l.halt(t)
 	halted := time.Now()
 	t.Logf("%d writes through the gateway, %d failed while it was down", l.writes.Load(), len(errs))
@@ -90,6 +93,7 @@ func TestE2EZeroDowntimeCrashes(t *testing.T) {
 	waitMigration(t, ctx, mig, "zdk", time.Minute, func(m *zdmpb.Migration) bool {
 		return m.GetLag().GetAppliedWatermark().AsTime().After(halted)
 	}, nil)
+	t.Logf("caught up after %s", time.Since(began))
 	report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
 	require.True(t, report.Match(), "applied changes: %s", report)
 
@@ -106,6 +110,9 @@ func TestE2EZeroDowntimeCrashes(t *testing.T) {
 	m = waitMigration(t, ctx, mig, "zdk", 3*time.Minute, terminal, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v\napplier logs:\n%s", m.GetError(), applier.logs)
 	t.Logf("repaired %d ranges, %d rows", m.GetRepairedRanges(), m.GetRepairedRows())
+	for _, h := range m.GetHistory() {
+		t.Logf("%s %s: %s", h.GetTime().AsTime().Format("15:04:05.000"), h.GetToState(), h.GetReason())
+	}
 	require.Positive(t, m.GetRepairedRanges(), "the write around the gateway was repaired")
 	report = compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
 	require.True(t, report.Match(), report.String())

@@ -73,6 +73,7 @@ func startLoad(t *testing.T, ctx context.Context, gw, db string, idempotent bool
 		run(func(i int) error {
 			id := int64(1 + rand.IntN(100))
 			_, err := c.Upsert(ctx, "items", "", row(id, fmt.Sprintf("hot %d.%d", w, i))...)
+			time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
 			return err
 		})
 	}
@@ -92,7 +93,7 @@ func startLoad(t *testing.T, ctx context.Context, gw, db string, idempotent bool
 		}
 		_, err := write(ctx, "items", "", entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
 			entity.NewColumnFloatVector("vec", 16, vecs))
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 		return err
 	})
 	run(func(i int) error {

@@ -225,25 +225,31 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 			}
 			return fmt.Errorf("read changes: %w", err)
 		}
-		n := 0
+		var evs []*eventspb.ChangeEvent
+		var last uint64
 		for msg := range batch.Messages() {
-			var ev eventspb.ChangeEvent
-			mctx, err := natsbus.Decode(ctx, a.prop, msg, &ev)
-			if err != nil {
+			ev := &eventspb.ChangeEvent{}
+			if _, err := natsbus.Decode(ctx, a.prop, msg, ev); err != nil {
 				return fmt.Errorf("malformed change on %s: %w", msg.Subject(), err)
-			}
-			rows, err := a.applyOne(mctx, rp, cur, &ev)
-			if err != nil {
-				return nil // stopping
 			}
 			md, err := msg.Metadata()
 			if err != nil {
 				return err
 			}
-			pos.StreamSequence = md.Sequence.Stream
-			pos.ChangesApplied++
+			evs, last = append(evs, ev), md.Sequence.Stream
+		}
+		n := len(evs)
+		if n > 0 {
+			rows, err := rp.applyAll(ctx, evs, a.retry(ctx, cur))
+			if err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				return err
+			}
+			pos.StreamSequence = last
+			pos.ChangesApplied += int64(n)
 			pos.RowsApplied += rows
-			n++
 		}
 		if ctx.Err() != nil {
 			break
@@ -283,28 +289,30 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 	return context.Cause(ctx)
 }
 
-// applyOne applies ev, retrying with backoff for as long as the target
-// fails; it returns an error only when ctx ends. While the target does
-// not answer the coordinator hears of it, as from the copy.
-func (a *appliers) applyOne(ctx context.Context, rp *replayer, m *zdmpb.Migration, ev *eventspb.ChangeEvent) (int64, error) {
-	for attempt := uint64(1); ; attempt++ {
-		rows, err := rp.apply(ctx, ev)
-		if err == nil {
-			return rows, nil
-		}
-		if ctx.Err() != nil {
-			return 0, ctx.Err()
-		}
-		a.log.Warn("applier: change not applied; will retry", slog.String("migration", m.GetMigrationId()),
-			slog.String("change", ev.GetEventId()), slog.Uint64("attempt", attempt), slog.Any("error", err))
-		fail := &eventspb.WorkFailed{EventId: fmt.Sprintf("failed-%s-%s-a%d", m.GetMigrationId(), ev.GetEventId(), attempt),
-			MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL,
-			Database: ev.GetDatabase(), Collection: ev.GetCollection(), Worker: a.id}
-		if perr := stage.PublishFailure(ctx, a.js, a.prop, fail, stage.OnTarget(err)); perr != nil {
-			a.log.Warn("applier: report failed change", slog.Any("error", perr))
-		}
-		if err := sleep(ctx, stage.Backoff(attempt)); err != nil {
-			return 0, err
+// retry returns how the applier makes each write to the target: again
+// and again with backoff for as long as the target fails, until ctx ends.
+// While the target does not answer, the coordinator hears of it, as from
+// the copy.
+func (a *appliers) retry(ctx context.Context, m *zdmpb.Migration) func(func() error) error {
+	return func(write func() error) error {
+		for attempt := uint64(1); ; attempt++ {
+			err := write()
+			if err == nil {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			a.log.Warn("applier: change not applied; will retry", slog.String("migration", m.GetMigrationId()),
+				slog.Uint64("attempt", attempt), slog.Any("error", err))
+			fail := &eventspb.WorkFailed{EventId: fmt.Sprintf("failed-%s-%d-a%d", m.GetMigrationId(), time.Now().UnixNano(), attempt),
+				MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, Worker: a.id}
+			if perr := stage.PublishFailure(ctx, a.js, a.prop, fail, stage.OnTarget(err)); perr != nil {
+				a.log.Warn("applier: report failed change", slog.Any("error", perr))
+			}
+			if err := sleep(ctx, stage.Backoff(attempt)); err != nil {
+				return err
+			}
 		}
 	}
 }

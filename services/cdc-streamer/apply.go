@@ -3,6 +3,7 @@ package streamer
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -32,29 +33,263 @@ func newReplayer(tgt milvuspb.MilvusServiceClient) *replayer {
 	return &replayer{tgt: tgt, pks: map[string]*schemapb.FieldSchema{}}
 }
 
-// apply replays ev on the target and returns the rows it wrote or
-// deleted.
-func (r *replayer) apply(ctx context.Context, ev *eventspb.ChangeEvent) (int64, error) {
-	name := strings.TrimPrefix(ev.GetMethod(), milvusService)
-	newMsg, ok := captured[name]
-	if !ok {
-		return 0, fmt.Errorf("change %s: method %s is not replayable", ev.GetEventId(), ev.GetMethod())
+// maxBatchRows bounds the rows of one write the applier sends.
+const maxBatchRows = 4096
+
+// applyAll replays evs, in order, on the target and returns the rows it
+// wrote or deleted. Consecutive row changes of one collection (and
+// partition) are applied together: each key's last change wins, with
+// one delete for the keys whose last change removes them and one upsert
+// for the rest; so a key written a hundred times in a batch is written
+// once. DDL, a delete by filter, another collection or rows of another
+// layout end such a run. call runs each write to the target, retrying
+// it as it sees fit.
+func (r *replayer) applyAll(ctx context.Context, evs []*eventspb.ChangeEvent, call func(func() error) error) (int64, error) {
+	var (
+		done int64
+		run  *rowRun
+	)
+	flush := func() error {
+		if run == nil {
+			return nil
+		}
+		n, err := run.flush(ctx, r.tgt, call)
+		done += n
+		run = nil
+		return err
 	}
-	msg := newMsg()
-	if err := proto.Unmarshal(ev.GetRequest(), msg); err != nil {
-		return 0, fmt.Errorf("change %s: %w", ev.GetEventId(), err)
+	for _, ev := range evs {
+		name := strings.TrimPrefix(ev.GetMethod(), milvusService)
+		newMsg, ok := captured[name]
+		if !ok {
+			return done, fmt.Errorf("change %s: method %s is not replayable", ev.GetEventId(), ev.GetMethod())
+		}
+		msg := newMsg()
+		if err := proto.Unmarshal(ev.GetRequest(), msg); err != nil {
+			return done, fmt.Errorf("change %s: %w", ev.GetEventId(), err)
+		}
+		db, coll := ev.GetDatabase(), ev.GetCollection()
+		var fields []*schemapb.FieldData
+		var rows uint32
+		switch m := msg.(type) {
+		case *milvuspb.InsertRequest:
+			fields, rows = m.GetFieldsData(), m.GetNumRows()
+		case *milvuspb.UpsertRequest:
+			fields, rows = m.GetFieldsData(), m.GetNumRows()
+		case *milvuspb.DeleteRequest:
+			keys := keysFromPB(ev.GetPrimaryKeys())
+			if len(keys) == 0 {
+				// A delete by a filter whose keys are unknown: replayed
+				// as it was, at its place.
+				if err := flush(); err != nil {
+					return done, err
+				}
+				err := call(func() error {
+					resp, err := r.tgt.Delete(ctx, &milvuspb.DeleteRequest{DbName: db, CollectionName: coll, PartitionName: ev.GetPartition(), Expr: m.GetExpr()})
+					if err := milvusx.Check(resp, err); err != nil {
+						return fmt.Errorf("delete from %s.%s: %w", db, coll, err)
+					}
+					done += resp.GetDeleteCnt()
+					return nil
+				})
+				if err != nil {
+					return done, err
+				}
+				continue
+			}
+			if run != nil && !run.same(ev) {
+				if err := flush(); err != nil {
+					return done, err
+				}
+			}
+			if run == nil {
+				pk, err := r.pkRetried(ctx, db, coll, call)
+				if err != nil {
+					return done, err
+				}
+				run = newRowRun(ev, pk)
+			}
+			run.delete(keys)
+			continue
+		default:
+			if err := flush(); err != nil {
+				return done, err
+			}
+			if err := call(func() error { return r.ddl(ctx, db, coll, msg) }); err != nil {
+				return done, err
+			}
+			r.forget(db + "." + coll)
+			continue
+		}
+		// An insert or upsert.
+		if run != nil && (!run.same(ev) || run.full()) {
+			if err := flush(); err != nil {
+				return done, err
+			}
+		}
+		if run == nil {
+			pk, err := r.pkRetried(ctx, db, coll, call)
+			if err != nil {
+				return done, err
+			}
+			run = newRowRun(ev, pk)
+		}
+		fields, err := withKeys(ev, fields, rows, run.pk)
+		if err != nil {
+			return done, err
+		}
+		if !run.fits(fields) {
+			pk := run.pk
+			if err := flush(); err != nil {
+				return done, err
+			}
+			run = newRowRun(ev, pk)
+		}
+		if err := run.upsert(fields, int(rows)); err != nil {
+			return done, fmt.Errorf("change %s: %w", ev.GetEventId(), err)
+		}
 	}
-	db, coll := ev.GetDatabase(), ev.GetCollection()
-	switch m := msg.(type) {
-	case *milvuspb.InsertRequest:
-		return r.upsert(ctx, ev, m.GetFieldsData(), m.GetNumRows())
-	case *milvuspb.UpsertRequest:
-		return r.upsert(ctx, ev, m.GetFieldsData(), m.GetNumRows())
-	case *milvuspb.DeleteRequest:
-		return r.delete(ctx, ev, m.GetExpr())
+	return done, flush()
+}
+
+// pkRetried is pk, with the target call retried by call.
+func (r *replayer) pkRetried(ctx context.Context, db, coll string, call func(func() error) error) (*schemapb.FieldSchema, error) {
+	var pk *schemapb.FieldSchema
+	err := call(func() error {
+		var err error
+		pk, err = r.pk(ctx, db, coll)
+		return err
+	})
+	return pk, err
+}
+
+// withKeys returns the columns of an insert or upsert with their key
+// column. Rows of an auto-ID collection come without it, and the source
+// returned the keys: the target's copy of the collection takes explicit
+// keys (see PrepareOptions.ExplicitAutoID), so the column is added.
+func withKeys(ev *eventspb.ChangeEvent, fields []*schemapb.FieldData, rows uint32, pk *schemapb.FieldSchema) ([]*schemapb.FieldData, error) {
+	for _, f := range fields {
+		if f.GetFieldName() == pk.GetName() {
+			return fields, nil
+		}
 	}
-	defer r.forget(db + "." + coll)
-	return 0, r.ddl(ctx, db, coll, msg)
+	keys := keysFromPB(ev.GetPrimaryKeys())
+	if len(keys) != int(rows) {
+		return nil, fmt.Errorf("change %s: %d rows but %d keys", ev.GetEventId(), rows, len(keys))
+	}
+	return append(slices.Clone(fields), keyColumn(pk, keys)), nil
+}
+
+// rowRun is a run of row changes to one collection and partition, each
+// key's last change winning.
+type rowRun struct {
+	db, coll, part string
+	pk             *schemapb.FieldSchema
+	layout         milvusx.Rows // one row of the run's first change: its columns
+	last           map[milvusx.Key]rowRef // keys whose last change writes them
+	deleted        map[milvusx.Key]bool   // keys whose last change deletes them
+	srcs           [][]*schemapb.FieldData
+	counts         []int
+}
+
+type rowRef struct{ src, row int }
+
+func newRowRun(ev *eventspb.ChangeEvent, pk *schemapb.FieldSchema) *rowRun {
+	return &rowRun{db: ev.GetDatabase(), coll: ev.GetCollection(), part: ev.GetPartition(), pk: pk,
+		last: map[milvusx.Key]rowRef{}, deleted: map[milvusx.Key]bool{}}
+}
+
+func (b *rowRun) same(ev *eventspb.ChangeEvent) bool {
+	return b.db == ev.GetDatabase() && b.coll == ev.GetCollection() && b.part == ev.GetPartition()
+}
+
+// fits reports whether rows with these columns can join the run.
+func (b *rowRun) fits(fields []*schemapb.FieldData) bool {
+	return b.layout.Len() == 0 || b.layout.SameLayout(fields)
+}
+
+func (b *rowRun) full() bool { return len(b.last)+len(b.deleted) >= maxBatchRows }
+
+func (b *rowRun) delete(keys []milvusx.Key) {
+	for _, k := range keys {
+		delete(b.last, k)
+		b.deleted[k] = true
+	}
+}
+
+func (b *rowRun) upsert(fields []*schemapb.FieldData, n int) error {
+	keys, err := milvusx.PKValues(fields, b.pk)
+	if err != nil {
+		return err
+	}
+	if !b.fits(fields) {
+		return fmt.Errorf("rows of another layout")
+	}
+	if b.layout.Len() == 0 && n > 0 {
+		if err := b.layout.Add(fields, 0, n); err != nil {
+			return err
+		}
+	}
+	b.srcs, b.counts = append(b.srcs, fields), append(b.counts, n)
+	for i, k := range keys {
+		b.last[k] = rowRef{len(b.srcs) - 1, i}
+		delete(b.deleted, k)
+	}
+	return nil
+}
+
+// flush writes the run: one delete, one upsert.
+func (b *rowRun) flush(ctx context.Context, tgt milvuspb.MilvusServiceClient, call func(func() error) error) (int64, error) {
+	var done int64
+	if len(b.deleted) > 0 {
+		keys := make([]milvusx.Key, 0, len(b.deleted))
+		for k := range b.deleted {
+			keys = append(keys, k)
+		}
+		err := call(func() error {
+			resp, err := tgt.Delete(ctx, &milvuspb.DeleteRequest{DbName: b.db, CollectionName: b.coll, PartitionName: b.part,
+				Expr: milvusx.InFilter(b.pk.GetName(), keys)})
+			if err := milvusx.Check(resp, err); err != nil {
+				return fmt.Errorf("delete from %s.%s: %w", b.db, b.coll, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return done, err
+		}
+		done += int64(len(keys))
+	}
+	if len(b.last) == 0 {
+		return done, nil
+	}
+	refs := make([]rowRef, 0, len(b.last))
+	for _, ref := range b.last {
+		refs = append(refs, ref)
+	}
+	slices.SortFunc(refs, func(a, c rowRef) int {
+		if a.src != c.src {
+			return a.src - c.src
+		}
+		return a.row - c.row
+	})
+	var rows milvusx.Rows
+	for _, ref := range refs {
+		if err := rows.Add(b.srcs[ref.src], ref.row, b.counts[ref.src]); err != nil {
+			return done, err
+		}
+	}
+	err := call(func() error {
+		resp, err := tgt.Upsert(ctx, &milvuspb.UpsertRequest{DbName: b.db, CollectionName: b.coll, PartitionName: b.part,
+			FieldsData: rows.Fields(), NumRows: uint32(rows.Len())})
+		if err := milvusx.Check(resp, err); err != nil {
+			return fmt.Errorf("upsert into %s.%s: %w", b.db, b.coll, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return done, err
+	}
+	return done + int64(rows.Len()), nil
 }
 
 func (r *replayer) forget(collection string) {
@@ -81,36 +316,6 @@ func (r *replayer) pk(ctx context.Context, db, coll string) (*schemapb.FieldSche
 	return t.PK, nil
 }
 
-// upsert writes the rows of an insert or upsert. Rows of an auto-ID
-// collection come without their key, which the source returned: the
-// target's copy of the collection takes explicit keys (see
-// PrepareOptions.ExplicitAutoID), so the key column is added.
-func (r *replayer) upsert(ctx context.Context, ev *eventspb.ChangeEvent, fields []*schemapb.FieldData, rows uint32) (int64, error) {
-	pk, err := r.pk(ctx, ev.GetDatabase(), ev.GetCollection())
-	if err != nil {
-		return 0, err
-	}
-	has := false
-	for _, f := range fields {
-		if f.GetFieldName() == pk.GetName() {
-			has = true
-		}
-	}
-	if !has {
-		keys := keysFromPB(ev.GetPrimaryKeys())
-		if len(keys) != int(rows) {
-			return 0, fmt.Errorf("change %s: %d rows but %d keys", ev.GetEventId(), rows, len(keys))
-		}
-		fields = append(fields, keyColumn(pk, keys))
-	}
-	resp, err := r.tgt.Upsert(ctx, &milvuspb.UpsertRequest{DbName: ev.GetDatabase(), CollectionName: ev.GetCollection(),
-		PartitionName: ev.GetPartition(), FieldsData: fields, NumRows: rows})
-	if err := milvusx.Check(resp, err); err != nil {
-		return 0, fmt.Errorf("upsert into %s.%s: %w", ev.GetDatabase(), ev.GetCollection(), err)
-	}
-	return int64(rows), nil
-}
-
 func keyColumn(pk *schemapb.FieldSchema, keys []milvusx.Key) *schemapb.FieldData {
 	f := &schemapb.FieldData{FieldName: pk.GetName(), FieldId: pk.GetFieldID(), Type: pk.GetDataType()}
 	if pk.GetDataType() == schemapb.DataType_VarChar {
@@ -127,26 +332,6 @@ func keyColumn(pk *schemapb.FieldSchema, keys []milvusx.Key) *schemapb.FieldData
 	}
 	f.Field = &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: v}}}}
 	return f
-}
-
-// delete removes the keys the delete named or the source returned; a
-// delete whose keys are unknown repeats its filter at its place in the
-// stream, which converges all the same (shared/DESIGN.md).
-func (r *replayer) delete(ctx context.Context, ev *eventspb.ChangeEvent, expr string) (int64, error) {
-	keys := keysFromPB(ev.GetPrimaryKeys())
-	if len(keys) > 0 {
-		pk, err := r.pk(ctx, ev.GetDatabase(), ev.GetCollection())
-		if err != nil {
-			return 0, err
-		}
-		expr = milvusx.InFilter(pk.GetName(), keys)
-	}
-	resp, err := r.tgt.Delete(ctx, &milvuspb.DeleteRequest{DbName: ev.GetDatabase(), CollectionName: ev.GetCollection(),
-		PartitionName: ev.GetPartition(), Expr: expr})
-	if err := milvusx.Check(resp, err); err != nil {
-		return 0, fmt.Errorf("delete from %s.%s: %w", ev.GetDatabase(), ev.GetCollection(), err)
-	}
-	return resp.GetDeleteCnt(), nil
 }
 
 // ddl replays a create or drop. What is already done (a collection that
