@@ -249,3 +249,48 @@ func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
 	require.NoError(t, err)
 	require.False(t, has, "the collection dropped mid-sync is gone from the target")
 }
+
+// TestE2EChangeStreamFull gives the change stream a small byte limit and
+// writes more than it holds while the copy runs (nothing is applied yet):
+// the write that does not fit is answered UNAVAILABLE, and the migration
+// FAILS with CHANGE_STREAM_FULL saying what to raise, rather than losing
+// changes.
+func TestE2EChangeStreamFull(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	seedShop(t, ctx, srcAddr, 3000)
+	gw := freeAddr(t)
+	p := start(t, "-gateway-cluster", "src", "-gateway-addr", gw, "-change-max-bytes", "1048576")
+	conn := dial(t, p.addrs.GRPC)
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "full", Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000,
+			Throttle: &zdmpb.Throttle{MaxRowsPerSecond: 100}}})
+	require.NoError(t, err)
+	copyingWithRows(t, ctx, mig, "full")
+
+	app, err := client.NewClient(ctx, client.Config{Address: gw, DBName: "shop"})
+	require.NoError(t, err)
+	defer app.Close()
+	var refused error
+	for i := 0; i < 40 && refused == nil; i++ {
+		from := 100000 + i*1000
+		var ids []int64
+		var titles []string
+		var vecs [][]float32
+		for id := from; id < from+1000; id++ {
+			ids, titles, vecs = append(ids, int64(id)), append(titles, fmt.Sprintf("bulk %d", id)), append(vecs, make([]float32, 16))
+		}
+		_, refused = app.Insert(ctx, "items", "", entity.NewColumnInt64("id", ids), entity.NewColumnVarChar("title", titles),
+			entity.NewColumnFloatVector("vec", 16, vecs))
+	}
+	require.Error(t, refused, "a write beyond the change stream's limit")
+	require.ErrorContains(t, refused, `UNAVAILABLE: Insert reached the source but could not be recorded for migration "full"`)
+	m := waitMigration(t, ctx, mig, "full", time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_FAILED, m.GetState())
+	require.Equal(t, "CHANGE_STREAM_FULL", m.GetError().GetCode())
+	require.Contains(t, m.GetError().GetMessage(), "--change-max-bytes")
+}

@@ -212,7 +212,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 	if err != nil {
 		return fmt.Errorf("change stream: %w", err)
 	}
-	cur := m
+	cur, purged := m, time.Now()
 	for ctx.Err() == nil {
 		select {
 		case cur = <-state:
@@ -277,6 +277,14 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 			a.log.Warn("applier: store position; will retry", slog.String("migration", id), slog.Any("error", err))
 			continue
 		}
+		if time.Since(purged) > purgeEvery && pos.GetStreamSequence() > 0 {
+			// Applied changes are not needed again: free their space, so
+			// the stream's byte limit bounds only what is not applied.
+			if err := a.purgeApplied(ctx, id, pos.GetStreamSequence()); err != nil {
+				a.log.Warn("applier: drop applied changes; will retry", slog.String("migration", id), slog.Any("error", err))
+			}
+			purged = time.Now()
+		}
 		if drained {
 			if err := a.reportDrained(ctx, cur); err != nil {
 				a.log.Warn("applier: report drained; will retry", slog.String("migration", id), slog.Any("error", err))
@@ -315,6 +323,18 @@ func (a *appliers) retry(ctx context.Context, m *zdmpb.Migration) func(func() er
 			}
 		}
 	}
+}
+
+// purgeEvery is how often the applier drops the changes it applied.
+const purgeEvery = 5 * time.Second
+
+// purgeApplied drops migration's changes up to stream sequence applied.
+func (a *appliers) purgeApplied(ctx context.Context, migration string, applied uint64) error {
+	s, err := a.js.Stream(ctx, natsbus.ChangesStream)
+	if err != nil {
+		return err
+	}
+	return s.Purge(ctx, jetstream.WithPurgeSubject(natsbus.ChangeFilter(migration)), jetstream.WithPurgeSequence(applied+1))
 }
 
 // reportDrained ends the FINALIZE stage of a migration that stopped

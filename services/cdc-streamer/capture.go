@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,8 +165,8 @@ func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) 
 	}
 	id, migration, ok := c.begin()
 	if !ok {
-		return refuse(ss, method, &refusal{fmt.Sprintf("%s refused: migration %q from cluster %q is stopping sync, so the source takes no more writes; point clients at the target once it completes",
-			name, migration, c.cluster)})
+		return refuse(ss, method, refused("%s refused: migration %q from cluster %q is stopping sync, so the source takes no more writes; point clients at the target once it completes",
+			name, migration, c.cluster))
 	}
 	defer c.end(id)
 	if migration == "" {
@@ -198,10 +199,16 @@ func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) 
 		published = c.publish(ctx, ev)
 		return published
 	})
+	if published != nil && streamFull(published) {
+		c.failFull(ctx, migration, published)
+	}
 	if published != nil {
 		c.log.Error("change not published; the client is told the write is unavailable",
 			slog.String("migration", migration), slog.String("method", name), slog.String("collection", collection), slog.Any("error", published))
-		return status.Errorf(codes.Unavailable, "zdm gateway: the write reached the source but could not be recorded for migration %q: %v; retry it", migration, published)
+		// In the reply, not as a gRPC status: an SDK would resend the
+		// write on UNAVAILABLE, and the source already has it.
+		return refuse(ss, method, &refusal{codes.Unavailable, fmt.Sprintf(
+			"%s reached the source but could not be recorded for migration %q: %v; it is on the source, so sending it again would write it twice", name, migration, published)})
 	}
 	if req.op == eventspb.Operation_OPERATION_DDL {
 		c.forget(collection)
@@ -258,6 +265,26 @@ func (c *capture) publish(ctx context.Context, ev *eventspb.ChangeEvent) error {
 	c.streamSeq = max(c.streamSeq, ack.Sequence)
 	c.mu.Unlock()
 	return nil
+}
+
+// streamFull recognises JetStream's refusal of a message by a stream
+// at its byte limit, or a server out of storage.
+func streamFull(err error) bool {
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "maximum bytes") || strings.Contains(s, "insufficient storage") || strings.Contains(s, "insufficient resources")
+}
+
+// failFull fails migration: its change stream cannot take more changes,
+// and a change discarded would be a write lost on the target.
+func (c *capture) failFull(ctx context.Context, migration string, err error) {
+	ev := &eventspb.StageCompleted{EventId: "stream-full-" + migration, MigrationId: migration, Success: false,
+		Code: eventspb.StageError_STAGE_ERROR_CHANGE_STREAM_FULL, Time: timestamppb.Now(),
+		ErrorMessage: fmt.Sprintf("the change stream is full (%v), so writes to the source can no longer be captured; raise --change-max-bytes or the JetStream storage, and run the migration again", err)}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, perr := natsbus.Publish(pctx, c.js, c.prop, natsbus.EventSubject(migration, natsbus.EventStage), ev.GetEventId(), ev); perr != nil {
+		c.log.Error("report the full change stream", slog.String("migration", migration), slog.Any("error", perr))
+	}
 }
 
 // pk returns the primary key field of the request's collection, from a

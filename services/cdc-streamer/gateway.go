@@ -221,13 +221,13 @@ func (g *gateway) forward(_ any, ss grpc.ServerStream) error {
 }
 
 // refuse answers a refused call as Milvus answers a failed one: the call
-// succeeds and the reply's status says why not, with code 9
-// (FAILED_PRECONDITION) and the reason. Every reply of a write is a Status
+// succeeds and the reply's status says why not, with the refusal's gRPC
+// code as its code (9 for FAILED_PRECONDITION) and the reason. Every reply of a write is a Status
 // or carries one as its field 1.
 func refuse(ss grpc.ServerStream, method string, r *refusal) error {
 	//lint:ignore SA1019 clients of Milvus before 2.3 read only error_code.
 	st, err := proto.Marshal(&commonpb.Status{ErrorCode: commonpb.ErrorCode_UnexpectedError,
-		Code: int32(codes.FailedPrecondition), Reason: r.Error()})
+		Code: int32(r.code), Reason: r.Error()})
 	if err != nil {
 		return err
 	}

@@ -140,12 +140,37 @@ func ended(s zdmpb.MigrationState) bool {
 	return false
 }
 
-// refusal is a write the policy does not let through. The gateway answers
-// it as Milvus answers a failed call (see refuse), so every SDK raises it
-// at once: pymilvus retries any gRPC-level error but a few.
-type refusal struct{ msg string }
+// refusal is a write the gateway does not let through, or could not
+// record. It is answered as Milvus answers a failed call (see refuse), so
+// every SDK raises it at once: the SDKs retry gRPC-level UNAVAILABLE and
+// most other codes, and a retried insert that the source already took
+// would be a duplicate row.
+type refusal struct {
+	code codes.Code
+	msg  string
+}
 
-func (r *refusal) Error() string { return "FAILED_PRECONDITION: " + r.msg }
+// refused is the refusal of a write the policy does not allow.
+func refused(format string, args ...any) *refusal {
+	return &refusal{codes.FailedPrecondition, fmt.Sprintf(format, args...)}
+}
+
+func (r *refusal) Error() string {
+	return strings.ToUpper(strings.ReplaceAll(toSnake(r.code.String()), " ", "_")) + ": " + r.msg
+}
+
+// toSnake turns a gRPC code name (FailedPrecondition) into words with
+// underscores (Failed_Precondition).
+func toSnake(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
 
 // readyWait bounds how long a write waits for the policy to load.
 const readyWait = 5 * time.Second
@@ -168,9 +193,9 @@ func (p *policy) allow(method string) error {
 	for id, m := range p.active {
 		switch {
 		case m.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE:
-			return &refusal{fmt.Sprintf("%s refused: cluster %q is the source of OFFLINE migration %q, which refuses every write until it ends", name, p.cluster, id)}
+			return refused("%s refused: cluster %q is the source of OFFLINE migration %q, which refuses every write until it ends", name, p.cluster, id)
 		case frozenDDL[name]:
-			return &refusal{fmt.Sprintf("%s refused: cluster %q is the source of migration %q, whose target could not follow it; retry after the migration ends", name, p.cluster, id)}
+			return refused("%s refused: cluster %q is the source of migration %q, whose target could not follow it; retry after the migration ends", name, p.cluster, id)
 		}
 	}
 	return nil

@@ -142,6 +142,12 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 		e.Trigger, e.Reason = TriggerCancelled, "cleanup after cancellation finished"
 	case !ev.GetSuccess() && m.GetState() == switchingOver && ev.GetCode() == eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED:
 		e.Trigger, e.Reason = TriggerSwitchoverAborted, ev.GetErrorMessage()
+	case !ev.GetSuccess() && stage == zdmpb.StageKind_STAGE_KIND_UNSPECIFIED:
+		// The migration as a whole cannot go on (its change stream is
+		// full), whatever stage it is in.
+		stage = stageOf(m.GetState())
+		e.Trigger, e.Reason = TriggerFail, ev.GetErrorMessage()
+		e.Error = &zdmpb.MigrationError{Code: strings.TrimPrefix(ev.GetCode().String(), "STAGE_ERROR_"), Message: ev.GetErrorMessage(), Stage: stage, Time: ev.GetTime()}
 	case !ev.GetSuccess():
 		e.Trigger, e.Reason = TriggerFail, fmt.Sprintf("stage %s failed: %s", natsbus.StageToken(stage), ev.GetErrorMessage())
 		e.Error = &zdmpb.MigrationError{Code: strings.TrimPrefix(ev.GetCode().String(), "STAGE_ERROR_"), Message: ev.GetErrorMessage(), Stage: stage, Time: ev.GetTime()}

@@ -544,7 +544,8 @@ type StageCompleted struct {
 	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// The migration.
 	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	// The stage that ended.
+	// The stage that ended; UNSPECIFIED with success false fails the
+	// migration whatever stage it is in (its change stream is full).
 	Stage v1.StageKind `protobuf:"varint,3,opt,name=stage,proto3,enum=zdm.v1.StageKind" json:"stage,omitempty"`
 	// Whether it succeeded.
 	Success bool `protobuf:"varint,4,opt,name=success,proto3" json:"success,omitempty"`
