@@ -185,7 +185,7 @@ func withKeys(ev *eventspb.ChangeEvent, fields []*schemapb.FieldData, rows uint3
 type rowRun struct {
 	db, coll, part string
 	pk             *schemapb.FieldSchema
-	layout         milvusx.Rows // one row of the run's first change: its columns
+	layout         milvusx.Rows           // one row of the run's first change: its columns
 	last           map[milvusx.Key]rowRef // keys whose last change writes them
 	deleted        map[milvusx.Key]bool   // keys whose last change deletes them
 	srcs           [][]*schemapb.FieldData
