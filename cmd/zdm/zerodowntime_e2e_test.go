@@ -20,6 +20,18 @@ import (
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
+// pymilvusAlias asks for an alias through the gateway and prints the error.
+const pymilvusAlias = `
+import sys
+from pymilvus import MilvusClient
+c = MilvusClient(uri="http://" + sys.argv[1], db_name="shop")
+try:
+    c.create_alias("items", "shop_items")
+    print("created")
+except Exception as e:
+    print("refused:", e)
+`
+
 // load is applications writing through the gateway: 8 writers upserting
 // the same 100 keys at once, one inserting new rows, one deleting rows.
 // Every write must succeed.
@@ -215,6 +227,15 @@ func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
 	require.NoError(t, app.CreateIndex(ctx, "late", "vec", idx, false))
 	require.NoError(t, app.LoadCollection(ctx, "late", false))
 	require.NoError(t, app.DropCollection(ctx, "doomed"))
+
+	// pymilvus works through the armed gateway unchanged, and DDL the
+	// target could not follow reaches pymilvus and milvus-sdk-go as an
+	// error naming the migration.
+	require.Contains(t, runPython(t, pymilvusFlow, gw), "pymilvus flow ok")
+	out := runPython(t, pymilvusAlias, gw)
+	require.Contains(t, out, "refused:")
+	require.Contains(t, out, `CreateAlias refused: cluster "src" is the source of migration "zd1"`)
+	require.ErrorContains(t, app.CreateAlias(ctx, "items", "shop_items"), `CreateAlias refused: cluster "src" is the source of migration "zd1"`)
 
 	m := waitMigration(t, ctx, mig, "zd1", 2*time.Minute, func(m *zdmpb.Migration) bool {
 		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE || terminal(m)
