@@ -227,6 +227,23 @@ func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
 	require.NoError(t, app.CreateIndex(ctx, "late", "vec", idx, false))
 	require.NoError(t, app.LoadCollection(ctx, "late", false))
 	require.NoError(t, app.DropCollection(ctx, "doomed"))
+	// An auto-ID collection, and one insert of 3 MiB: more than a message
+	// of the change stream holds.
+	wide := entity.NewSchema().WithName("wide").WithAutoID(true).
+		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true).WithIsAutoID(true)).
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(768))
+	require.NoError(t, app.CreateCollection(ctx, wide, 1))
+	big := make([][]float32, 1000)
+	for i := range big {
+		big[i] = make([]float32, 768)
+		for j := range big[i] {
+			big[i][j] = rand.Float32()
+		}
+	}
+	_, err = app.Insert(ctx, "wide", "", entity.NewColumnFloatVector("vec", 768, big))
+	require.NoError(t, err)
+	require.NoError(t, app.CreateIndex(ctx, "wide", "vec", idx, false))
+	require.NoError(t, app.LoadCollection(ctx, "wide", false))
 
 	// pymilvus works through the armed gateway unchanged, and DDL the
 	// target could not follow reaches pymilvus and milvus-sdk-go as an
@@ -259,7 +276,7 @@ func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
 	// all, and the final verification had nothing to repair.
 	require.Zero(t, m.GetRepairedRanges(), "repaired %d rows", m.GetRepairedRows())
 
-	for _, coll := range []string{"items", "late"} {
+	for _, coll := range []string{"items", "late", "wide"} {
 		report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", coll)
 		require.True(t, report.Match(), report.String())
 	}

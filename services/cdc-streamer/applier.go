@@ -228,18 +228,18 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		var evs []*eventspb.ChangeEvent
 		var last uint64
 		for msg := range batch.Messages() {
-			ev := &eventspb.ChangeEvent{}
-			if _, err := natsbus.Decode(ctx, a.prop, msg, ev); err != nil {
+			var b eventspb.ChangeBatch
+			if _, err := natsbus.Decode(ctx, a.prop, msg, &b); err != nil {
 				return fmt.Errorf("malformed change on %s: %w", msg.Subject(), err)
 			}
 			md, err := msg.Metadata()
 			if err != nil {
 				return err
 			}
-			evs, last = append(evs, ev), md.Sequence.Stream
+			evs, last = append(evs, b.GetChanges()...), md.Sequence.Stream
 		}
 		n := len(evs)
-		if n > 0 {
+		if last > pos.GetStreamSequence() {
 			rows, err := rp.applyAll(ctx, evs, a.retry(ctx, cur))
 			if err != nil {
 				if ctx.Err() != nil {

@@ -54,11 +54,12 @@ type capture struct {
 	streamSeq uint64              // highest stream sequence of a change published
 	stopped   string              // migration whose writes are refused for stop sync
 	schemas   map[string]*schemapb.FieldSchema
+	queues    map[string]*queue // changes waiting to be published, by subject
 }
 
 func newCapture(ctx context.Context, id, cluster, addr string, js jetstream.JetStream, prop propagation.TextMapPropagator, log *slog.Logger, src *sourceClient, gateways jetstream.KeyValue) *capture {
 	c := &capture{ctx: ctx, id: id, cluster: cluster, addr: addr, js: js, prop: prop, log: log, src: src, locks: newKeyLocks(),
-		gateways: gateways, inflight: map[uint64]struct{}{}, schemas: map[string]*schemapb.FieldSchema{}}
+		gateways: gateways, inflight: map[uint64]struct{}{}, schemas: map[string]*schemapb.FieldSchema{}, queues: map[string]*queue{}}
 	c.changed = sync.NewCond(&c.mu)
 	return c
 }
@@ -196,7 +197,12 @@ func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) 
 		if err != nil || !ok {
 			return err // a failed call publishes nothing
 		}
-		published = c.publish(ctx, ev)
+		evs, err := split(ev, req)
+		if err != nil {
+			published = err
+			return err
+		}
+		published = c.record(ctx, evs)
 		return published
 	})
 	if published != nil && streamFull(published) {
@@ -243,28 +249,97 @@ func (c *capture) change(req *request, migration, method string, request, reply 
 	return ev, true, nil
 }
 
-// publish numbers ev and stores it on the change stream, waiting for
-// JetStream's ack.
-func (c *capture) publish(ctx context.Context, ev *eventspb.ChangeEvent) error {
+// record numbers evs (the changes of one call, to one collection) and
+// stores them on the change stream, returning once JetStream has acked
+// them. Calls recording at the same time share messages: whoever finds no
+// publish under way for the collection publishes everything queued for
+// it, one message (ChangeBatch) at a time, so concurrent writers pay for
+// one store and one ack between them instead of one each.
+func (c *capture) record(ctx context.Context, evs []*eventspb.ChangeEvent) error {
+	subject := natsbus.ChangeSubject(evs[0].GetMigrationId(), evs[0].GetDatabase(), evs[0].GetCollection())
+	p := &pending{evs: evs, done: make(chan error, 1)}
 	c.mu.Lock()
-	c.seq++
-	ev.Sequence = c.seq
-	c.mu.Unlock()
-	ev.EventId = fmt.Sprintf("%s-%d", c.id, ev.GetSequence())
-	ev.PublishTime = timestamppb.Now()
-	subject := natsbus.ChangeSubject(ev.GetMigrationId(), ev.GetDatabase(), ev.GetCollection())
-	// The client's cancellation must not cut a publish whose write the
-	// source already took.
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	ack, err := natsbus.Publish(pctx, c.js, c.prop, subject, ev.GetEventId(), ev)
-	if err != nil {
-		return err
+	q := c.queues[subject]
+	if q == nil {
+		q = &queue{}
+		c.queues[subject] = q
 	}
-	c.mu.Lock()
-	c.streamSeq = max(c.streamSeq, ack.Sequence)
+	q.waiting = append(q.waiting, p)
+	lead := !q.busy
+	q.busy = true
 	c.mu.Unlock()
-	return nil
+	if lead {
+		// The client's cancellation must not cut a publish whose write
+		// the source already took.
+		c.drain(context.WithoutCancel(ctx), subject, q)
+	}
+	return <-p.done
+}
+
+// queue holds the changes of one subject waiting to be published.
+type queue struct {
+	waiting []*pending
+	busy    bool // a caller is publishing them
+}
+
+type pending struct {
+	evs  []*eventspb.ChangeEvent
+	next int // first change not yet published
+	done chan error
+}
+
+// maxBatchBytes bounds one message of the change stream, below NATS's
+// default max_payload of 1 MiB.
+const maxBatchBytes = 768 << 10
+
+// drain publishes what q holds until it is empty. A call's changes go
+// out in order, in as many messages as their size needs; the call learns
+// the outcome once its last change is stored, or its first failure.
+func (c *capture) drain(ctx context.Context, subject string, q *queue) {
+	for {
+		c.mu.Lock()
+		if len(q.waiting) == 0 {
+			q.busy = false
+			c.mu.Unlock()
+			return
+		}
+		batch := &eventspb.ChangeBatch{}
+		var done []*pending // calls whose last change is in this batch
+		partial := false    // the head call has changes left for later
+		size := 0
+		now := timestamppb.Now()
+	fill:
+		for len(q.waiting) > 0 {
+			p := q.waiting[0]
+			for p.next < len(p.evs) {
+				ev := p.evs[p.next]
+				n := proto.Size(ev)
+				if len(batch.Changes) > 0 && size+n > maxBatchBytes {
+					partial = p.next > 0
+					break fill
+				}
+				c.seq++
+				ev.Sequence, ev.EventId, ev.PublishTime = c.seq, fmt.Sprintf("%s-%d", c.id, c.seq), now
+				batch.Changes, size, p.next = append(batch.Changes, ev), size+n, p.next+1
+			}
+			done, q.waiting = append(done, p), q.waiting[1:]
+		}
+		c.mu.Unlock()
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ack, err := natsbus.Publish(pctx, c.js, c.prop, subject, batch.GetChanges()[0].GetEventId(), batch)
+		cancel()
+		c.mu.Lock()
+		if err == nil {
+			c.streamSeq = max(c.streamSeq, ack.Sequence)
+		} else if partial {
+			// The call whose first changes failed publishes no more.
+			done, q.waiting = append(done, q.waiting[0]), q.waiting[1:]
+		}
+		c.mu.Unlock()
+		for _, p := range done {
+			p.done <- err
+		}
+	}
 }
 
 // streamFull recognises JetStream's refusal of a message by a stream

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -341,9 +342,16 @@ func newServices(cfg Config, deps service.Deps, logger *slog.Logger) ([]service.
 	return out, nil
 }
 
+// metricsHandler serves /metrics, and Go's profiles under /debug/pprof/
+// for finding what a busy process spends its CPU and memory on (the
+// endpoint listens on loopback unless --metrics-addr says otherwise).
 func metricsHandler(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -1,16 +1,23 @@
 // Command benchcdc measures what the gateway costs the applications that
-// write through it, on the test rig's primary tier (make bench-cdc). It
-// prints one name=value line per figure.
+// write through it, and how far behind the target stays, on the test
+// rig's primary tier (make bench-cdc). It prints one name=value line per
+// figure.
 //
 // zdm runs as a process of its own with its gateway in front of the
-// source. (a) Latency: one writer inserts 10 rows of 768-dim vectors at a
-// steady 200 requests/s, straight to the source, then through the
-// gateway; the p99 of each and their difference. (b) Saturation: 8
-// writers insert as fast as they can, straight and through the gateway;
-// rows/s of each, their ratio, and the CPU the zdm process spends per CPU
-// second of the source Milvus in the gateway run, read from /proc.
-// Capture is not in place yet: these are the figures of the gateway as a
-// transparent proxy.
+// source, and a ZERO_DOWNTIME migration from the rig's source to its
+// (empty) target is syncing, so capture is armed: every write through
+// the gateway is recorded on the change stream before it is answered.
+// (a) Latency: one writer inserts 10 rows of 768-dim vectors at a steady
+// 200 requests/s, straight to the source, then through the gateway; the
+// p99 of each and their difference. (b) Saturation: 8 writers insert as
+// fast as they can, straight and through the gateway; rows/s of each,
+// their ratio, and the CPU the zdm process (embedded NATS included)
+// spends per CPU second of the source Milvus in the gateway run, read
+// from /proc. The applier runs in a second zdm process, stopped during
+// (a) and (b) so that the target's work does not take the source's CPU.
+// (c) Lag: with the applier caught up, 1,000 rows/s of 768-dim vectors
+// are written through the gateway for 60 s, and the migration's lag is
+// sampled every second.
 package main
 
 import (
@@ -18,7 +25,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,8 +42,10 @@ import (
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/zdm-io/zdm/cmd/zdm/internal/benchproc"
+	lagpb "github.com/zdm-io/zdm/proto/zdm/lag/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -58,6 +69,8 @@ func run(ctx context.Context) error {
 	latencyFor := flag.Duration("latency-for", 20*time.Second, "length of each latency run")
 	writers := flag.Int("writers", 8, "concurrent writers of the saturation runs")
 	saturateFor := flag.Duration("saturate-for", 20*time.Second, "length of each saturation run")
+	lagRate := flag.Int("lag-rows", 1000, "rows per second written through the gateway while lag is sampled")
+	lagFor := flag.Duration("lag-for", 60*time.Second, "length of the lag run")
 	pidFile := flag.String("source-pidfile", ".testenv/pids/milvus-source.pid", "pid file of the source Milvus (its process group is counted)")
 	flag.Parse()
 	src := os.Getenv("ZDM_TEST_MILVUS_SOURCE")
@@ -73,11 +86,16 @@ func run(ctx context.Context) error {
 	}
 	defer func() { _ = dropDatabase(context.WithoutCancel(ctx), src) }() // best effort: the rig is emptied on down anyway
 
-	gw, zdm, err := startZDM(ctx, *zdmBin, src)
+	tgt := os.Getenv("ZDM_TEST_MILVUS_TARGET")
+	if tgt == "" {
+		return errors.New("ZDM_TEST_MILVUS_TARGET unset: run make testenv-up and source .testenv/env")
+	}
+	z, err := startZDM(ctx, *zdmBin, src, tgt)
 	if err != nil {
 		return err
 	}
-	defer benchproc.Stop(zdm)
+	defer z.stop()
+	gw, zdm := z.gateway, z.cmd
 
 	direct, err := connect(ctx, src)
 	if err != nil {
@@ -109,12 +127,20 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("direct saturation: %w", err)
 	}
+	if dir := os.Getenv("BENCH_CDC_PROFILE"); dir != "" {
+		go profile(z.metrics, filepath.Join(dir, "zdm-gateway.pprof"), *saturateFor-2*time.Second)
+	}
 	zdmCPU0, srcCPU0 := benchproc.CPUSeconds([]int{zdm.Process.Pid}), benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))
 	gatewayRate, err := saturate(ctx, viaGateway, *writers, *saturateFor)
 	if err != nil {
 		return fmt.Errorf("gateway saturation: %w", err)
 	}
 	zdmCPU, srcCPU := benchproc.CPUSeconds([]int{zdm.Process.Pid})-zdmCPU0, benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))-srcCPU0
+
+	lags, err := z.lag(ctx, viaGateway, *lagRate, *lagFor)
+	if err != nil {
+		return fmt.Errorf("lag: %w", err)
+	}
 
 	fmt.Printf("direct_p99_ms=%.2f\n", directP99)
 	fmt.Printf("gateway_p99_ms=%.2f\n", gatewayP99)
@@ -123,6 +149,9 @@ func run(ctx context.Context) error {
 	fmt.Printf("gateway_rows_per_s=%.0f\n", gatewayRate)
 	fmt.Printf("gateway_throughput_ratio=%.2f\n", gatewayRate/directRate)
 	fmt.Printf("zdm_cpu_per_source_cpu=%.3f\n", zdmCPU/srcCPU)
+	fmt.Printf("lag_p50_s=%.2f\n", lags[len(lags)/2])
+	fmt.Printf("lag_p99_s=%.2f\n", lags[len(lags)*99/100])
+	fmt.Printf("lag_max_s=%.2f\n", lags[len(lags)-1])
 	return nil
 }
 
@@ -160,7 +189,18 @@ func prepare(ctx context.Context, addr string) error {
 	schema := entity.NewSchema().WithName(collection).
 		WithField(entity.NewField().WithName("id").WithDataType(entity.FieldTypeInt64).WithIsPrimaryKey(true)).
 		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(dim))
-	return c.CreateCollection(ctx, schema, 1)
+	if err := c.CreateCollection(ctx, schema, 1); err != nil {
+		return err
+	}
+	// Standalone Milvus reads (and so copies) only loaded collections.
+	idx, err := entity.NewIndexFlat(entity.L2)
+	if err != nil {
+		return err
+	}
+	if err := c.CreateIndex(ctx, collection, "vec", idx, false); err != nil {
+		return err
+	}
+	return c.LoadCollection(ctx, collection, false)
 }
 
 func dropDatabase(ctx context.Context, addr string) error {
@@ -215,6 +255,7 @@ func steady(ctx context.Context, c client.Client, rate int, d time.Duration) (fl
 		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
 	}
 	slices.Sort(lat)
+	fmt.Fprintf(os.Stderr, "steady: p50 %.2f p90 %.2f p99 %.2f ms\n", lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)*99/100])
 	return lat[len(lat)*99/100], nil
 }
 
@@ -245,42 +286,202 @@ func saturate(ctx context.Context, c client.Client, writers int, d time.Duration
 	return float64(rows.Load()) / time.Since(start).Seconds(), nil
 }
 
-// startZDM runs the coordinator and the gateway in one process in front of
-// the source, registered as "src", and returns the gateway's address.
-func startZDM(ctx context.Context, bin, src string) (string, *exec.Cmd, error) {
-	addrs, err := benchproc.FreeAddrs(3)
+// zdmProcs are the benchmark's zdm processes: one with the coordinator,
+// copier, lag monitor and the gateway in front of the source (registered
+// as "src"), and one applier, started and stopped by the benchmark.
+type zdmProcs struct {
+	bin, nats, gateway string
+	metrics            string
+	cmd, applier       *exec.Cmd
+	conn               *grpc.ClientConn
+}
+
+func (z *zdmProcs) stop() {
+	if z.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// Drops what the migration made on the target, and unlocks both.
+		_, _ = zdmpb.NewMigrationServiceClient(z.conn).CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: migrationID})
+		for ctx.Err() == nil {
+			resp, err := zdmpb.NewMigrationServiceClient(z.conn).GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: migrationID})
+			if err != nil || resp.GetMigration().GetState() == zdmpb.MigrationState_MIGRATION_STATE_CANCELLED {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		cancel()
+		z.conn.Close()
+	}
+	if z.applier != nil {
+		benchproc.Stop(z.applier)
+	}
+	benchproc.Stop(z.cmd)
+}
+
+const migrationID = "benchcdc"
+
+// startZDM starts zdm with its gateway in front of src, and a
+// ZERO_DOWNTIME migration from src to tgt, and returns once it syncs.
+func startZDM(ctx context.Context, bin, src, tgt string) (*zdmProcs, error) {
+	addrs, err := benchproc.FreeAddrs(4)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	grpcAddr, gw := addrs[0], addrs[2]
 	dir, err := os.MkdirTemp("", "benchcdc")
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-target", "coordinator,cdc-streamer", "-grpc-addr", grpcAddr, "-metrics-addr", addrs[1],
-		"-nats-listen", "", "-data-dir", filepath.Join(dir, "data"), "-gateway-cluster", "src", "-gateway-addr", gw, "-log-level", "warn")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, err
+	z := &zdmProcs{bin: bin, gateway: gw, nats: "nats://" + addrs[3], metrics: addrs[1]}
+	z.cmd = exec.CommandContext(ctx, bin, "-target", "coordinator,snapshot-copier,lag-monitor,cdc-streamer", "-apply=false",
+		"-grpc-addr", grpcAddr, "-metrics-addr", addrs[1], "-nats-listen", addrs[3], "-data-dir", filepath.Join(dir, "data"),
+		"-gateway-cluster", "src", "-gateway-addr", gw, "-log-level", "warn")
+	z.cmd.Stderr = os.Stderr
+	if err := z.cmd.Start(); err != nil {
+		return nil, err
 	}
 	if err := benchproc.WaitListening(gw); err != nil {
-		benchproc.Stop(cmd)
-		return "", nil, err
+		benchproc.Stop(z.cmd)
+		return nil, err
 	}
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		benchproc.Stop(cmd)
-		return "", nil, err
+	if z.conn, err = grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		benchproc.Stop(z.cmd)
+		return nil, err
 	}
-	defer conn.Close()
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if _, err := zdmpb.NewClusterServiceClient(conn).RegisterCluster(rctx, &zdmpb.RegisterClusterRequest{ClusterId: "src",
-		Connection: &zdmpb.ClusterConnection{Endpoint: src}}); err != nil {
-		benchproc.Stop(cmd)
-		return "", nil, fmt.Errorf("register the source: %w", err)
+	for id, addr := range map[string]string{"src": src, "tgt": tgt} {
+		if _, err := zdmpb.NewClusterServiceClient(z.conn).RegisterCluster(rctx, &zdmpb.RegisterClusterRequest{ClusterId: id,
+			Connection: &zdmpb.ClusterConnection{Endpoint: addr}}); err != nil {
+			z.stop()
+			return nil, fmt.Errorf("register %s: %w", id, err)
+		}
 	}
-	return gw, cmd, nil
+	// The applier serves the sync stage: start it to create the
+	// migration, and stop it once the migration syncs.
+	if err := z.startApplier(ctx); err != nil {
+		z.stop()
+		return nil, err
+	}
+	mig := zdmpb.NewMigrationServiceClient(z.conn)
+	for {
+		_, err = mig.CreateMigration(rctx, &zdmpb.CreateMigrationRequest{MigrationId: migrationID, Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
+			SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{LagThreshold: durationpb.New(time.Hour)}})
+		if err == nil || !strings.Contains(err.Error(), "no running zdm process") || rctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		z.stop()
+		return nil, fmt.Errorf("create the migration (the rig's target must be empty): %w", err)
+	}
+	for {
+		resp, err := mig.GetMigration(rctx, &zdmpb.GetMigrationRequest{MigrationId: migrationID})
+		if err != nil {
+			z.stop()
+			return nil, err
+		}
+		m := resp.GetMigration()
+		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_FAILED {
+			z.stop()
+			return nil, fmt.Errorf("migration failed: %v", m.GetError())
+		}
+		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SYNCING || m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	benchproc.Stop(z.applier)
+	z.applier = nil
+	return z, nil
+}
+
+func (z *zdmProcs) startApplier(ctx context.Context) error {
+	addrs, err := benchproc.FreeAddrs(2)
+	if err != nil {
+		return err
+	}
+	z.applier = exec.CommandContext(ctx, z.bin, "-target", "cdc-streamer", "-nats-url", z.nats, "-grpc-addr", addrs[0],
+		"-metrics-addr", addrs[1], "-log-level", "warn")
+	z.applier.Stderr = os.Stderr
+	if err := z.applier.Start(); err != nil {
+		z.applier = nil
+		return err
+	}
+	return benchproc.WaitListening(addrs[0])
+}
+
+// lag starts the applier, waits until it has caught up with the changes
+// of the runs before, then writes rowsPerS rows per second through the
+// gateway for d, sampling the migration's lag every second, and returns
+// the samples in seconds, sorted.
+func (z *zdmProcs) lag(ctx context.Context, c client.Client, rowsPerS int, d time.Duration) ([]float64, error) {
+	if err := z.startApplier(ctx); err != nil {
+		return nil, err
+	}
+	lagc := lagpb.NewLagMonitorServiceClient(z.conn)
+	get := func() (float64, error) {
+		resp, err := lagc.GetLag(ctx, &lagpb.GetLagRequest{MigrationId: migrationID})
+		if err != nil {
+			return 0, err
+		}
+		return resp.GetLag().AsDuration().Seconds(), nil
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		l, err := get()
+		if err == nil && l < 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the applier did not catch up within 5m: lag %.1fs, %v", l, err)
+		}
+		time.Sleep(time.Second)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := steady(ctx, c, rowsPerS/batchRows, d)
+		done <- err
+	}()
+	var lags []float64
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				return nil, err
+			}
+			slices.Sort(lags)
+			return lags, nil
+		case <-tick.C:
+			l, err := get()
+			if err != nil {
+				return nil, err
+			}
+			lags = append(lags, l)
+		}
+	}
+}
+
+// profile saves a CPU profile of the zdm process taken over d, when
+// BENCH_CDC_PROFILE names a directory.
+func profile(metricsAddr, path string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, int(d.Seconds())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+	}
 }
 
 func readPid(path string) (int, error) {

@@ -1810,6 +1810,55 @@ func (x *ChangeEvent) GetMigrationId() string {
 	return ""
 }
 
+// ChangeBatch is one message of the change stream: changes of one
+// collection that a gateway replica recorded together (group commit),
+// in the order the source applied them. A change larger than a message
+// allows is split by rows into several changes first.
+type ChangeBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The changes, in order.
+	Changes       []*ChangeEvent `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeBatch) Reset() {
+	*x = ChangeBatch{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeBatch) ProtoMessage() {}
+
+func (x *ChangeBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeBatch.ProtoReflect.Descriptor instead.
+func (*ChangeBatch) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ChangeBatch) GetChanges() []*ChangeEvent {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
 // ResolvedTimestamp promises that a gateway replica will publish no change
 // with a commit timestamp at or below resolved_timestamp, and says what
 // the replica is doing. Each live replica keeps its latest one in KV
@@ -1850,7 +1899,7 @@ type ResolvedTimestamp struct {
 
 func (x *ResolvedTimestamp) Reset() {
 	*x = ResolvedTimestamp{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1911,7 @@ func (x *ResolvedTimestamp) String() string {
 func (*ResolvedTimestamp) ProtoMessage() {}
 
 func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[15]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1924,7 @@ func (x *ResolvedTimestamp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedTimestamp.ProtoReflect.Descriptor instead.
 func (*ResolvedTimestamp) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{15}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResolvedTimestamp) GetEventId() string {
@@ -1986,7 +2035,7 @@ type AppliedPosition struct {
 
 func (x *AppliedPosition) Reset() {
 	*x = AppliedPosition{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2047,7 @@ func (x *AppliedPosition) String() string {
 func (*AppliedPosition) ProtoMessage() {}
 
 func (x *AppliedPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[16]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2060,7 @@ func (x *AppliedPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPosition.ProtoReflect.Descriptor instead.
 func (*AppliedPosition) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{16}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AppliedPosition) GetMigrationId() string {
@@ -2094,7 +2143,7 @@ type CollectionLag struct {
 
 func (x *CollectionLag) Reset() {
 	*x = CollectionLag{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2155,7 @@ func (x *CollectionLag) String() string {
 func (*CollectionLag) ProtoMessage() {}
 
 func (x *CollectionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2168,7 @@ func (x *CollectionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionLag.ProtoReflect.Descriptor instead.
 func (*CollectionLag) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CollectionLag) GetDatabase() string {
@@ -2174,7 +2223,7 @@ type LagReport struct {
 
 func (x *LagReport) Reset() {
 	*x = LagReport{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2235,7 @@ func (x *LagReport) String() string {
 func (*LagReport) ProtoMessage() {}
 
 func (x *LagReport) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2248,7 @@ func (x *LagReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LagReport.ProtoReflect.Descriptor instead.
 func (*LagReport) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LagReport) GetEventId() string {
@@ -2267,7 +2316,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2328,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2341,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MigrationEvent) GetEventId() string {
@@ -2340,7 +2389,7 @@ type CopyControl struct {
 
 func (x *CopyControl) Reset() {
 	*x = CopyControl{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2352,7 +2401,7 @@ func (x *CopyControl) String() string {
 func (*CopyControl) ProtoMessage() {}
 
 func (x *CopyControl) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2365,7 +2414,7 @@ func (x *CopyControl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyControl.ProtoReflect.Descriptor instead.
 func (*CopyControl) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CopyControl) GetMigrationId() string {
@@ -2409,7 +2458,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2470,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2464,7 +2513,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2525,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2712,9 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	" \x01(\v2\x1a.zdm.events.v1.PrimaryKeysR\vprimaryKeys\x12)\n" +
 	"\x10commit_timestamp\x18\v \x01(\x04R\x0fcommitTimestamp\x12=\n" +
 	"\fpublish_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x12!\n" +
-	"\fmigration_id\x18\r \x01(\tR\vmigrationId\"\xa5\x03\n" +
+	"\fmigration_id\x18\r \x01(\tR\vmigrationId\"C\n" +
+	"\vChangeBatch\x124\n" +
+	"\achanges\x18\x01 \x03(\v2\x1a.zdm.events.v1.ChangeEventR\achanges\"\xa5\x03\n" +
 	"\x11ResolvedTimestamp\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
@@ -2761,7 +2812,7 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_zdm_events_v1_events_proto_goTypes = []any{
 	(StageAction)(0),              // 0: zdm.events.v1.StageAction
 	(StageError)(0),               // 1: zdm.events.v1.StageError
@@ -2781,69 +2832,71 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*Int64Keys)(nil),             // 15: zdm.events.v1.Int64Keys
 	(*StringKeys)(nil),            // 16: zdm.events.v1.StringKeys
 	(*ChangeEvent)(nil),           // 17: zdm.events.v1.ChangeEvent
-	(*ResolvedTimestamp)(nil),     // 18: zdm.events.v1.ResolvedTimestamp
-	(*AppliedPosition)(nil),       // 19: zdm.events.v1.AppliedPosition
-	(*CollectionLag)(nil),         // 20: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 21: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 22: zdm.events.v1.MigrationEvent
-	(*CopyControl)(nil),           // 23: zdm.events.v1.CopyControl
-	(*KeyRange_IntBounds)(nil),    // 24: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 25: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 26: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 27: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(v1.MigrationType)(0),         // 29: zdm.v1.MigrationType
-	(v1.ClusterRole)(0),           // 30: zdm.v1.ClusterRole
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 32: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 33: zdm.v1.Transition
-	(*v1.Throttle)(nil),           // 34: zdm.v1.Throttle
+	(*ChangeBatch)(nil),           // 18: zdm.events.v1.ChangeBatch
+	(*ResolvedTimestamp)(nil),     // 19: zdm.events.v1.ResolvedTimestamp
+	(*AppliedPosition)(nil),       // 20: zdm.events.v1.AppliedPosition
+	(*CollectionLag)(nil),         // 21: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),             // 22: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),        // 23: zdm.events.v1.MigrationEvent
+	(*CopyControl)(nil),           // 24: zdm.events.v1.CopyControl
+	(*KeyRange_IntBounds)(nil),    // 25: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil), // 26: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),             // 27: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),   // 28: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(v1.MigrationType)(0),         // 30: zdm.v1.MigrationType
+	(v1.ClusterRole)(0),           // 31: zdm.v1.ClusterRole
+	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
+	(*v1.Migration)(nil),          // 33: zdm.v1.Migration
+	(*v1.Transition)(nil),         // 34: zdm.v1.Transition
+	(*v1.Throttle)(nil),           // 35: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	26, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	27, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	27, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	28, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	29, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	28, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	29, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	30, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
 	5,  // 5: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
-	28, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
-	26, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	28, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	29, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	27, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	29, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
 	1,  // 9: zdm.events.v1.StageCompleted.code:type_name -> zdm.events.v1.StageError
-	24, // 10: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	25, // 11: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	25, // 10: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	26, // 11: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
 	7,  // 12: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
 	7,  // 13: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	28, // 14: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	29, // 14: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
 	10, // 15: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	30, // 16: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
-	26, // 17: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
+	31, // 16: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
+	27, // 17: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
 	7,  // 18: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
-	28, // 19: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
-	28, // 20: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	28, // 21: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	29, // 19: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
+	29, // 20: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	29, // 21: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
 	15, // 22: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
 	16, // 23: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
 	2,  // 24: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
 	14, // 25: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	28, // 26: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	28, // 27: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	28, // 28: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
-	28, // 29: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
-	31, // 30: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	28, // 31: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	31, // 32: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	28, // 33: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	20, // 34: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	28, // 35: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	32, // 36: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	33, // 37: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	34, // 38: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	29, // 26: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	17, // 27: zdm.events.v1.ChangeBatch.changes:type_name -> zdm.events.v1.ChangeEvent
+	29, // 28: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	29, // 29: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
+	29, // 30: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
+	32, // 31: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	29, // 32: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	32, // 33: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	29, // 34: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	21, // 35: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	29, // 36: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	33, // 37: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	34, // 38: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	35, // 39: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2863,15 +2916,15 @@ func file_zdm_events_v1_events_proto_init() {
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[21].OneofWrappers = []any{}
 	file_zdm_events_v1_events_proto_msgTypes[22].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
