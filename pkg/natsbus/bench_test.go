@@ -37,7 +37,7 @@ func BenchmarkPublishChange(b *testing.B) {
 				b.Fatal(err)
 			}
 			prop := telemetry.Propagator()
-			ev := &eventspb.ChangeEvent{GatewayId: "g1", Database: "db", Collection: "items", Request: make([]byte, 1024)}
+			ev := &eventspb.ChangeEvent{GatewayId: "g1", Database: "db", Collection: "items", Request: make([]byte, 32<<10)}
 			b.SetBytes(int64(len(ev.Request)))
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -50,7 +50,7 @@ func applying(m *zdmpb.Migration) bool {
 	}
 	switch m.GetState() {
 	case zdmpb.MigrationState_MIGRATION_STATE_SYNCING, zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE,
-		zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC:
+		zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC, zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER:
 		return true
 	}
 	return false
@@ -277,6 +277,11 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 			a.log.Warn("applier: store position; will retry", slog.String("migration", id), slog.Any("error", err))
 			continue
 		}
+		if cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER {
+			if err := a.abortSwitchover(ctx, cur); err != nil {
+				a.log.Warn("applier: abort switchover; will retry", slog.String("migration", id), slog.Any("error", err))
+			}
+		}
 		if time.Since(purged) > purgeEvery && pos.GetStreamSequence() > 0 {
 			// Applied changes are not needed again: free their space, so
 			// the stream's byte limit bounds only what is not applied.
@@ -335,6 +340,18 @@ func (a *appliers) purgeApplied(ctx context.Context, migration string, applied u
 		return err
 	}
 	return s.Purge(ctx, jetstream.WithPurgeSubject(natsbus.ChangeFilter(migration)), jetstream.WithPurgeSequence(applied+1))
+}
+
+// abortSwitchover answers a switchover, which gateways cannot carry out
+// yet (they cannot hold writes): it aborts, and the migration goes back
+// to READY_TO_FINALIZE with the reason in its history, still syncing.
+func (a *appliers) abortSwitchover(ctx context.Context, m *zdmpb.Migration) error {
+	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("switchover-%s-t%d", m.GetMigrationId(), len(m.GetHistory())),
+		MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Time: timestamppb.Now(),
+		Code:         eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED,
+		ErrorMessage: "switchover is not available yet: the gateways cannot hold writes; finalise with StopSync"}
+	_, err := natsbus.Publish(ctx, a.js, a.prop, natsbus.EventSubject(m.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
+	return err
 }
 
 // reportDrained ends the FINALIZE stage of a migration that stopped

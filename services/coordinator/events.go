@@ -198,7 +198,21 @@ func (c *Coordinator) onLagReport(ctx context.Context, ev *eventspb.LagReport) e
 		if m.Lag.MeasureTime != nil && ev.GetTime().AsTime().Before(m.Lag.MeasureTime.AsTime()) {
 			return errStop // an older report arrived late
 		}
+		if m.Lag.AppliedWatermark != nil && ev.GetAppliedWatermark().AsTime().After(m.Lag.AppliedWatermark.AsTime()) {
+			// Changes are being applied: the target answers again.
+			clearProblems(m)
+		}
 		m.Lag.Lag, m.Lag.AppliedWatermark, m.Lag.MeasureTime = ev.GetLag(), ev.GetAppliedWatermark(), ev.GetTime()
+		for _, cl := range ev.GetCollections() {
+			for _, cp := range m.GetCollections() {
+				if cp.GetDatabase() == cl.GetDatabase() && cp.GetCollection() == cl.GetCollection() {
+					cp.Lag = cl.GetLag()
+					if cp.GetPhase() == zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED {
+						cp.Phase = zdmpb.CollectionPhase_COLLECTION_PHASE_SYNCING
+					}
+				}
+			}
+		}
 		m.UpdateTime = timestamppb.New(c.now())
 		return nil
 	})
