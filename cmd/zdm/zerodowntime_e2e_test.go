@@ -259,7 +259,7 @@ func zeroDowntime(t *testing.T, srcAddr, tgtAddr string) {
 	}, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE, m.GetState(), "error: %v", m.GetError())
 	require.NotNil(t, m.GetLag().GetLag(), "lag is reported")
-	m = waitMigration(t, ctx, mig, "zd1", 10*time.Second, func(m *zdmpb.Migration) bool {
+	waitMigration(t, ctx, mig, "zd1", 10*time.Second, func(m *zdmpb.Migration) bool {
 		for _, c := range m.GetCollections() {
 			if c.GetCollection() == "items" {
 				return c.GetLag() != nil && c.GetPhase() == zdmpb.CollectionPhase_COLLECTION_PHASE_SYNCING
