@@ -39,6 +39,7 @@ func TestE2ECoordinatorKilled(t *testing.T) {
 	// them as the services would.
 	announceStages(t, bus.JS, zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA,
 		zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE, zdmpb.StageKind_STAGE_KIND_VERIFY)
+	announceGateway(t, bus.JS, "src")
 	addr := freeAddr(t)
 
 	var cmd *exec.Cmd

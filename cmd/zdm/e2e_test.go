@@ -135,11 +135,7 @@ func TestE2EAllInOne(t *testing.T) {
 	for _, name := range append(append([]string{""}, coordinatorServices...), workerServices...) {
 		st, err := healthOf(t, conn, name)
 		require.NoError(t, err, "health of %q", name)
-		want := healthpb.HealthCheckResponse_SERVING
-		if name == streamerpb.GatewayControlService_ServiceDesc.ServiceName {
-			want = healthpb.HealthCheckResponse_NOT_SERVING // the gateway is not in place yet
-		}
-		require.Equal(t, want, st, "health of %q", name)
+		require.Equal(t, healthpb.HealthCheckResponse_SERVING, st, "health of %q", name)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -151,16 +147,19 @@ func TestE2EAllInOne(t *testing.T) {
 		ClusterId: "src", Connection: &zdmpb.ClusterConnection{Endpoint: "no-port"},
 	})
 	require.Equal(t, codes.InvalidArgument, status.Code(err), "errors reach callers with their code: %v", err)
-	// No process carries out sync yet: a ZERO_DOWNTIME migration is refused
-	// at once, saying what is missing, instead of waiting for days.
+	// No gateway stands in front of the source: a ZERO_DOWNTIME migration
+	// is refused at once, saying what is missing, instead of capturing
+	// nothing.
 	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), ztest.NewServer(t, "lite2"), ztest.NewServer(t, "lite2"))
 	_, err = zdmpb.NewMigrationServiceClient(conn).CreateMigration(ctx, &zdmpb.CreateMigrationRequest{
 		Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME, SourceClusterId: "src", TargetClusterId: "tgt"})
 	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
-	require.Contains(t, status.Convert(err).Message(), "-target=cdc-streamer")
+	require.Contains(t, status.Convert(err).Message(), "--gateway-cluster src")
+	_, err = lagpb.NewLagMonitorServiceClient(conn).GetLag(ctx, &lagpb.GetLagRequest{MigrationId: "m"})
+	require.Equal(t, codes.NotFound, status.Code(err))
 	// Logic that belongs to later work answers UNIMPLEMENTED, never a fake
 	// success.
-	_, err = lagpb.NewLagMonitorServiceClient(conn).GetLag(ctx, &lagpb.GetLagRequest{MigrationId: "m"})
+	_, err = streamerpb.NewGatewayControlServiceClient(conn).HoldWrites(ctx, &streamerpb.HoldWritesRequest{})
 	require.Equal(t, codes.Unimplemented, status.Code(err))
 	// The copier answers for itself.
 	st, err := copierpb.NewSnapshotCopierServiceClient(conn).GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})

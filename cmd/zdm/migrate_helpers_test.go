@@ -13,12 +13,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/verify"
 	"github.com/zdm-io/zdm/pkg/ztest"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -116,15 +118,40 @@ func announceStages(t *testing.T, js jetstream.JetStream, stages ...zdmpb.StageK
 	t.Cleanup(func() { stop(); <-done })
 }
 
+// announceGateway keeps an entry in the gateways bucket as a live gateway
+// in front of cluster would, until t ends: for tests that play the
+// gateway's part themselves.
+func announceGateway(t *testing.T, js jetstream.JetStream, cluster string) {
+	t.Helper()
+	kv, err := natsbus.GatewaysBucket.Open(context.Background(), js, 1)
+	require.NoError(t, err)
+	b, err := proto.Marshal(&eventspb.ResolvedTimestamp{GatewayId: "test-" + cluster, ClusterId: cluster})
+	require.NoError(t, err)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			_, _ = kv.Put(ctx, "test-"+cluster, b) // the next beat retries
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	t.Cleanup(func() { stop(); <-done })
+}
+
 // createWhenServed creates a migration once processes that were just
-// started announce the stages it needs, retrying while CreateMigration
-// says a stage is not served yet.
+// started announce the stages it needs and gateways their clusters,
+// retrying while CreateMigration says one is missing.
 func createWhenServed(t *testing.T, ctx context.Context, mig zdmpb.MigrationServiceClient, req *zdmpb.CreateMigrationRequest) {
 	t.Helper()
 	var err error
 	ztest.Eventually(t, 30*time.Second, func() bool {
 		_, err = mig.CreateMigration(ctx, req)
-		return status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "no running zdm process")
+		msg := status.Convert(err).Message()
+		return status.Code(err) != codes.FailedPrecondition || !(strings.Contains(msg, "no running zdm process") || strings.Contains(msg, "no zdm gateway"))
 	}, "stages not served: %v", lazy(func() string { return fmt.Sprint(err) }))
 	require.NoError(t, err)
 }

@@ -148,7 +148,11 @@ func (c *Coordinator) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		c.stages = service.LiveStages{KV: kv}
+		gateways, err := natsbus.GatewaysBucket.Open(ctx, c.deps.Bus.JS, c.deps.Bus.Replicas)
+		if err != nil {
+			return err
+		}
+		c.stages = liveServers{LiveStages: service.LiveStages{KV: kv}, gateways: gateways}
 	}
 	if err := c.reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile after start: %w", err)

@@ -34,6 +34,9 @@ func (c *Coordinator) create(ctx context.Context, id string, typ zdmpb.Migration
 	if err := c.checkStagesServed(ctx, typ); err != nil {
 		return nil, err
 	}
+	if err := c.checkFronted(ctx, typ, srcID); err != nil {
+		return nil, err
+	}
 	src, _, err := c.store.clusters.Get(ctx, srcID)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)

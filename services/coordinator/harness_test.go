@@ -49,17 +49,24 @@ func (f *fakeClock) Advance(d time.Duration) {
 	f.now = f.now.Add(d)
 }
 
+// servedStages says every stage is served, except the ones listed, and
+// that a gateway fronts every cluster, unless unfronted.
+type servedStages struct {
+	except    []zdmpb.StageKind
+	unfronted bool
+}
+
+func (s servedStages) Serves(_ context.Context, k zdmpb.StageKind) (bool, error) {
+	return !slices.Contains(s.except, k), nil
+}
+
+func (s servedStages) Fronted(context.Context, string) (bool, error) { return !s.unfronted, nil }
+
 // fakeProber stands in for the clusters' Milvus servers where a test
 // needs only what the probes answer: it knows endpoints, each with the
 // collections its cluster holds, and any other endpoint does not answer.
 // Its errors are built as MilvusProber's are for the same findings. It is
 // safe for concurrent use, so coordinators sharing a bus can share it.
-// servedStages says every stage is served, except the ones listed.
-type servedStages struct{ except []zdmpb.StageKind }
-
-func (s servedStages) Serves(_ context.Context, k zdmpb.StageKind) (bool, error) {
-	return !slices.Contains(s.except, k), nil
-}
 
 type fakeProber struct {
 	mu       sync.Mutex

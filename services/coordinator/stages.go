@@ -4,7 +4,12 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/service"
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -15,6 +20,35 @@ import (
 // safe for concurrent use; Serves blocks until it knows or ctx ends.
 type StageServers interface {
 	Serves(ctx context.Context, stage zdmpb.StageKind) (bool, error)
+	// Fronted tells whether a live gateway stands in front of cluster:
+	// without one, a ZERO_DOWNTIME migration could capture nothing.
+	Fronted(ctx context.Context, cluster string) (bool, error)
+}
+
+// liveServers is StageServers from the bus: the stages live processes
+// announce, and the gateways that keep their state in zdm_gateways.
+type liveServers struct {
+	service.LiveStages
+	gateways jetstream.KeyValue
+}
+
+// Fronted implements StageServers.
+func (l liveServers) Fronted(ctx context.Context, cluster string) (bool, error) {
+	lister, err := l.gateways.ListKeys(ctx)
+	if err != nil {
+		return false, fmt.Errorf("gateways: %w", err)
+	}
+	for k := range lister.Keys() {
+		e, err := l.gateways.Get(ctx, k)
+		if err != nil {
+			continue // expired since listed
+		}
+		var g eventspb.ResolvedTimestamp
+		if proto.Unmarshal(e.Value(), &g) == nil && g.GetClusterId() == cluster {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // serviceOf names the -target that carries out a stage, for the message
@@ -25,6 +59,20 @@ var serviceOf = map[zdmpb.StageKind]string{
 	zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL: "cdc-streamer",
 	zdmpb.StageKind_STAGE_KIND_FINALIZE:         "cdc-streamer",
 	zdmpb.StageKind_STAGE_KIND_VERIFY:           "lag-monitor",
+}
+
+// checkFronted refuses a ZERO_DOWNTIME migration from a cluster that no
+// live gateway stands in front of.
+func (c *Coordinator) checkFronted(ctx context.Context, t zdmpb.MigrationType, source string) error {
+	if t != zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
+		return nil
+	}
+	ok, err := c.stages.Fronted(ctx, source)
+	if err != nil || ok {
+		return err
+	}
+	return fmt.Errorf("%w: no zdm gateway stands in front of source cluster %q, so writes to it could not be captured: start zdm with --gateway-cluster %s (-target=cdc-streamer or all), point applications at its --gateway-addr, then create the migration",
+		apierr.ErrFailedPrecondition, source, source)
 }
 
 // checkStagesServed refuses a migration of type t when one of its stages

@@ -37,3 +37,26 @@ func TestCreateMigrationRefusesUnservedStages(t *testing.T) {
 		SourceClusterId: "src", TargetClusterId: "tgt"})
 	require.NoError(t, err)
 }
+
+// TestCreateMigrationRefusesUnfrontedSource: a ZERO_DOWNTIME migration
+// from a cluster no live gateway stands in front of could capture nothing:
+// it is refused, saying what to start, and leaves nothing behind. OFFLINE
+// needs no gateway.
+func TestCreateMigrationRefusesUnfrontedSource(t *testing.T) {
+	bus, _ := ztest.Bus(t)
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
+	h.coord.stages = servedStages{unfronted: true}
+	ctx := ctxT(t)
+	h.register("src")
+	h.register("tgt")
+	_, err := h.mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "zdt", Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
+		SourceClusterId: "src", TargetClusterId: "tgt"})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), `no zdm gateway stands in front of source cluster "src"`)
+	require.Contains(t, status.Convert(err).Message(), "--gateway-cluster src")
+	_, err = h.mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "zdt"})
+	require.Equal(t, codes.NotFound, status.Code(err), "nothing was recorded")
+	_, err = h.mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+		SourceClusterId: "src", TargetClusterId: "tgt"})
+	require.NoError(t, err)
+}

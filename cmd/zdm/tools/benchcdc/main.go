@@ -123,19 +123,27 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway latency: %w", err)
 	}
+	self := []int{os.Getpid()}
+	dSrc0, dSelf0, dStart := benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid)), benchproc.CPUSeconds(self), time.Now()
 	directRate, err := saturate(ctx, direct, *writers, *saturateFor)
 	if err != nil {
 		return fmt.Errorf("direct saturation: %w", err)
 	}
+	dWall := time.Since(dStart).Seconds()
+	directSrcCores := (benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid)) - dSrc0) / dWall
+	directClientCores := (benchproc.CPUSeconds(self) - dSelf0) / dWall
 	if dir := os.Getenv("BENCH_CDC_PROFILE"); dir != "" {
 		go profile(z.metrics, filepath.Join(dir, "zdm-gateway.pprof"), *saturateFor-2*time.Second)
 	}
 	zdmCPU0, srcCPU0 := benchproc.CPUSeconds([]int{zdm.Process.Pid}), benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))
+	gSelf0, gStart := benchproc.CPUSeconds(self), time.Now()
 	gatewayRate, err := saturate(ctx, viaGateway, *writers, *saturateFor)
 	if err != nil {
 		return fmt.Errorf("gateway saturation: %w", err)
 	}
+	gWall := time.Since(gStart).Seconds()
 	zdmCPU, srcCPU := benchproc.CPUSeconds([]int{zdm.Process.Pid})-zdmCPU0, benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))-srcCPU0
+	gatewayClientCores := (benchproc.CPUSeconds(self) - gSelf0) / gWall
 
 	lags, err := z.lag(ctx, viaGateway, *lagRate, *lagFor)
 	if err != nil {
@@ -149,6 +157,13 @@ func run(ctx context.Context) error {
 	fmt.Printf("gateway_rows_per_s=%.0f\n", gatewayRate)
 	fmt.Printf("gateway_throughput_ratio=%.2f\n", gatewayRate/directRate)
 	fmt.Printf("zdm_cpu_per_source_cpu=%.3f\n", zdmCPU/srcCPU)
+	// Where the machine's cores went in each saturation run: the source,
+	// the benchmark's own writers and, through the gateway, zdm.
+	fmt.Printf("direct_source_cores=%.2f\n", directSrcCores)
+	fmt.Printf("direct_client_cores=%.2f\n", directClientCores)
+	fmt.Printf("gateway_source_cores=%.2f\n", srcCPU/gWall)
+	fmt.Printf("gateway_zdm_cores=%.2f\n", zdmCPU/gWall)
+	fmt.Printf("gateway_client_cores=%.2f\n", gatewayClientCores)
 	fmt.Printf("lag_p50_s=%.2f\n", lags[len(lags)/2])
 	fmt.Printf("lag_p99_s=%.2f\n", lags[len(lags)*99/100])
 	fmt.Printf("lag_max_s=%.2f\n", lags[len(lags)-1])
@@ -255,7 +270,6 @@ func steady(ctx context.Context, c client.Client, rate int, d time.Duration) (fl
 		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
 	}
 	slices.Sort(lat)
-	fmt.Fprintf(os.Stderr, "steady: p50 %.2f p90 %.2f p99 %.2f ms\n", lat[len(lat)/2], lat[len(lat)*9/10], lat[len(lat)*99/100])
 	return lat[len(lat)*99/100], nil
 }
 
