@@ -10,8 +10,9 @@
 // (a) Latency: one writer inserts 10 rows of 768-dim vectors at a steady
 // 200 requests/s, straight to the source, then through the gateway; the
 // p99 of each and their difference. (b) Saturation: 8 writers insert as
-// fast as they can, straight and through the gateway; rows/s of each,
-// their ratio, and the CPU the zdm process (embedded NATS included)
+// fast as they can, straight, through the gateway, and straight again
+// (the source slows down as it fills, so the baseline is the mean of the
+// two straight runs); rows/s of each, their ratio, and the CPU the zdm process (embedded NATS included)
 // spends per CPU second of the source Milvus in the gateway run, read
 // from /proc. The applier runs in a second zdm process, stopped during
 // (a) and (b) so that the target's work does not take the source's CPU.
@@ -144,6 +145,14 @@ func run(ctx context.Context) error {
 	gWall := time.Since(gStart).Seconds()
 	zdmCPU, srcCPU := benchproc.CPUSeconds([]int{zdm.Process.Pid})-zdmCPU0, benchproc.CPUSeconds(benchproc.GroupPids(sourcePgid))-srcCPU0
 	gatewayClientCores := (benchproc.CPUSeconds(self) - gSelf0) / gWall
+	// The source slows down as it fills (flushes, compaction): a direct
+	// run after the gateway's too, and the baseline is their mean.
+	directLast, err := saturate(ctx, direct, *writers, *saturateFor)
+	if err != nil {
+		return fmt.Errorf("direct saturation: %w", err)
+	}
+	directFirst := directRate
+	directRate = (directFirst + directLast) / 2
 
 	lags, err := z.lag(ctx, viaGateway, *lagRate, *lagFor)
 	if err != nil {
@@ -154,6 +163,8 @@ func run(ctx context.Context) error {
 	fmt.Printf("gateway_p99_ms=%.2f\n", gatewayP99)
 	fmt.Printf("gateway_added_p99_ms=%.2f\n", gatewayP99-directP99)
 	fmt.Printf("direct_rows_per_s=%.0f\n", directRate)
+	fmt.Printf("direct_rows_per_s_first=%.0f\n", directFirst)
+	fmt.Printf("direct_rows_per_s_last=%.0f\n", directLast)
 	fmt.Printf("gateway_rows_per_s=%.0f\n", gatewayRate)
 	fmt.Printf("gateway_throughput_ratio=%.2f\n", gatewayRate/directRate)
 	fmt.Printf("zdm_cpu_per_source_cpu=%.3f\n", zdmCPU/srcCPU)
