@@ -23,14 +23,18 @@ func (r *Rows) Fields() []*schemapb.FieldData { return r.cols }
 // SameLayout reports whether src has the layout of the rows gathered so
 // far (always true before the first Add).
 func (r *Rows) SameLayout(src []*schemapb.FieldData) bool {
-	if r.cols == nil {
-		return true
-	}
-	if len(src) != len(r.cols) {
+	return r.cols == nil || SameLayout(r.cols, src)
+}
+
+// SameLayout reports whether two column sets have the same fields, in the
+// same order, of the same types (and nullability), so their rows can be
+// written together.
+func SameLayout(a, b []*schemapb.FieldData) bool {
+	if len(a) != len(b) {
 		return false
 	}
-	for i, f := range src {
-		c := r.cols[i]
+	for i, f := range b {
+		c := a[i]
 		if f.GetFieldName() != c.GetFieldName() || f.GetType() != c.GetType() || f.GetIsDynamic() != c.GetIsDynamic() ||
 			(len(f.GetValidData()) > 0) != (len(c.GetValidData()) > 0) {
 			return false

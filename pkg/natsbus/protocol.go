@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
+	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -193,4 +195,25 @@ func KeyToken(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// Gateways returns the latest state of every live gateway replica, read
+// from kv, the opened GatewaysBucket.
+func Gateways(ctx context.Context, kv jetstream.KeyValue) ([]*eventspb.ResolvedTimestamp, error) {
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gateways: %w", err)
+	}
+	var out []*eventspb.ResolvedTimestamp
+	for k := range lister.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue // expired since listed
+		}
+		g := &eventspb.ResolvedTimestamp{}
+		if proto.Unmarshal(e.Value(), g) == nil {
+			out = append(out, g)
+		}
+	}
+	return out, nil
 }

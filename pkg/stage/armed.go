@@ -6,10 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
-	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
 // ArmWait bounds how long a ZERO_DOWNTIME migration waits for a gateway
@@ -51,17 +49,12 @@ func WaitArmed(ctx context.Context, js jetstream.JetStream, replicas int, cluste
 }
 
 func armState(ctx context.Context, kv jetstream.KeyValue, cluster, migration string) (t0 uint64, armed, waiting int, err error) {
-	lister, err := kv.ListKeys(ctx)
+	gws, err := natsbus.Gateways(ctx, kv)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	for k := range lister.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue // expired since listed
-		}
-		var g eventspb.ResolvedTimestamp
-		if err := proto.Unmarshal(e.Value(), &g); err != nil || g.GetClusterId() != cluster {
+	for _, g := range gws {
+		if g.GetClusterId() != cluster {
 			continue
 		}
 		if g.GetMigrationId() == migration && g.GetArmTimestamp() != 0 {

@@ -256,7 +256,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		}
 		info, err := cons.Info(ctx)
 		pending := err != nil || info.NumPending > 0
-		gws, err := a.liveGateways(ctx)
+		gws, err := natsbus.Gateways(ctx, a.gateways)
 		if err != nil {
 			continue
 		}
@@ -361,27 +361,6 @@ func (a *appliers) reportDrained(ctx context.Context, m *zdmpb.Migration) error 
 		MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Success: true, Time: timestamppb.Now()}
 	_, err := natsbus.Publish(ctx, a.js, a.prop, natsbus.EventSubject(m.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
 	return err
-}
-
-// liveGateways returns the latest state of every live gateway replica.
-func (a *appliers) liveGateways(ctx context.Context) ([]*eventspb.ResolvedTimestamp, error) {
-	lister, err := a.gateways.ListKeys(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []*eventspb.ResolvedTimestamp
-	for k := range lister.Keys() {
-		e, err := a.gateways.Get(ctx, k)
-		if err != nil {
-			continue // gone since listed
-		}
-		var g eventspb.ResolvedTimestamp
-		if err := proto.Unmarshal(e.Value(), &g); err != nil {
-			continue
-		}
-		out = append(out, &g)
-	}
-	return out, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

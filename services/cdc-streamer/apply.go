@@ -185,7 +185,6 @@ func withKeys(ev *eventspb.ChangeEvent, fields []*schemapb.FieldData, rows uint3
 type rowRun struct {
 	db, coll, part string
 	pk             *schemapb.FieldSchema
-	layout         milvusx.Rows           // one row of the run's first change: its columns
 	last           map[milvusx.Key]rowRef // keys whose last change writes them
 	deleted        map[milvusx.Key]bool   // keys whose last change deletes them
 	srcs           [][]*schemapb.FieldData
@@ -203,9 +202,10 @@ func (b *rowRun) same(ev *eventspb.ChangeEvent) bool {
 	return b.db == ev.GetDatabase() && b.coll == ev.GetCollection() && b.part == ev.GetPartition()
 }
 
-// fits reports whether rows with these columns can join the run.
+// fits reports whether rows with these columns can join the run: those
+// of its first change set the layout.
 func (b *rowRun) fits(fields []*schemapb.FieldData) bool {
-	return b.layout.Len() == 0 || b.layout.SameLayout(fields)
+	return len(b.srcs) == 0 || milvusx.SameLayout(b.srcs[0], fields)
 }
 
 func (b *rowRun) full() bool { return len(b.last)+len(b.deleted) >= maxBatchRows }
@@ -224,11 +224,6 @@ func (b *rowRun) upsert(fields []*schemapb.FieldData, n int) error {
 	}
 	if !b.fits(fields) {
 		return fmt.Errorf("rows of another layout")
-	}
-	if b.layout.Len() == 0 && n > 0 {
-		if err := b.layout.Add(fields, 0, n); err != nil {
-			return err
-		}
 	}
 	b.srcs, b.counts = append(b.srcs, fields), append(b.counts, n)
 	for i, k := range keys {

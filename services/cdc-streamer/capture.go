@@ -178,7 +178,7 @@ func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) 
 	whole := req.op == eventspb.Operation_OPERATION_DDL
 	var keys []milvusx.Key
 	if !whole {
-		pk, err := c.pk(ctx, md, req)
+		pk, err := c.pk(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -364,7 +364,7 @@ func (c *capture) failFull(ctx context.Context, migration string, err error) {
 
 // pk returns the primary key field of the request's collection, from a
 // cache that DDL on the collection clears.
-func (c *capture) pk(ctx context.Context, md metadata.MD, req *request) (*schemapb.FieldSchema, error) {
+func (c *capture) pk(ctx context.Context, req *request) (*schemapb.FieldSchema, error) {
 	name := req.database + "." + req.collection
 	c.mu.Lock()
 	f, ok := c.schemas[name]
@@ -372,7 +372,7 @@ func (c *capture) pk(ctx context.Context, md metadata.MD, req *request) (*schema
 	if ok {
 		return f, nil
 	}
-	f, err := c.src.primaryKey(ctx, md, req.database, req.collection)
+	f, err := c.src.primaryKey(ctx, req.database, req.collection)
 	if err != nil {
 		return nil, err
 	}

@@ -155,22 +155,10 @@ func refused(format string, args ...any) *refusal {
 	return &refusal{codes.FailedPrecondition, fmt.Sprintf(format, args...)}
 }
 
-func (r *refusal) Error() string {
-	return strings.ToUpper(strings.ReplaceAll(toSnake(r.code.String()), " ", "_")) + ": " + r.msg
-}
+func (r *refusal) Error() string { return refusalNames[r.code] + ": " + r.msg }
 
-// toSnake turns a gRPC code name (FailedPrecondition) into words with
-// underscores (Failed_Precondition).
-func toSnake(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
+// refusalNames are the codes a refusal carries, named as gRPC's spec does.
+var refusalNames = map[codes.Code]string{codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Unavailable: "UNAVAILABLE"}
 
 // readyWait bounds how long a write waits for the policy to load.
 const readyWait = 5 * time.Second

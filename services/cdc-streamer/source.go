@@ -77,7 +77,7 @@ func (s *sourceClient) timestamp(ctx context.Context) (uint64, error) {
 }
 
 // primaryKey returns the primary key field of database.collection.
-func (s *sourceClient) primaryKey(ctx context.Context, _ metadata.MD, database, collection string) (*schemapb.FieldSchema, error) {
+func (s *sourceClient) primaryKey(ctx context.Context, database, collection string) (*schemapb.FieldSchema, error) {
 	c, err := s.client(ctx)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "zdm gateway: %v", err)

@@ -5,11 +5,10 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
-	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -34,17 +33,12 @@ type liveServers struct {
 
 // Fronted implements StageServers.
 func (l liveServers) Fronted(ctx context.Context, cluster string) (bool, error) {
-	lister, err := l.gateways.ListKeys(ctx)
+	gws, err := natsbus.Gateways(ctx, l.gateways)
 	if err != nil {
-		return false, fmt.Errorf("gateways: %w", err)
+		return false, err
 	}
-	for k := range lister.Keys() {
-		e, err := l.gateways.Get(ctx, k)
-		if err != nil {
-			continue // expired since listed
-		}
-		var g eventspb.ResolvedTimestamp
-		if proto.Unmarshal(e.Value(), &g) == nil && g.GetClusterId() == cluster {
+	for _, g := range gws {
+		if g.GetClusterId() == cluster {
 			return true, nil
 		}
 	}

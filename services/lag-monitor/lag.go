@@ -30,7 +30,8 @@ const reportEvery = time.Second
 // lagMeter measures the lag of every syncing migration each second,
 // publishes a LagReport for each and exports it as gauges.
 type lagMeter struct {
-	deps       depsLike
+	publish    func(ctx context.Context, subject, id string, ev *eventspb.LagReport) error
+	log        *slog.Logger
 	migrations *natsbus.Table[*zdmpb.Migration]
 	positions  *natsbus.Table[*eventspb.AppliedPosition]
 	gauge      *prometheus.GaugeVec
@@ -40,14 +41,8 @@ type lagMeter struct {
 	labels map[string][]string // gauge label sets of each migration, to drop when it ends
 }
 
-// depsLike is what lagMeter uses of the service's dependencies.
-type depsLike struct {
-	publish func(ctx context.Context, subject, id string, ev *eventspb.LagReport) error
-	log     *slog.Logger
-}
-
-func newLagMeter(deps depsLike, migrations *natsbus.Table[*zdmpb.Migration], positions *natsbus.Table[*eventspb.AppliedPosition], reg prometheus.Registerer) (*lagMeter, error) {
-	l := &lagMeter{deps: deps, migrations: migrations, positions: positions, labels: map[string][]string{},
+func newLagMeter(publish func(ctx context.Context, subject, id string, ev *eventspb.LagReport) error, log *slog.Logger, migrations *natsbus.Table[*zdmpb.Migration], positions *natsbus.Table[*eventspb.AppliedPosition], reg prometheus.Registerer) (*lagMeter, error) {
+	l := &lagMeter{publish: publish, log: log, migrations: migrations, positions: positions, labels: map[string][]string{},
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "zdm_migration_lag_seconds",
 			Help: "Now minus the applied watermark of a syncing migration: how far its target is behind its source."}, []string{"migration"}),
 		collGauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "zdm_collection_lag_seconds",
@@ -82,7 +77,7 @@ func (l *lagMeter) run(ctx context.Context) {
 	defer t.Stop()
 	for {
 		if err := l.measureAll(ctx); err != nil && ctx.Err() == nil {
-			l.deps.log.Warn("measure lag", slog.Any("error", err))
+			l.log.Warn("measure lag", slog.Any("error", err))
 		}
 		select {
 		case <-ctx.Done():
@@ -112,7 +107,7 @@ func (l *lagMeter) measureAll(ctx context.Context) error {
 		}
 		l.export(m, rep)
 		subject := natsbus.EventSubject(m.GetMigrationId(), natsbus.EventLag)
-		errs = append(errs, l.deps.publish(ctx, subject, rep.GetEventId(), rep))
+		errs = append(errs, l.publish(ctx, subject, rep.GetEventId(), rep))
 	}
 	l.mu.Lock()
 	for id, sets := range l.labels {

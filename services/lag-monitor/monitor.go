@@ -81,7 +81,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 		_, err := natsbus.Publish(ctx, bus.JS, m.deps.Propagator, subject, id, ev)
 		return err
 	}
-	if m.lag, err = newLagMeter(depsLike{publish: publish, log: m.deps.Logger}, migrations, positions, m.deps.Metrics); err != nil {
+	if m.lag, err = newLagMeter(publish, m.deps.Logger, migrations, positions, m.deps.Metrics); err != nil {
 		return err
 	}
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
