@@ -157,10 +157,10 @@ func TestE2EAllInOne(t *testing.T) {
 	require.Contains(t, status.Convert(err).Message(), "--gateway-cluster src")
 	_, err = lagpb.NewLagMonitorServiceClient(conn).GetLag(ctx, &lagpb.GetLagRequest{MigrationId: "m"})
 	require.Equal(t, codes.NotFound, status.Code(err))
-	// Logic that belongs to later work answers UNIMPLEMENTED, never a fake
-	// success.
-	_, err = streamerpb.NewGatewayControlServiceClient(conn).HoldWrites(ctx, &streamerpb.HoldWritesRequest{})
-	require.Equal(t, codes.Unimplemented, status.Code(err))
+	gw, err := streamerpb.NewGatewayControlServiceClient(conn).GetGatewayStatus(ctx, &streamerpb.GetGatewayStatusRequest{})
+	require.NoError(t, err)
+	require.NotEmpty(t, gw.GetGatewayId())
+	require.Zero(t, gw.GetHoldingAttempt())
 	// The copier answers for itself.
 	st, err := copierpb.NewSnapshotCopierServiceClient(conn).GetCopierStatus(ctx, &copierpb.GetCopierStatusRequest{})
 	require.NoError(t, err)

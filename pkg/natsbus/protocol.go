@@ -44,6 +44,10 @@ const (
 	EventProgress EventKind = "progress"
 	// EventFailed carries eventspb.WorkFailed.
 	EventFailed EventKind = "failed"
+	// EventGateway carries eventspb.GatewayChange.
+	EventGateway EventKind = "gateway"
+	// EventNotice carries eventspb.NotificationReport.
+	EventNotice EventKind = "notice"
 )
 
 // EventSubject is where events of kind k about migration are published.
@@ -83,8 +87,24 @@ func ChangeSubject(migration, database, collection string) string {
 	return s
 }
 
-// ChangeFilter matches every captured change of migration.
+// ChangeFilter matches every captured change of migration that the
+// applier replays.
 func ChangeFilter(migration string) string { return changeSpace + "." + migration + ".>" }
+
+// switchedSpace holds the changes written to a migration's target after
+// its switchover. '_' never appears in a migration ID, so it cannot
+// collide with one.
+const switchedSpace = changeSpace + "._switched"
+
+// SwitchedSubject is where a gateway records a write it sent to
+// migration's target after the switchover, for the final verification to
+// leave its keys out; the applier never reads it.
+func SwitchedSubject(migration, database, collection string) string {
+	return switchedSpace + "." + migration + "." + KeyToken(database) + "." + KeyToken(collection)
+}
+
+// SwitchedFilter matches the writes recorded after migration's switchover.
+func SwitchedFilter(migration string) string { return switchedSpace + "." + migration + ".>" }
 
 // StageToken is a stage's subject token, for example "copy_data"; "all"
 // for STAGE_KIND_UNSPECIFIED.
@@ -150,7 +170,26 @@ var (
 	// process that applies it; kept alive by that process and expiring
 	// when it stops, so another takes over.
 	AppliersBucket = Bucket{Name: "zdm_appliers", Description: "zdm applier leases, by migration", TTL: 6 * time.Second}
+	// SwitchoversBucket holds events.v1.SwitchoverDecision by
+	// SwitchoverKey: created once per attempt by whoever decides first;
+	// every gateway replica follows it.
+	SwitchoversBucket = Bucket{Name: "zdm_switchovers", Description: "zdm switchover decisions, by migration and attempt"}
+	// NoticesBucket holds zdm.v1.NotificationDelivery by NoticeKey: the
+	// lag monitor claims a notice there before sending it and records its
+	// delivery after, so no notice goes out twice.
+	NoticesBucket = Bucket{Name: "zdm_notices", Description: "zdm notification deliveries, by migration, notice and recipient"}
 )
+
+// SwitchoverKey is the key in SwitchoversBucket of migration's attempt.
+func SwitchoverKey(migration string, attempt int32) string {
+	return fmt.Sprintf("%s.%d", migration, attempt)
+}
+
+// NoticeKey is the key in NoticesBucket of notice (a token such as
+// COMPLETED) to recipient number i of channel ("email", "webhook").
+func NoticeKey(migration, notice, channel string, i int) string {
+	return fmt.Sprintf("%s.%s.%s.%d", migration, KeyToken(notice), KeyToken(channel), i)
+}
 
 // StageKey is the key in StagesBucket of stage served by instance.
 func StageKey(stage zdmpb.StageKind, instance string) string {
@@ -163,7 +202,7 @@ func StageKeys(stage zdmpb.StageKind) string { return StageToken(stage) + ".>" }
 // Buckets lists every bucket, for documentation and tests.
 func Buckets() []Bucket {
 	return []Bucket{MigrationsBucket, ClustersBucket, CopyPlansBucket, CopyControlsBucket, CheckpointsBucket, UnitPlansBucket, CopiersBucket, StagesBucket,
-		GatewaysBucket, AppliedBucket, AppliersBucket}
+		GatewaysBucket, AppliedBucket, AppliersBucket, SwitchoversBucket, NoticesBucket}
 }
 
 // Open creates the bucket, or updates its configuration, and returns it.

@@ -90,8 +90,10 @@ func PurgeChanges(ctx context.Context, js jetstream.JetStream, migration string)
 	if err != nil {
 		return fmt.Errorf("change stream: %w", err)
 	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSubject(ChangeFilter(migration))); err != nil {
-		return fmt.Errorf("purge changes of %s: %w", migration, err)
+	for _, f := range []string{ChangeFilter(migration), SwitchedFilter(migration)} {
+		if err := s.Purge(ctx, jetstream.WithPurgeSubject(f)); err != nil {
+			return fmt.Errorf("purge changes of %s: %w", migration, err)
+		}
 	}
 	return nil
 }

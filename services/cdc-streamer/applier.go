@@ -59,15 +59,16 @@ func applying(m *zdmpb.Migration) bool {
 // appliers starts an applier for every migration that needs one and whose
 // lease this process wins.
 type appliers struct {
-	id         string
-	js         jetstream.JetStream
-	prop       propagation.TextMapPropagator
-	log        *slog.Logger
-	reg        *registry.Registry
-	migrations *natsbus.Table[*zdmpb.Migration]
-	positions  *natsbus.Table[*eventspb.AppliedPosition]
-	leases     jetstream.KeyValue
-	gateways   jetstream.KeyValue
+	id          string
+	js          jetstream.JetStream
+	prop        propagation.TextMapPropagator
+	log         *slog.Logger
+	reg         *registry.Registry
+	migrations  *natsbus.Table[*zdmpb.Migration]
+	positions   *natsbus.Table[*eventspb.AppliedPosition]
+	leases      jetstream.KeyValue
+	gateways    jetstream.KeyValue
+	switchovers jetstream.KeyValue
 
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
@@ -147,9 +148,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 	id := m.GetMigrationId()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// Keep the lease, and follow the migration's state.
-	state := make(chan *zdmpb.Migration, 1)
-	state <- m
+	// Keep the lease.
 	go func() {
 		t := time.NewTicker(leaseRenew)
 		defer t.Stop()
@@ -165,13 +164,29 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 				return
 			}
 			leaseRev = rev
-			cur, _, err := a.migrations.Get(ctx, id)
-			if err != nil {
+		}
+	}()
+	// Follow the migration's state as it changes: a switchover must be
+	// seen within milliseconds.
+	state := make(chan *zdmpb.Migration, 1)
+	state <- m
+	w, err := a.migrations.KV().Watch(ctx, id, jetstream.UpdatesOnly())
+	if err != nil {
+		return fmt.Errorf("watch migration: %w", err)
+	}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		for e := range w.Updates() {
+			if e == nil {
 				continue
 			}
-			if !applying(cur) {
+			cur, err := a.migrations.Decode(e)
+			if e.Operation() != jetstream.KeyValuePut || (err == nil && !applying(cur)) {
 				cancel(errEnded)
 				return
+			}
+			if err != nil {
+				continue
 			}
 			select {
 			case <-state:
@@ -213,12 +228,19 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		return fmt.Errorf("change stream: %w", err)
 	}
 	cur, purged := m, time.Now()
+	sw := &switchover{a: a, reg: a.reg, tgt: tgt}
+	defer sw.close()
+	seen := newReplicas(id)
 	for ctx.Err() == nil {
 		select {
 		case cur = <-state:
 		default:
 		}
-		batch, err := cons.Fetch(fetchMax, jetstream.FetchMaxWait(resolveEvery))
+		wait := resolveEvery
+		if cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER {
+			wait = switchPoll
+		}
+		batch, err := cons.Fetch(fetchMax, jetstream.FetchMaxWait(wait))
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -260,6 +282,16 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		if err != nil {
 			continue
 		}
+		for _, ev := range seen.changes(gws) {
+			if err := a.publish(ctx, natsbus.EventSubject(id, natsbus.EventGateway), ev.GetEventId(), ev); err != nil {
+				a.log.Warn("applier: report a gateway replica joining or leaving", slog.Any("error", err))
+			}
+		}
+		if cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER {
+			if err := sw.step(ctx, cur, gws, pos.GetStreamSequence(), pending); err != nil {
+				a.log.Warn("applier: switchover step; will retry", slog.String("migration", id), slog.Any("error", err))
+			}
+		}
 		w, drained := wm.advance(gws, pos.GetStreamSequence())
 		drained = drained && !pending && cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC
 		if n == 0 && w == pos.GetWatermark() && !drained {
@@ -276,11 +308,6 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		}); err != nil {
 			a.log.Warn("applier: store position; will retry", slog.String("migration", id), slog.Any("error", err))
 			continue
-		}
-		if cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER {
-			if err := a.abortSwitchover(ctx, cur); err != nil {
-				a.log.Warn("applier: abort switchover; will retry", slog.String("migration", id), slog.Any("error", err))
-			}
 		}
 		if time.Since(purged) > purgeEvery && pos.GetStreamSequence() > 0 {
 			// Applied changes are not needed again: free their space, so
@@ -342,24 +369,16 @@ func (a *appliers) purgeApplied(ctx context.Context, migration string, applied u
 	return s.Purge(ctx, jetstream.WithPurgeSubject(natsbus.ChangeFilter(migration)), jetstream.WithPurgeSequence(applied+1))
 }
 
-// abortSwitchover answers a switchover, which gateways cannot carry out
-// yet (they cannot hold writes): it aborts, and the migration goes back
-// to READY_TO_FINALIZE with the reason in its history, still syncing.
-func (a *appliers) abortSwitchover(ctx context.Context, m *zdmpb.Migration) error {
-	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("switchover-%s-t%d", m.GetMigrationId(), len(m.GetHistory())),
-		MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Time: timestamppb.Now(),
-		Code:         eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED,
-		ErrorMessage: "switchover is not available yet: the gateways cannot hold writes; finalise with StopSync"}
-	_, err := natsbus.Publish(ctx, a.js, a.prop, natsbus.EventSubject(m.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
-	return err
-}
-
 // reportDrained ends the FINALIZE stage of a migration that stopped
 // syncing: every change its gateways accepted is on the target.
 func (a *appliers) reportDrained(ctx context.Context, m *zdmpb.Migration) error {
 	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("drained-%s-t%d", m.GetMigrationId(), len(m.GetHistory())),
 		MigrationId: m.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Success: true, Time: timestamppb.Now()}
-	_, err := natsbus.Publish(ctx, a.js, a.prop, natsbus.EventSubject(m.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
+	return a.publish(ctx, natsbus.EventSubject(m.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
+}
+
+func (a *appliers) publish(ctx context.Context, subject, id string, m proto.Message) error {
+	_, err := natsbus.Publish(ctx, a.js, a.prop, subject, id, m)
 	return err
 }
 

@@ -2,6 +2,7 @@ package streamer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
 // resolveEvery is how often a gateway replica publishes its resolved
@@ -35,14 +37,16 @@ const resolveEvery = 200 * time.Millisecond
 // stream before the client hears of it, and the replica's resolved
 // timestamp is kept in the gateways bucket.
 type capture struct {
-	id, cluster, addr string
-	js                jetstream.JetStream
-	prop              propagation.TextMapPropagator
-	log               *slog.Logger
-	src               *sourceClient
-	locks             *keyLocks
-	gateways          jetstream.KeyValue
-	ctx               context.Context // the streamer's run context
+	id, addr    string
+	viewAddr    string // the target view's address, if served
+	js          jetstream.JetStream
+	prop        propagation.TextMapPropagator
+	log         *slog.Logger
+	src         *sourceClient
+	locks       *keyLocks
+	gateways    jetstream.KeyValue
+	switchovers jetstream.KeyValue
+	ctx         context.Context // the streamer's run context
 
 	mu        sync.Mutex
 	changed   *sync.Cond
@@ -55,28 +59,53 @@ type capture struct {
 	stopped   string              // migration whose writes are refused for stop sync
 	schemas   map[string]*schemapb.FieldSchema
 	queues    map[string]*queue // changes waiting to be published, by subject
+
+	view     view   // what the policy said last
+	hold     hold   // the switchover attempt whose writes are held
+	released hold   // the last attempt released
+	decided  int32  // last switchover attempt of the armed migration decided
+	switched string // migration switched over: calls go to its target
 }
 
-func newCapture(ctx context.Context, id, cluster, addr string, js jetstream.JetStream, prop propagation.TextMapPropagator, log *slog.Logger, src *sourceClient, gateways jetstream.KeyValue) *capture {
-	c := &capture{ctx: ctx, id: id, cluster: cluster, addr: addr, js: js, prop: prop, log: log, src: src, locks: newKeyLocks(),
-		gateways: gateways, inflight: map[uint64]struct{}{}, schemas: map[string]*schemapb.FieldSchema{}, queues: map[string]*queue{}}
+func newCapture(ctx context.Context, id, addr string, js jetstream.JetStream, prop propagation.TextMapPropagator, log *slog.Logger,
+	src *sourceClient, gateways, switchovers jetstream.KeyValue) *capture {
+	c := &capture{ctx: ctx, id: id, addr: addr, js: js, prop: prop, log: log, src: src, locks: newKeyLocks(),
+		gateways: gateways, switchovers: switchovers, inflight: map[uint64]struct{}{}, schemas: map[string]*schemapb.FieldSchema{},
+		queues: map[string]*queue{}, view: view{upstream: src.current()}}
 	c.changed = sync.NewCond(&c.mu)
 	return c
 }
 
+// errStopped refuses a write of a migration that stopped syncing.
+var errStopped = errors.New("writes stopped")
+
 // begin registers a write that is about to go to the source and returns
-// its ID and the migration armed when it started ("" for none). A write
-// of a migration that stopped syncing is refused: ok is false and nothing
-// is registered.
-func (c *capture) begin() (id uint64, migration string, ok bool) {
+// its ID, the migration armed when it started ("" for none) and whether
+// it goes to that migration's target after a switchover. While a
+// switchover holds writes it waits, until the hold ends or ctx does. A
+// write of a migration that stopped syncing is refused with errStopped
+// and nothing is registered.
+func (c *capture) begin(ctx context.Context) (id uint64, migration string, after bool, err error) {
+	stop := context.AfterFunc(ctx, c.changed.Broadcast)
+	defer stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	counted := false
+	for c.hold.attempt != 0 {
+		if !counted {
+			c.hold.writes, counted = c.hold.writes+1, true
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, "", false, err
+		}
+		c.changed.Wait()
+	}
 	if c.stopped != "" && c.stopped == c.armed {
-		return 0, c.stopped, false
+		return 0, c.stopped, false, errStopped
 	}
 	c.nextCall++
 	c.inflight[c.nextCall] = struct{}{}
-	return c.nextCall, c.armed, true
+	return c.nextCall, c.armed, c.armed != "" && c.switched == c.armed, nil
 }
 
 // end marks write id answered.
@@ -112,23 +141,48 @@ func (c *capture) waitBefore(ctx context.Context, id uint64) error {
 	}
 }
 
-// follow arms capture for migration (empty: disarm), and refuses its
-// writes once stopping is set. Arming completes in the background: T0 is
-// taken once every write that started before it has ended, so no write
-// acknowledged after T0 escapes the stream.
-func (c *capture) follow(migration string, stopping bool) {
+// follow does what the policy says: it routes calls to v.upstream (or to
+// the target of a migration switched over before its record says so),
+// arms capture for v.active (nil: disarms), refuses its writes once it
+// stops syncing, and holds them while it switches over. Arming completes
+// in the background: T0 is taken once every write that started before
+// it has ended, so no write acknowledged after T0 escapes the stream.
+func (c *capture) follow(v view) {
 	c.mu.Lock()
-	if migration != c.armed {
-		c.armed, c.armTs, c.stopped = migration, 0, ""
-		if migration != "" {
-			last := c.nextCall
-			go c.completeArm(c.ctx, migration, last)
+	defer c.mu.Unlock()
+	c.view = v
+	m := v.active
+	id := m.GetMigrationId()
+	if id != c.armed {
+		if c.hold.attempt != 0 {
+			c.endHold(false) // its migration ended while holding
+		}
+		c.armed, c.armTs, c.stopped, c.decided, c.streamSeq = id, 0, "", 0, 0
+		if id != "" && !switched(m) {
+			go c.completeArm(c.ctx, id, c.nextCall)
 		}
 	}
-	if stopping && migration != "" {
-		c.stopped = migration
+	if switched(m) {
+		c.switched = id
 	}
-	c.mu.Unlock()
+	up := v.upstream
+	if id != "" && c.switched == id {
+		up = m.GetTargetClusterId()
+	}
+	c.src.use(up)
+	if id == "" {
+		return
+	}
+	if stoppedSync(m.GetState()) && c.switched != id {
+		c.stopped = id
+	}
+	attempt := m.GetSwitchover().GetAttempt()
+	switch {
+	case m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER && attempt > c.decided && c.hold.attempt != attempt:
+		c.startHold(m)
+	case m.GetState() != zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER && c.hold.attempt != 0:
+		c.endHold(false) // the switchover ended without this replica
+	}
 }
 
 func (c *capture) completeArm(ctx context.Context, migration string, last uint64) {
@@ -164,10 +218,13 @@ func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) 
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "zdm gateway: %v", err)
 	}
-	id, migration, ok := c.begin()
-	if !ok {
+	id, migration, after, err := c.begin(ctx)
+	if errors.Is(err, errStopped) {
 		return refuse(ss, method, refused("%s refused: migration %q from cluster %q is stopping sync, so the source takes no more writes; point clients at the target once it completes",
-			name, migration, c.cluster))
+			name, migration, c.src.current()))
+	}
+	if err != nil {
+		return status.FromContextError(err).Err()
 	}
 	defer c.end(id)
 	if migration == "" {
@@ -197,6 +254,7 @@ func (c *capture) call(ss grpc.ServerStream, method, name string, first *frame) 
 		if err != nil || !ok {
 			return err // a failed call publishes nothing
 		}
+		ev.AfterSwitch = after
 		evs, err := split(ev, req)
 		if err != nil {
 			published = err
@@ -257,6 +315,9 @@ func (c *capture) change(req *request, migration, method string, request, reply 
 // one store and one ack between them instead of one each.
 func (c *capture) record(ctx context.Context, evs []*eventspb.ChangeEvent) error {
 	subject := natsbus.ChangeSubject(evs[0].GetMigrationId(), evs[0].GetDatabase(), evs[0].GetCollection())
+	if evs[0].GetAfterSwitch() {
+		subject = natsbus.SwitchedSubject(evs[0].GetMigrationId(), evs[0].GetDatabase(), evs[0].GetCollection())
+	}
 	p := &pending{evs: evs, done: make(chan error, 1)}
 	c.mu.Lock()
 	q := c.queues[subject]
@@ -412,13 +473,33 @@ func (c *capture) resolve(ctx context.Context) error {
 		return err
 	}
 	c.mu.Lock()
-	st := &eventspb.ResolvedTimestamp{GatewayId: c.id, ClusterId: c.cluster, Addr: c.addr, MigrationId: c.armed,
-		ArmTimestamp: c.armTs, LastSequence: c.seq, LastStreamSequence: c.streamSeq, Time: timestamppb.Now(),
-		WritesStopped: stopped && c.stopped == c.armed}
+	st := c.state()
+	st.WritesStopped = stopped && c.stopped == c.armed
 	if c.armed == armed && c.armTs != 0 {
 		st.ResolvedTimestamp = r
 	}
 	c.mu.Unlock()
+	return c.put(ctx, st)
+}
+
+// state is this replica's entry in the gateways bucket, without a
+// resolved timestamp. c.mu is held.
+func (c *capture) state() *eventspb.ResolvedTimestamp {
+	st := &eventspb.ResolvedTimestamp{GatewayId: c.id, ClusterId: c.src.current(), Addr: c.addr, TargetViewAddr: c.viewAddr,
+		MigrationId: c.armed, ArmTimestamp: c.armTs, LastSequence: c.seq, LastStreamSequence: c.streamSeq, Time: timestamppb.Now(),
+		Switched: c.armed != "" && c.switched == c.armed}
+	if c.hold.attempt != 0 && c.hold.ready {
+		st.HoldAttempt, st.HoldTime = c.hold.attempt, timestamppb.New(c.hold.start)
+	}
+	if c.released.attempt != 0 && c.released.migration == c.armed {
+		st.ReleasedAttempt, st.ReleaseTime, st.HeldWrites = c.released.attempt, timestamppb.New(c.released.end), c.released.writes
+		st.HoldTime = timestamppb.New(c.released.start)
+	}
+	return st
+}
+
+// put stores st as this replica's entry.
+func (c *capture) put(ctx context.Context, st *eventspb.ResolvedTimestamp) error {
 	st.EventId = fmt.Sprintf("%s-r%d", c.id, st.GetResolvedTimestamp())
 	b, err := proto.Marshal(st)
 	if err != nil {

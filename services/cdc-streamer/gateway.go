@@ -62,13 +62,17 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// gateway forwards Milvus RPCs to the source.
+// gateway forwards Milvus RPCs to a cluster: the gateway proper to the
+// fronted cluster (or the target it switched over to), capturing writes;
+// the target view to a syncing migration's target, refusing writes.
 type gateway struct {
 	src     *sourceClient
-	capture *capture
-	policy  *policy
-	server  *grpc.Server
-	log     *slog.Logger
+	capture *capture // nil for the target view
+	// check returns nil when a call of method may go through, a *refusal
+	// to answer in the reply, or a gRPC status error.
+	check  func(method string) error
+	server *grpc.Server
+	log    *slog.Logger
 }
 
 // upstream is the connection to the source, opened at the first call: the
@@ -134,8 +138,8 @@ func dialUpstream(conn *zdmpb.ClusterConnection) (*grpc.ClientConn, error) {
 // up to 64 MiB and answers queries as large.
 const maxMessage = 256 << 20
 
-func newGateway(src *sourceClient, c *capture, p *policy, log *slog.Logger) *gateway {
-	g := &gateway{src: src, capture: c, policy: p, log: log}
+func newGateway(src *sourceClient, c *capture, check func(string) error, log *slog.Logger) *gateway {
+	g := &gateway{src: src, capture: c, check: check, log: log}
 	g.server = grpc.NewServer(grpc.UnknownServiceHandler(g.forward), grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage),
 		// Milvus SDKs ping every few seconds, idle or not (milvus-sdk-go:
@@ -191,16 +195,16 @@ func (g *gateway) forward(_ any, ss grpc.ServerStream) error {
 	}
 	if first != nil {
 		var refused *refusal
-		if err := g.policy.allow(method); errors.As(err, &refused) {
+		if err := g.check(method); errors.As(err, &refused) {
 			return refuse(ss, method, refused)
 		} else if err != nil {
 			return err
 		}
 	}
-	if name := strings.TrimPrefix(method, milvusService); first != nil && captured[name] != nil {
+	if name := strings.TrimPrefix(method, milvusService); g.capture != nil && first != nil && captured[name] != nil {
 		return g.capture.call(ss, method, name, first)
 	}
-	up, err := g.src.up.get(ctx)
+	up, err := g.src.conn(ctx)
 	if err != nil {
 		return err
 	}

@@ -41,26 +41,42 @@ func set(names ...string) map[string]bool {
 	return m
 }
 
-// policy decides which calls the gateway lets through to its source. With
-// no migration from the source, all of them. During an OFFLINE migration,
-// no write (mutation or DDL). During a ZERO_DOWNTIME migration, everything
-// but the DDL the target could not follow (frozenDDL). Reads always pass.
-// It follows the migrations bucket, so a migration's start and end reach
-// every gateway replica within moments.
+// policy decides which calls the gateway lets through to the cluster it
+// forwards to. With no migration from that cluster, all of them. During an
+// OFFLINE migration, no write (mutation or DDL). During a ZERO_DOWNTIME
+// migration, everything but the DDL the target could not follow
+// (frozenDDL). Reads always pass. It follows the migrations bucket, so a
+// migration's start, switchover and end reach every gateway replica within
+// moments.
+//
+// The cluster calls go to is the fronted one (home) until a migration from
+// it switches over: from then on its target, also after the migration
+// ended and across restarts, for the migration record says so.
 type policy struct {
-	cluster string
+	home string
 
-	// follow is told, after every change, which ZERO_DOWNTIME migration
-	// from the cluster runs ("" for none) and whether it stopped syncing.
-	follow func(migration string, stopping bool)
+	// follow is told, after every change, where calls go and which
+	// ZERO_DOWNTIME migration's clients the gateway carries (nil: none).
+	follow func(view)
 
-	mu     sync.Mutex
-	active map[string]*zdmpb.Migration // running migrations from cluster, by ID
-	ready  chan struct{}               // closed once the stored migrations are loaded
+	mu    sync.Mutex
+	all   map[string]*zdmpb.Migration // every stored migration, by ID
+	view  view
+	ready chan struct{} // closed once the stored migrations are loaded
 }
 
-func newPolicy(cluster string, follow func(migration string, stopping bool)) *policy {
-	return &policy{cluster: cluster, follow: follow, active: map[string]*zdmpb.Migration{}, ready: make(chan struct{})}
+// view is what the gateway does now.
+type view struct {
+	// upstream is the cluster calls go to.
+	upstream string
+	// active is the running ZERO_DOWNTIME migration whose writes the
+	// gateway captures: one from upstream, or one switched over to it and
+	// not yet ended. Nil when none is.
+	active *zdmpb.Migration
+}
+
+func newPolicy(home string, follow func(view)) *policy {
+	return &policy{home: home, follow: follow, all: map[string]*zdmpb.Migration{}, view: view{upstream: home}, ready: make(chan struct{})}
 }
 
 // run follows table until ctx is done.
@@ -108,22 +124,57 @@ func (p *policy) markReady() {
 func (p *policy) update(id string, m *zdmpb.Migration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if m == nil || m.GetSourceClusterId() != p.cluster || ended(m.GetState()) {
-		delete(p.active, id)
+	if m == nil {
+		delete(p.all, id)
 	} else {
-		p.active[id] = m
+		p.all[id] = m
 	}
-	if p.follow == nil {
-		return
+	p.view = p.compute()
+	if p.follow != nil {
+		p.follow(p.view)
 	}
-	armed, stopping := "", false
-	for id, m := range p.active {
-		if m.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
-			armed, stopping = id, stoppedSync(m.GetState())
+}
+
+// compute derives the view from every migration: upstream follows the
+// switchovers from home, hop by hop.
+func (p *policy) compute() view {
+	v := view{upstream: p.home}
+	for hops := 0; hops <= len(p.all); hops++ {
+		moved := false
+		for _, m := range p.all {
+			if m.GetSourceClusterId() == v.upstream && switched(m) {
+				v.upstream, moved = m.GetTargetClusterId(), true
+				break
+			}
+		}
+		if !moved {
+			break
 		}
 	}
-	p.follow(armed, stopping)
+	for _, m := range p.running() {
+		if m.GetType() != zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
+			continue
+		}
+		if m.GetSourceClusterId() == v.upstream || (switched(m) && m.GetTargetClusterId() == v.upstream) {
+			v.active = m
+		}
+	}
+	return v
 }
+
+// running returns the migrations not ended, by ID.
+func (p *policy) running() map[string]*zdmpb.Migration {
+	out := map[string]*zdmpb.Migration{}
+	for id, m := range p.all {
+		if !ended(m.GetState()) {
+			out[id] = m
+		}
+	}
+	return out
+}
+
+// switched reports whether m's clients were switched to its target.
+func switched(m *zdmpb.Migration) bool { return m.GetSwitchover().GetSwitchTime() != nil }
 
 // stoppedSync reports whether a ZERO_DOWNTIME migration in state s takes
 // no more writes on its source.
@@ -138,6 +189,23 @@ func ended(s zdmpb.MigrationState) bool {
 		return true
 	}
 	return false
+}
+
+// syncing returns the ZERO_DOWNTIME migration from the fronted cluster
+// whose target is syncing (copied, not yet switched), for the target
+// view; nil when there is none.
+func (p *policy) syncing() *zdmpb.Migration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.view.active
+	switch {
+	case m == nil || switched(m):
+		return nil
+	case m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SYNCING, m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE,
+		m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER, m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_STOPPING_SYNC:
+		return m
+	}
+	return nil
 }
 
 // refusal is a write the gateway does not let through, or could not
@@ -168,7 +236,7 @@ const readyWait = 5 * time.Second
 // while the gateway does not know the migrations yet (clients retry it).
 func (p *policy) allow(method string) error {
 	name, ok := strings.CutPrefix(method, milvusService)
-	if !ok || !(mutations[name] || frozenDDL[name] || replicatedDDL[name]) {
+	if !ok || !isWrite(name) {
 		return nil // a read, or a service that is not Milvus's data API
 	}
 	select {
@@ -178,13 +246,18 @@ func (p *policy) allow(method string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for id, m := range p.active {
+	up := p.view.upstream
+	for id, m := range p.running() {
 		switch {
+		case m.GetSourceClusterId() != up && m != p.view.active:
 		case m.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE:
-			return refused("%s refused: cluster %q is the source of OFFLINE migration %q, which refuses every write until it ends", name, p.cluster, id)
+			return refused("%s refused: cluster %q is the source of OFFLINE migration %q, which refuses every write until it ends", name, up, id)
 		case frozenDDL[name]:
-			return refused("%s refused: cluster %q is the source of migration %q, whose target could not follow it; retry after the migration ends", name, p.cluster, id)
+			return refused("%s refused: cluster %q is in migration %q, whose other side could not follow it; retry after the migration ends", name, up, id)
 		}
 	}
 	return nil
 }
+
+// isWrite reports whether method name (without the service) writes.
+func isWrite(name string) bool { return mutations[name] || frozenDDL[name] || replicatedDDL[name] }

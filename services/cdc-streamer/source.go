@@ -15,46 +15,100 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/registry"
 )
 
-// sourceClient is the gateway's link to its source: the raw connection
+// sourceClient is the gateway's link to the cluster it forwards to: the
+// fronted cluster, or, once a migration from it switched over, that
+// migration's target. For each cluster it keeps the raw connection
 // clients' calls are relayed on, and a client of its own, with the
 // registry's credentials, for what the gateway asks itself (timestamps,
-// a collection's primary key).
+// a collection's primary key). Connections are kept until close, so a
+// call in flight on the old cluster ends normally after a switch.
 type sourceClient struct {
-	up *upstream
+	reg *registry.Registry
 
-	mu  sync.Mutex
-	own *milvusx.Client
+	mu      sync.Mutex
+	cluster string // where calls go now
+	ups     map[string]*upstream
+	owns    map[string]*milvusx.Client
+}
+
+func newSourceClient(reg *registry.Registry, cluster string) *sourceClient {
+	return &sourceClient{reg: reg, cluster: cluster, ups: map[string]*upstream{}, owns: map[string]*milvusx.Client{}}
+}
+
+// use sends every call from now on to cluster.
+func (s *sourceClient) use(cluster string) {
+	s.mu.Lock()
+	s.cluster = cluster
+	s.mu.Unlock()
+}
+
+// current is the cluster calls go to.
+func (s *sourceClient) current() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cluster
+}
+
+func (s *sourceClient) upstream(cluster string) *upstream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := s.ups[cluster]
+	if u == nil {
+		u = &upstream{reg: s.reg, id: cluster}
+		s.ups[cluster] = u
+	}
+	return u
+}
+
+// conn returns the connection to the cluster calls go to now.
+func (s *sourceClient) conn(ctx context.Context) (*grpc.ClientConn, error) {
+	return s.upstream(s.current()).get(ctx)
+}
+
+// prepare dials cluster ahead of a switch to it, so the first call there
+// does not wait for a connection.
+func (s *sourceClient) prepare(ctx context.Context, cluster string) error {
+	c, err := s.upstream(cluster).get(ctx)
+	if err != nil {
+		return err
+	}
+	c.Connect()
+	return nil
 }
 
 func (s *sourceClient) close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var err error
-	if s.own != nil {
-		err = s.own.Close()
+	var errs []error
+	for _, c := range s.owns {
+		errs = append(errs, c.Close())
 	}
-	return errors.Join(err, s.up.close())
+	for _, u := range s.ups {
+		errs = append(errs, u.close())
+	}
+	return errors.Join(errs...)
 }
 
 func (s *sourceClient) client(ctx context.Context) (*milvusx.Client, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.own != nil {
-		return s.own, nil
+	if c := s.owns[s.cluster]; c != nil {
+		return c, nil
 	}
-	conn, err := s.up.reg.Resolve(ctx, s.up.id)
+	conn, err := s.reg.Resolve(ctx, s.cluster)
 	if err != nil {
-		return nil, fmt.Errorf("cluster %q: %w", s.up.id, err)
+		return nil, fmt.Errorf("cluster %q: %w", s.cluster, err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := milvusx.Open(cctx, conn, "")
 	if err != nil {
-		return nil, fmt.Errorf("cluster %q: %w", s.up.id, err)
+		return nil, fmt.Errorf("cluster %q: %w", s.cluster, err)
 	}
-	s.own = c
+	s.owns[s.cluster] = c
 	return c, nil
 }
 
@@ -100,7 +154,7 @@ func (s *sourceClient) primaryKey(ctx context.Context, database, collection stri
 // instead. Headers and trailers go through as the source sent them.
 func (s *sourceClient) relay(ss grpc.ServerStream, method string, req *frame, md metadata.MD, onReply func([]byte) error) error {
 	ctx := ss.Context()
-	conn, err := s.up.get(ctx)
+	conn, err := s.conn(ctx)
 	if err != nil {
 		return err
 	}

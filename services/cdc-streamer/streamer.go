@@ -12,9 +12,12 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
@@ -34,6 +37,9 @@ type Config struct {
 	// GatewayAddr is where the gateway listens for Milvus clients.
 	// Default 127.0.0.1:19540.
 	GatewayAddr string
+	// TargetViewAddr, when set, is where the gateway serves a read-only
+	// view of the target of the migration syncing from its cluster.
+	TargetViewAddr string
 	// Apply runs the applier for syncing migrations (one streamer process
 	// at a time applies each). Default true.
 	Apply bool
@@ -47,6 +53,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := DefaultConfig()
 	fs.StringVar(&c.GatewayCluster, "gateway-cluster", d.GatewayCluster, "registered cluster the Milvus gateway stands in front of; empty runs no gateway")
 	fs.StringVar(&c.GatewayAddr, "gateway-addr", d.GatewayAddr, "host:port where the gateway serves Milvus clients")
+	fs.StringVar(&c.TargetViewAddr, "gateway-target-view-addr", d.TargetViewAddr, "host:port where the gateway serves a read-only view of the target while a migration from its cluster syncs; empty serves none")
 	fs.BoolVar(&c.Apply, "apply", d.Apply, "apply the captured changes of syncing migrations to their targets (one streamer process applies each migration at a time)")
 }
 
@@ -58,13 +65,16 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.GatewayAddr); err != nil {
 		return fmt.Errorf("--gateway-addr %q: want host:port, for example 127.0.0.1:19540", c.GatewayAddr)
 	}
+	if _, _, err := net.SplitHostPort(c.TargetViewAddr); c.TargetViewAddr != "" && err != nil {
+		return fmt.Errorf("--gateway-target-view-addr %q: want host:port, for example 127.0.0.1:19541", c.TargetViewAddr)
+	}
 	return nil
 }
 
-// Streamer runs the gateway, when configured, and the applier, which any
-// streamer process may run for any migration. It serves
-// GatewayControlService's status; arming follows the migrations bucket
-// and switchover's hold and release are not served yet.
+// Streamer runs the gateway, when configured, with its target view, and
+// the applier, which any streamer process may run for any migration. It
+// serves GatewayControlService's status; arming, stop sync and
+// switchover follow the migrations and switchovers buckets.
 type Streamer struct {
 	streamerpb.UnimplementedGatewayControlServiceServer
 
@@ -72,6 +82,7 @@ type Streamer struct {
 	deps    service.Deps
 	id      string
 	gateway *gateway
+	view    *gateway // the target view, when served
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -135,26 +146,45 @@ func (s *Streamer) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	switchovers, err := natsbus.SwitchoversBucket.Open(ctx, bus.JS, bus.Replicas)
+	if err != nil {
+		return err
+	}
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = stop
 	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, log: s.deps.Logger, reg: s.deps.Registry,
-		migrations: migrations, positions: positions, leases: leases, gateways: gateways, running: map[string]context.CancelFunc{}}
+		migrations: migrations, positions: positions, leases: leases, gateways: gateways, switchovers: switchovers,
+		running: map[string]context.CancelFunc{}}
 	if s.cfg.Apply {
 		s.wg.Go(func() { ap.run(run) })
 	}
 	if s.cfg.GatewayCluster == "" {
 		return nil
 	}
-	lis, err := net.Listen("tcp", s.cfg.GatewayAddr)
-	if err != nil {
+	fail := func(err error) error {
 		stop()
 		s.wg.Wait()
-		return fmt.Errorf("gateway on --gateway-addr %s: %w", s.cfg.GatewayAddr, err)
+		return err
 	}
-	src := &sourceClient{up: &upstream{reg: s.deps.Registry, id: s.cfg.GatewayCluster}}
-	c := newCapture(run, s.id, s.cfg.GatewayCluster, lis.Addr().String(), bus.JS, s.deps.Propagator, s.deps.Logger, src, gateways)
-	p := newPolicy(s.cfg.GatewayCluster, c.follow)
-	s.gateway = newGateway(src, c, p, s.deps.Logger)
+	lis, err := net.Listen("tcp", s.cfg.GatewayAddr)
+	if err != nil {
+		return fail(fmt.Errorf("gateway on --gateway-addr %s: %w", s.cfg.GatewayAddr, err))
+	}
+	var viewLis net.Listener
+	if s.cfg.TargetViewAddr != "" {
+		if viewLis, err = net.Listen("tcp", s.cfg.TargetViewAddr); err != nil {
+			_ = lis.Close()
+			return fail(fmt.Errorf("target view on --gateway-target-view-addr %s: %w", s.cfg.TargetViewAddr, err))
+		}
+	}
+	src := newSourceClient(s.deps.Registry, s.cfg.GatewayCluster)
+	c := newCapture(run, s.id, lis.Addr().String(), bus.JS, s.deps.Propagator, s.deps.Logger, src, gateways, switchovers)
+	viewSrc := newSourceClient(s.deps.Registry, "")
+	p := newPolicy(s.cfg.GatewayCluster, func(v view) {
+		c.follow(v)
+		viewSrc.use(v.active.GetTargetClusterId())
+	})
+	s.gateway = newGateway(src, c, p.allow, s.deps.Logger)
 	s.wg.Go(func() {
 		if err := p.run(run, migrations); err != nil {
 			// Writes wait for a policy that no longer follows the
@@ -163,18 +193,50 @@ func (s *Streamer) Start(ctx context.Context) error {
 		}
 	})
 	s.wg.Go(func() { c.run(run) })
+	s.wg.Go(func() { c.watchDecisions(run) })
 	s.wg.Go(func() {
 		if err := s.gateway.serve(lis); err != nil {
 			s.deps.Logger.Error("gateway stopped serving", "error", err)
 		}
 	})
 	s.deps.Logger.Info("gateway serving", "addr", lis.Addr().String(), "cluster", s.cfg.GatewayCluster, "gateway_id", s.id)
+	if viewLis != nil {
+		c.viewAddr = viewLis.Addr().String()
+		s.view = newGateway(viewSrc, nil, targetView(p, s.cfg.GatewayCluster, lis.Addr().String()), s.deps.Logger)
+		s.wg.Go(func() {
+			if err := s.view.serve(viewLis); err != nil {
+				s.deps.Logger.Error("target view stopped serving", "error", err)
+			}
+		})
+		s.deps.Logger.Info("target view serving", "addr", viewLis.Addr().String(), "cluster", s.cfg.GatewayCluster)
+	}
 	return nil
+}
+
+// targetView is the target view's policy: reads of a syncing migration's
+// target pass; every write is refused, and so is every call while no
+// migration from home syncs.
+func targetView(p *policy, home, gatewayAddr string) func(string) error {
+	return func(method string) error {
+		m := p.syncing()
+		if m == nil {
+			return status.Errorf(codes.FailedPrecondition, "zdm target view: no ZERO_DOWNTIME migration from cluster %q is syncing, so there is no target to show; it serves the target from the end of the copy until the switchover", home)
+		}
+		name, ok := strings.CutPrefix(method, milvusService)
+		if ok && isWrite(name) {
+			return refused("%s refused: target is syncing for migration %q, so this view of cluster %q is read-only; write through the gateway at %s",
+				name, m.GetMigrationId(), m.GetTargetClusterId(), gatewayAddr)
+		}
+		return nil
+	}
 }
 
 // Stop lets calls in flight through the gateway finish until ctx ends,
 // then stops the applier and the gateway's loops.
 func (s *Streamer) Stop(ctx context.Context) error {
+	if s.view != nil {
+		s.view.stop(ctx)
+	}
 	if s.gateway != nil {
 		s.gateway.stop(ctx)
 	}
@@ -182,8 +244,10 @@ func (s *Streamer) Stop(ctx context.Context) error {
 		s.stop()
 	}
 	err := service.Wait(ctx, &s.wg)
-	if s.gateway != nil {
-		err = errors.Join(err, s.gateway.src.close())
+	for _, g := range []*gateway{s.gateway, s.view} {
+		if g != nil {
+			err = errors.Join(err, g.src.close())
+		}
 	}
 	return err
 }
@@ -200,6 +264,6 @@ func (s *Streamer) GetGatewayStatus(context.Context, *streamerpb.GetGatewayStatu
 	if c.armed != "" {
 		resp.ArmedMigrationIds = []string{c.armed}
 	}
-	resp.LastSequence = c.seq
+	resp.LastSequence, resp.UpstreamClusterId, resp.HoldingAttempt = c.seq, c.src.current(), c.hold.attempt
 	return resp, nil
 }

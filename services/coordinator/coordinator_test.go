@@ -338,11 +338,44 @@ func TestCompletedBySwitchover(t *testing.T) {
 	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_FINALIZE, false, "SWITCHOVER_ABORTED", "drain exceeded max_write_pause")
 	h.waitState("m1", ready)
 	// ...and can be tried again.
+	m := h.get("m1")
+	require.Equal(t, int32(1), m.GetSwitchover().GetAttempt())
+	require.Equal(t, "drain exceeded max_write_pause", m.GetSwitchover().GetAbortReason())
 	_, err := h.mig.Switchover(ctxT(t), &zdmpb.SwitchoverRequest{MigrationId: "m1", MaxWritePause: durationpb.New(2 * time.Second)})
 	require.NoError(t, err)
-	h.stageDone("m1", zdmpb.StageKind_STAGE_KIND_FINALIZE, true, "", "")
-	m := h.waitState("m1", completed)
-	require.Equal(t, "PREPARING_TARGET COPYING SYNCING READY_TO_FINALIZE SWITCHING_OVER READY_TO_FINALIZE SWITCHING_OVER COMPLETED", historyPath(m))
+	m = h.get("m1")
+	require.Equal(t, int32(2), m.GetSwitchover().GetAttempt())
+	require.Equal(t, 2*time.Second, m.GetSwitchover().GetMaxWritePause().AsDuration())
+	require.Empty(t, m.GetSwitchover().GetAbortReason())
+	// Every replica switched: a verification follows, and whatever it
+	// finds, the migration completes with the finding recorded, for
+	// clients already write to the target.
+	h.publishStage(&eventspb.StageCompleted{EventId: "sw", MigrationId: "m1", Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Success: true,
+		WritePause: durationpb.New(420 * time.Millisecond), GatewayIds: []string{"gw-a", "gw-b"}, HeldWrites: 17})
+	m = h.waitState("m1", verifying)
+	require.Equal(t, 420*time.Millisecond, m.GetSwitchoverWritePause().AsDuration())
+	require.NotNil(t, m.GetSwitchover().GetSwitchTime())
+	require.Equal(t, []string{"gw-a", "gw-b"}, m.GetSwitchover().GetGatewayIds())
+	require.Contains(t, lastTransition(m).GetReason(), "writes paused 420ms (17 held")
+	h.publishStage(&eventspb.StageCompleted{EventId: "vf", MigrationId: "m1", Stage: zdmpb.StageKind_STAGE_KIND_VERIFY, Success: false,
+		Code: eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH, Verification: "after the switchover: default.items: count 10/11"})
+	m = h.waitState("m1", completed)
+	require.Equal(t, "PREPARING_TARGET COPYING SYNCING READY_TO_FINALIZE SWITCHING_OVER READY_TO_FINALIZE SWITCHING_OVER VERIFYING COMPLETED", historyPath(m))
+	require.Equal(t, zdmpb.StageState_STAGE_STATE_FAILED, stage(m, zdmpb.StageKind_STAGE_KIND_VERIFY).GetState())
+	require.Contains(t, stage(m, zdmpb.StageKind_STAGE_KIND_VERIFY).GetMessage(), "count 10/11")
+	require.NotEmpty(t, m.GetTargetEndpoint())
+}
+
+func TestSwitchoverOnlyWhenReady(t *testing.T) {
+	bus, _ := ztest.Bus(t)
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+	h.drive("m1", syncing)
+	_, err := h.mig.Switchover(ctxT(t), &zdmpb.SwitchoverRequest{MigrationId: "m1"})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	require.Contains(t, err.Error(), "READY_TO_FINALIZE")
+	_, err = h.mig.Switchover(ctxT(t), &zdmpb.SwitchoverRequest{MigrationId: "m1", MaxWritePause: durationpb.New(time.Minute)})
+	require.Equal(t, codes.InvalidArgument, status.Code(err), "%v", err)
 }
 
 func TestFailedByMaxSyncDuration(t *testing.T) {

@@ -77,7 +77,7 @@ func (c *Coordinator) command(ctx context.Context, m *zdmpb.Migration) error {
 		return nil
 	}
 	cmd := &eventspb.StageCommand{
-		EventId:           fmt.Sprintf("%s-t%d-%s", m.GetMigrationId(), len(m.GetHistory()), action),
+		EventId:           fmt.Sprintf("%s-t%d-%s", m.GetMigrationId(), changes(m), action),
 		MigrationId:       m.GetMigrationId(),
 		Stage:             stage,
 		Action:            action,
@@ -151,11 +151,27 @@ func commandFor(m *zdmpb.Migration) (zdmpb.StageKind, eventspb.StageAction) {
 	return zdmpb.StageKind_STAGE_KIND_UNSPECIFIED, eventspb.StageAction_STAGE_ACTION_UNSPECIFIED
 }
 
+// lastTransition is m's last change of state (notes are not).
 func lastTransition(m *zdmpb.Migration) *zdmpb.Transition {
-	if h := m.GetHistory(); len(h) > 0 {
-		return h[len(h)-1]
+	h := m.GetHistory()
+	for i := len(h) - 1; i >= 0; i-- {
+		if h[i].GetFromState() != h[i].GetToState() {
+			return h[i]
+		}
 	}
 	return nil
+}
+
+// changes counts m's changes of state, so an ID built from it names the
+// transition and not the notes recorded since.
+func changes(m *zdmpb.Migration) int {
+	n := 0
+	for _, t := range m.GetHistory() {
+		if t.GetFromState() != t.GetToState() {
+			n++
+		}
+	}
+	return n
 }
 
 // reconcile finishes what a crash interrupted: it starts migrations left

@@ -39,7 +39,8 @@ func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.Consume
 		Durable:   eventsConsumer,
 		AckPolicy: jetstream.AckExplicitPolicy,
 		FilterSubjects: []string{natsbus.EventFilter(natsbus.EventStage), natsbus.EventFilter(natsbus.EventLag), natsbus.EventFilter(natsbus.EventPlan),
-			natsbus.EventFilter(natsbus.EventUnit), natsbus.EventFilter(natsbus.EventProgress), natsbus.EventFilter(natsbus.EventFailed)},
+			natsbus.EventFilter(natsbus.EventUnit), natsbus.EventFilter(natsbus.EventProgress), natsbus.EventFilter(natsbus.EventFailed),
+			natsbus.EventFilter(natsbus.EventGateway), natsbus.EventFilter(natsbus.EventNotice)},
 		AckWait:    c.cfg.EventAckWait,
 		MaxDeliver: -1,
 	})
@@ -72,6 +73,10 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 		ctx, err = apply(c, ctx, msg, "coordinator.progress", &eventspb.Progress{}, c.onProgress)
 	case natsbus.EventFailed:
 		ctx, err = apply(c, ctx, msg, "coordinator.work_failed", &eventspb.WorkFailed{}, c.onWorkFailed)
+	case natsbus.EventGateway:
+		ctx, err = apply(c, ctx, msg, "coordinator.gateway_change", &eventspb.GatewayChange{}, c.onGatewayChange)
+	case natsbus.EventNotice:
+		ctx, err = apply(c, ctx, msg, "coordinator.notification", &eventspb.NotificationReport{}, c.onNotification)
 	}
 	if errors.Is(err, errMalformed) {
 		c.deps.Logger.ErrorContext(ctx, "malformed event dropped", slog.String("subject", msg.Subject()), slog.Any("error", err))
@@ -142,6 +147,10 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 		e.Trigger, e.Reason = TriggerCancelled, "cleanup after cancellation finished"
 	case !ev.GetSuccess() && m.GetState() == switchingOver && ev.GetCode() == eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED:
 		e.Trigger, e.Reason = TriggerSwitchoverAborted, ev.GetErrorMessage()
+	case m.GetState() == verifying && Switched(m) && stage == zdmpb.StageKind_STAGE_KIND_VERIFY && ev.GetVerification() != "":
+		// Clients write to the target already: the migration completes
+		// whatever the verification found, and records it.
+		e.Trigger, e.Reason, e.VerifyFailed = TriggerVerified, ev.GetVerification(), !ev.GetSuccess()
 	case !ev.GetSuccess() && stage == zdmpb.StageKind_STAGE_KIND_UNSPECIFIED:
 		// The migration as a whole cannot go on (its change stream is
 		// full), whatever stage it is in.
@@ -156,7 +165,9 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 	case stage == zdmpb.StageKind_STAGE_KIND_COPY_DATA:
 		e.Trigger, e.Reason = TriggerCopyDone, "existing data copied"
 	case stage == zdmpb.StageKind_STAGE_KIND_FINALIZE && m.GetState() == switchingOver:
-		e.Trigger, e.Reason = TriggerSwitchedOver, "clients switched to the target"
+		e.Trigger, e.WritePause, e.GatewayIDs, e.HeldWrites = TriggerSwitchedOver, ev.GetWritePause().AsDuration(), ev.GetGatewayIds(), ev.GetHeldWrites()
+		e.Reason = fmt.Sprintf("clients switched to the target by %d gateway replicas; writes paused %s (%d held and released to the target); verifying",
+			len(ev.GetGatewayIds()), ev.GetWritePause().AsDuration().Round(time.Millisecond), ev.GetHeldWrites())
 	case stage == zdmpb.StageKind_STAGE_KIND_FINALIZE:
 		e.Trigger, e.Reason = TriggerDrained, "remaining changes applied"
 	case stage == zdmpb.StageKind_STAGE_KIND_VERIFY:
@@ -173,7 +184,7 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 		// duplicate, or a stage of a paused migration.
 		return fmt.Errorf("%w: %s event while %s", ErrInvalidTransition, natsbus.StageToken(stage), stateName(m.GetState()))
 	}
-	if e.Trigger == TriggerVerified || e.Trigger == TriggerSwitchedOver {
+	if e.Trigger == TriggerVerified {
 		// Completing: record where clients connect, in the same write.
 		rec, _, err := c.store.clusters.Get(ctx, m.GetTargetClusterId())
 		if err != nil {
@@ -225,6 +236,42 @@ func (c *Coordinator) onLagReport(ctx context.Context, ev *eventspb.LagReport) e
 	_, err = c.transition(ctx, ev.GetMigrationId(), Event{
 		Trigger: TriggerLagReached, Time: ev.GetTime().AsTime(), Actor: auth.System,
 		Reason: fmt.Sprintf("lag %s reached the threshold", ev.GetLag().AsDuration()),
+	})
+	return err
+}
+
+// onGatewayChange notes in a migration's history that a gateway replica
+// armed for it joined or left.
+func (c *Coordinator) onGatewayChange(ctx context.Context, ev *eventspb.GatewayChange) error {
+	reason := fmt.Sprintf("gateway replica %s (%s) joined", ev.GetGatewayId(), ev.GetAddr())
+	if !ev.GetJoined() {
+		reason = fmt.Sprintf("gateway replica %s (%s) stopped renewing its registration and was dropped; the watermark and switchovers now count only the replicas alive", ev.GetGatewayId(), ev.GetAddr())
+	}
+	_, _, err := c.store.migrations.Update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		if IsTerminal(m.GetState()) {
+			return errStop
+		}
+		Note(m, ev.GetTime().AsTime(), auth.System, reason)
+		return nil
+	})
+	return err
+}
+
+// onNotification records what became of a notice to one recipient.
+func (c *Coordinator) onNotification(ctx context.Context, ev *eventspb.NotificationReport) error {
+	d := ev.GetDelivery()
+	_, _, err := c.store.migrations.Update(ctx, ev.GetMigrationId(), func(m *zdmpb.Migration) error {
+		for i, cur := range m.GetNotifications() {
+			if cur.GetNotice() == d.GetNotice() && cur.GetChannel() == d.GetChannel() && cur.GetRecipient() == d.GetRecipient() {
+				if cur.GetDelivered() || cur.GetAttempts() > d.GetAttempts() {
+					return errStop // a late report
+				}
+				m.Notifications[i] = d
+				return nil
+			}
+		}
+		m.Notifications = append(m.Notifications, d)
+		return nil
 	})
 	return err
 }

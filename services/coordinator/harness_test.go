@@ -242,10 +242,24 @@ func (h *harness) stageDone(id string, stage zdmpb.StageKind, success bool, code
 		stageErr = eventspb.StageError(v)
 	}
 	n := eventSeq.Add(1)
-	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("%s-test-%d", id, n), MigrationId: id, Stage: stage,
-		Success: success, Code: stageErr, ErrorMessage: msg, Time: timestamppb.New(h.clock.Now())}
-	_, err := natsbus.Publish(ctxT(h.t), h.bus.JS, telemetry.Propagator(), natsbus.EventSubject(id, natsbus.EventStage), ev.EventId, ev)
+	h.publishStage(&eventspb.StageCompleted{EventId: fmt.Sprintf("%s-test-%d", id, n), MigrationId: id, Stage: stage,
+		Success: success, Code: stageErr, ErrorMessage: msg})
+}
+
+// publishStage publishes ev, timed now by the harness's clock.
+func (h *harness) publishStage(ev *eventspb.StageCompleted) {
+	h.t.Helper()
+	ev.Time = timestamppb.New(h.clock.Now())
+	_, err := natsbus.Publish(ctxT(h.t), h.bus.JS, telemetry.Propagator(), natsbus.EventSubject(ev.GetMigrationId(), natsbus.EventStage), ev.EventId, ev)
 	require.NoError(h.t, err)
+}
+
+// get returns the migration as stored.
+func (h *harness) get(id string) *zdmpb.Migration {
+	h.t.Helper()
+	resp, err := h.mig.GetMigration(ctxT(h.t), &zdmpb.GetMigrationRequest{MigrationId: id})
+	require.NoError(h.t, err)
+	return resp.GetMigration()
 }
 
 // lag publishes a lag report.

@@ -211,10 +211,31 @@ func (c *Coordinator) Switchover(ctx context.Context, req *zdmpb.SwitchoverReque
 	if err := checkIDs(req); err != nil {
 		return nil, err
 	}
-	if _, err := durationOption("max_write_pause", req.GetMaxWritePause(), defaultMaxWritePause, minMaxWritePause, maxMaxWritePause); err != nil {
+	pause, err := durationOption("max_write_pause", req.GetMaxWritePause(), defaultMaxWritePause, minMaxWritePause, maxMaxWritePause)
+	if err != nil {
 		return nil, err
 	}
-	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerSwitchover, "switchover requested")
+	cur, _, err := c.store.migrations.Get(ctx, req.GetMigrationId())
+	if err != nil {
+		return nil, err
+	}
+	if cur.GetState() == ready {
+		// Clients reach the target through the gateway: with none, the
+		// switch would leave them on the source.
+		ok, err := c.stages.Fronted(ctx, cur.GetSourceClusterId())
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w: no zdm gateway replica is alive in front of source cluster %q, so no client could be switched to the target: start one with --gateway-cluster %s, or finalise with StopSync",
+				apierr.ErrFailedPrecondition, cur.GetSourceClusterId(), cur.GetSourceClusterId())
+		}
+	}
+	m, err := c.transition(ctx, req.GetMigrationId(), Event{Trigger: TriggerSwitchover, Time: c.now(), Actor: auth.Actor(ctx),
+		Reason: fmt.Sprintf("switchover requested; writes may be held for up to %s", pause.AsDuration()), MaxWritePause: pause.AsDuration()})
+	if errors.Is(err, ErrInvalidTransition) {
+		return nil, fmt.Errorf("%w: migration %q: %w; a switchover starts once lag has reached the threshold (READY_TO_FINALIZE)", apierr.ErrFailedPrecondition, req.GetMigrationId(), err)
+	}
 	if err != nil {
 		return nil, err
 	}

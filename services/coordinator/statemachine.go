@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
@@ -32,7 +33,8 @@ const (
 	TriggerSwitchover
 	// TriggerDrained: remaining changes applied after StopSync (streamer).
 	TriggerDrained
-	// TriggerSwitchedOver: clients point at the target (streamer).
+	// TriggerSwitchedOver: every gateway replica points at the target and
+	// released its held writes there (streamer); a verification follows.
 	TriggerSwitchedOver
 	// TriggerSwitchoverAborted: draining took longer than the allowed
 	// write pause; writes went back to the source (streamer).
@@ -112,9 +114,9 @@ var transitions = []transition{
 	{TriggerCopyDone, states(copying), verifying, offline},
 	{TriggerLagReached, states(syncing), ready, zeroDowntime},
 	{TriggerStopSync, states(syncing, ready), stoppingSync, zeroDowntime},
-	{TriggerSwitchover, states(syncing, ready), switchingOver, zeroDowntime},
+	{TriggerSwitchover, states(ready), switchingOver, zeroDowntime},
 	{TriggerDrained, states(stoppingSync), verifying, zeroDowntime},
-	{TriggerSwitchedOver, states(switchingOver), completed, zeroDowntime},
+	{TriggerSwitchedOver, states(switchingOver), verifying, zeroDowntime},
 	{TriggerSwitchoverAborted, states(switchingOver), ready, zeroDowntime},
 	{TriggerVerified, states(verifying), completed, 0},
 	{TriggerFail, nonTerminal, failed, 0},
@@ -146,6 +148,16 @@ type Event struct {
 	// RepairedRanges and RepairedRows are recorded from a verification
 	// that repaired what the change stream missed.
 	RepairedRanges, RepairedRows int64
+	// MaxWritePause starts a switchover attempt (TriggerSwitchover).
+	MaxWritePause time.Duration
+	// WritePause, GatewayIDs and HeldWrites are recorded from a switchover
+	// (TriggerSwitchedOver).
+	WritePause time.Duration
+	GatewayIDs []string
+	HeldWrites int64
+	// VerifyFailed completes a switched-over migration whose verification
+	// found differences: the VERIFY stage is recorded FAILED, with Reason.
+	VerifyFailed bool
 }
 
 // IsTerminal reports whether s can no longer change.
@@ -197,6 +209,22 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 			m.Lag.ThresholdReachedTime = at
 		}
 	}
+	switch ev.Trigger {
+	case TriggerSwitchover:
+		m.Switchover = &zdmpb.SwitchoverAttempt{Attempt: m.GetSwitchover().GetAttempt() + 1,
+			MaxWritePause: durationpb.New(ev.MaxWritePause), StartTime: at}
+	case TriggerSwitchedOver:
+		if m.Switchover == nil {
+			m.Switchover = &zdmpb.SwitchoverAttempt{}
+		}
+		m.SwitchoverWritePause = durationpb.New(ev.WritePause)
+		m.Switchover.SwitchTime, m.Switchover.GatewayIds, m.Switchover.HeldWrites = at, ev.GatewayIDs, ev.HeldWrites
+	case TriggerSwitchoverAborted:
+		if m.Switchover == nil {
+			m.Switchover = &zdmpb.SwitchoverAttempt{}
+		}
+		m.Switchover.AbortReason = ev.Reason
+	}
 	if ev.RepairedRanges > 0 {
 		m.RepairedRanges, m.RepairedRows = ev.RepairedRanges, ev.RepairedRows
 	}
@@ -231,6 +259,17 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 	m.History = append(m.History, &zdmpb.Transition{FromState: from, ToState: to, Time: at, Reason: ev.Reason, Actor: ev.Actor})
 	return from, nil
 }
+
+// Note records ev.Reason in m's history without a change of state: a
+// gateway replica that joined or left, for example.
+func Note(m *zdmpb.Migration, at time.Time, actor, reason string) {
+	t := timestamppb.New(at)
+	m.History = append(m.History, &zdmpb.Transition{FromState: m.GetState(), ToState: m.GetState(), Time: t, Reason: reason, Actor: actor})
+	m.UpdateTime = t
+}
+
+// Switched reports whether m's clients were switched to its target.
+func Switched(m *zdmpb.Migration) bool { return m.GetSwitchover().GetSwitchTime() != nil }
 
 // stageOf is the stage a state belongs to.
 func stageOf(s zdmpb.MigrationState) zdmpb.StageKind {
@@ -267,6 +306,12 @@ func updateStages(m *zdmpb.Migration, from, to zdmpb.MigrationState, at *timesta
 			s.Message = ev.Reason
 		case cancelling:
 			s.State = zdmpb.StageState_STAGE_STATE_CANCELLED
+		case completed:
+			s.State = zdmpb.StageState_STAGE_STATE_SUCCEEDED
+			if ev.VerifyFailed {
+				s.State = zdmpb.StageState_STAGE_STATE_FAILED
+			}
+			s.Message = ev.Reason
 		default:
 			s.State = zdmpb.StageState_STAGE_STATE_SUCCEEDED
 		}

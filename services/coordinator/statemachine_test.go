@@ -51,10 +51,10 @@ func allowed() map[edge]zdmpb.MigrationState {
 	want[edge{zeroDowntime, syncing, TriggerLagReached}] = ready
 	for _, s := range []zdmpb.MigrationState{syncing, ready} {
 		want[edge{zeroDowntime, s, TriggerStopSync}] = stoppingSync
-		want[edge{zeroDowntime, s, TriggerSwitchover}] = switchingOver
 	}
+	want[edge{zeroDowntime, ready, TriggerSwitchover}] = switchingOver
 	want[edge{zeroDowntime, stoppingSync, TriggerDrained}] = verifying
-	want[edge{zeroDowntime, switchingOver, TriggerSwitchedOver}] = completed
+	want[edge{zeroDowntime, switchingOver, TriggerSwitchedOver}] = verifying
 	want[edge{zeroDowntime, switchingOver, TriggerSwitchoverAborted}] = ready
 	return want
 }

@@ -493,7 +493,13 @@ type Migration struct {
 	// could not publish before it died) and copied again from the source.
 	RepairedRanges int64 `protobuf:"varint,21,opt,name=repaired_ranges,json=repairedRanges,proto3" json:"repaired_ranges,omitempty"`
 	// Rows written or deleted on the target by that repair.
-	RepairedRows  int64 `protobuf:"varint,22,opt,name=repaired_rows,json=repairedRows,proto3" json:"repaired_rows,omitempty"`
+	RepairedRows int64 `protobuf:"varint,22,opt,name=repaired_rows,json=repairedRows,proto3" json:"repaired_rows,omitempty"`
+	// The switchover in progress, or the last one tried; unset before the
+	// first Switchover.
+	Switchover *SwitchoverAttempt `protobuf:"bytes,23,opt,name=switchover,proto3" json:"switchover,omitempty"`
+	// Every notification sent or tried, one entry per notice and recipient,
+	// oldest first.
+	Notifications []*NotificationDelivery `protobuf:"bytes,24,rep,name=notifications,proto3" json:"notifications,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +688,232 @@ func (x *Migration) GetRepairedRows() int64 {
 	return 0
 }
 
+func (x *Migration) GetSwitchover() *SwitchoverAttempt {
+	if x != nil {
+		return x.Switchover
+	}
+	return nil
+}
+
+func (x *Migration) GetNotifications() []*NotificationDelivery {
+	if x != nil {
+		return x.Notifications
+	}
+	return nil
+}
+
+// SwitchoverAttempt is one Switchover of a migration.
+type SwitchoverAttempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 for the first Switchover of the migration, 2 for the next after an
+	// abort, and so on.
+	Attempt int32 `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Longest write pause allowed, from the request (default 1s).
+	MaxWritePause *durationpb.Duration `protobuf:"bytes,2,opt,name=max_write_pause,json=maxWritePause,proto3" json:"max_write_pause,omitempty"`
+	// When Switchover was called.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// When every gateway replica pointed at the target; unset unless the
+	// switch happened. From then on the target is where clients write.
+	SwitchTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=switch_time,json=switchTime,proto3" json:"switch_time,omitempty"`
+	// Why the attempt was aborted; empty unless it was.
+	AbortReason string `protobuf:"bytes,5,opt,name=abort_reason,json=abortReason,proto3" json:"abort_reason,omitempty"`
+	// Gateway replicas that held writes for this attempt.
+	GatewayIds []string `protobuf:"bytes,6,rep,name=gateway_ids,json=gatewayIds,proto3" json:"gateway_ids,omitempty"`
+	// Writes held during the pause, over all replicas.
+	HeldWrites    int64 `protobuf:"varint,7,opt,name=held_writes,json=heldWrites,proto3" json:"held_writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchoverAttempt) Reset() {
+	*x = SwitchoverAttempt{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchoverAttempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchoverAttempt) ProtoMessage() {}
+
+func (x *SwitchoverAttempt) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchoverAttempt.ProtoReflect.Descriptor instead.
+func (*SwitchoverAttempt) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SwitchoverAttempt) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SwitchoverAttempt) GetMaxWritePause() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWritePause
+	}
+	return nil
+}
+
+func (x *SwitchoverAttempt) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *SwitchoverAttempt) GetSwitchTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SwitchTime
+	}
+	return nil
+}
+
+func (x *SwitchoverAttempt) GetAbortReason() string {
+	if x != nil {
+		return x.AbortReason
+	}
+	return ""
+}
+
+func (x *SwitchoverAttempt) GetGatewayIds() []string {
+	if x != nil {
+		return x.GatewayIds
+	}
+	return nil
+}
+
+func (x *SwitchoverAttempt) GetHeldWrites() int64 {
+	if x != nil {
+		return x.HeldWrites
+	}
+	return 0
+}
+
+// NotificationDelivery is one notice to one recipient.
+type NotificationDelivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened: LAG_THRESHOLD_REACHED, SYNC_EXPIRING, COMPLETED,
+	// FAILED or CANCELLED.
+	Notice string `protobuf:"bytes,1,opt,name=notice,proto3" json:"notice,omitempty"`
+	// "email" or "webhook".
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// The email addresses (comma-separated) or the webhook URL.
+	Recipient string `protobuf:"bytes,3,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// Whether it was delivered.
+	Delivered bool `protobuf:"varint,4,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Tries so far.
+	Attempts int32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The last failure; empty once delivered.
+	LastError string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// When it was delivered, or last failed.
+	Time *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	// Set when no more tries will be made and it was not delivered.
+	GaveUp        bool `protobuf:"varint,8,opt,name=gave_up,json=gaveUp,proto3" json:"gave_up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotificationDelivery) Reset() {
+	*x = NotificationDelivery{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotificationDelivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotificationDelivery) ProtoMessage() {}
+
+func (x *NotificationDelivery) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotificationDelivery.ProtoReflect.Descriptor instead.
+func (*NotificationDelivery) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NotificationDelivery) GetNotice() string {
+	if x != nil {
+		return x.Notice
+	}
+	return ""
+}
+
+func (x *NotificationDelivery) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *NotificationDelivery) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *NotificationDelivery) GetDelivered() bool {
+	if x != nil {
+		return x.Delivered
+	}
+	return false
+}
+
+func (x *NotificationDelivery) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *NotificationDelivery) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *NotificationDelivery) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *NotificationDelivery) GetGaveUp() bool {
+	if x != nil {
+		return x.GaveUp
+	}
+	return false
+}
+
 // ClusterProblem is a cluster that stopped answering during a migration.
 type ClusterProblem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -706,7 +938,7 @@ type ClusterProblem struct {
 
 func (x *ClusterProblem) Reset() {
 	*x = ClusterProblem{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	mi := &file_zdm_v1_migration_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +950,7 @@ func (x *ClusterProblem) String() string {
 func (*ClusterProblem) ProtoMessage() {}
 
 func (x *ClusterProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	mi := &file_zdm_v1_migration_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +963,7 @@ func (x *ClusterProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterProblem.ProtoReflect.Descriptor instead.
 func (*ClusterProblem) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{1}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClusterProblem) GetRole() ClusterRole {
@@ -807,7 +1039,7 @@ type MigrationOptions struct {
 
 func (x *MigrationOptions) Reset() {
 	*x = MigrationOptions{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	mi := &file_zdm_v1_migration_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +1051,7 @@ func (x *MigrationOptions) String() string {
 func (*MigrationOptions) ProtoMessage() {}
 
 func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	mi := &file_zdm_v1_migration_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +1064,7 @@ func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationOptions.ProtoReflect.Descriptor instead.
 func (*MigrationOptions) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{2}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MigrationOptions) GetLagThreshold() *durationpb.Duration {
@@ -883,7 +1115,7 @@ type Throttle struct {
 
 func (x *Throttle) Reset() {
 	*x = Throttle{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[3]
+	mi := &file_zdm_v1_migration_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1127,7 @@ func (x *Throttle) String() string {
 func (*Throttle) ProtoMessage() {}
 
 func (x *Throttle) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[3]
+	mi := &file_zdm_v1_migration_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1140,7 @@ func (x *Throttle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Throttle.ProtoReflect.Descriptor instead.
 func (*Throttle) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Throttle) GetMaxRowsPerSecond() int64 {
@@ -938,7 +1170,7 @@ type Notifications struct {
 
 func (x *Notifications) Reset() {
 	*x = Notifications{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[4]
+	mi := &file_zdm_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1182,7 @@ func (x *Notifications) String() string {
 func (*Notifications) ProtoMessage() {}
 
 func (x *Notifications) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[4]
+	mi := &file_zdm_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1195,7 @@ func (x *Notifications) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notifications.ProtoReflect.Descriptor instead.
 func (*Notifications) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Notifications) GetEmails() []string {
@@ -999,7 +1231,7 @@ type Stage struct {
 
 func (x *Stage) Reset() {
 	*x = Stage{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[5]
+	mi := &file_zdm_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1243,7 @@ func (x *Stage) String() string {
 func (*Stage) ProtoMessage() {}
 
 func (x *Stage) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[5]
+	mi := &file_zdm_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1256,7 @@ func (x *Stage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stage.ProtoReflect.Descriptor instead.
 func (*Stage) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Stage) GetKind() StageKind {
@@ -1096,7 +1328,7 @@ type CollectionProgress struct {
 
 func (x *CollectionProgress) Reset() {
 	*x = CollectionProgress{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[6]
+	mi := &file_zdm_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1340,7 @@ func (x *CollectionProgress) String() string {
 func (*CollectionProgress) ProtoMessage() {}
 
 func (x *CollectionProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[6]
+	mi := &file_zdm_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1353,7 @@ func (x *CollectionProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionProgress.ProtoReflect.Descriptor instead.
 func (*CollectionProgress) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CollectionProgress) GetDatabase() string {
@@ -1226,7 +1458,7 @@ type Lag struct {
 
 func (x *Lag) Reset() {
 	*x = Lag{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[7]
+	mi := &file_zdm_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1470,7 @@ func (x *Lag) String() string {
 func (*Lag) ProtoMessage() {}
 
 func (x *Lag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[7]
+	mi := &file_zdm_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1483,7 @@ func (x *Lag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lag.ProtoReflect.Descriptor instead.
 func (*Lag) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Lag) GetLag() *durationpb.Duration {
@@ -1302,7 +1534,7 @@ type Transition struct {
 
 func (x *Transition) Reset() {
 	*x = Transition{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[8]
+	mi := &file_zdm_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1546,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[8]
+	mi := &file_zdm_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1559,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Transition) GetFromState() MigrationState {
@@ -1387,7 +1619,7 @@ type MigrationError struct {
 
 func (x *MigrationError) Reset() {
 	*x = MigrationError{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[9]
+	mi := &file_zdm_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1631,7 @@ func (x *MigrationError) String() string {
 func (*MigrationError) ProtoMessage() {}
 
 func (x *MigrationError) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[9]
+	mi := &file_zdm_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1644,7 @@ func (x *MigrationError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationError.ProtoReflect.Descriptor instead.
 func (*MigrationError) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrationError) GetCode() string {
@@ -1479,7 +1711,7 @@ type CreateMigrationRequest struct {
 
 func (x *CreateMigrationRequest) Reset() {
 	*x = CreateMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[10]
+	mi := &file_zdm_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1491,7 +1723,7 @@ func (x *CreateMigrationRequest) String() string {
 func (*CreateMigrationRequest) ProtoMessage() {}
 
 func (x *CreateMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[10]
+	mi := &file_zdm_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1504,7 +1736,7 @@ func (x *CreateMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateMigrationRequest) GetMigrationId() string {
@@ -1553,7 +1785,7 @@ type CreateMigrationResponse struct {
 
 func (x *CreateMigrationResponse) Reset() {
 	*x = CreateMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[11]
+	mi := &file_zdm_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1797,7 @@ func (x *CreateMigrationResponse) String() string {
 func (*CreateMigrationResponse) ProtoMessage() {}
 
 func (x *CreateMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[11]
+	mi := &file_zdm_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1810,7 @@ func (x *CreateMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateMigrationResponse) GetMigration() *Migration {
@@ -1599,7 +1831,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[12]
+	mi := &file_zdm_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1843,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[12]
+	mi := &file_zdm_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1856,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetMigrationRequest) GetMigrationId() string {
@@ -1645,7 +1877,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[13]
+	mi := &file_zdm_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1889,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[13]
+	mi := &file_zdm_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1902,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1700,7 +1932,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[14]
+	mi := &file_zdm_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1944,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[14]
+	mi := &file_zdm_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1957,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListMigrationsRequest) GetPageSize() int32 {
@@ -1769,7 +2001,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[15]
+	mi := &file_zdm_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2013,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[15]
+	mi := &file_zdm_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +2026,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1825,7 +2057,7 @@ type WatchMigrationRequest struct {
 
 func (x *WatchMigrationRequest) Reset() {
 	*x = WatchMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[16]
+	mi := &file_zdm_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2069,7 @@ func (x *WatchMigrationRequest) String() string {
 func (*WatchMigrationRequest) ProtoMessage() {}
 
 func (x *WatchMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[16]
+	mi := &file_zdm_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2082,7 @@ func (x *WatchMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchMigrationRequest) GetMigrationId() string {
@@ -1878,7 +2110,7 @@ type WatchMigrationResponse struct {
 
 func (x *WatchMigrationResponse) Reset() {
 	*x = WatchMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[17]
+	mi := &file_zdm_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2122,7 @@ func (x *WatchMigrationResponse) String() string {
 func (*WatchMigrationResponse) ProtoMessage() {}
 
 func (x *WatchMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[17]
+	mi := &file_zdm_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2135,7 @@ func (x *WatchMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchMigrationResponse) GetMigration() *Migration {
@@ -1926,7 +2158,7 @@ type StopSyncRequest struct {
 
 func (x *StopSyncRequest) Reset() {
 	*x = StopSyncRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[18]
+	mi := &file_zdm_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2170,7 @@ func (x *StopSyncRequest) String() string {
 func (*StopSyncRequest) ProtoMessage() {}
 
 func (x *StopSyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[18]
+	mi := &file_zdm_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2183,7 @@ func (x *StopSyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSyncRequest.ProtoReflect.Descriptor instead.
 func (*StopSyncRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{18}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StopSyncRequest) GetMigrationId() string {
@@ -1979,7 +2211,7 @@ type StopSyncResponse struct {
 
 func (x *StopSyncResponse) Reset() {
 	*x = StopSyncResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[19]
+	mi := &file_zdm_v1_migration_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2223,7 @@ func (x *StopSyncResponse) String() string {
 func (*StopSyncResponse) ProtoMessage() {}
 
 func (x *StopSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[19]
+	mi := &file_zdm_v1_migration_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2236,7 @@ func (x *StopSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSyncResponse.ProtoReflect.Descriptor instead.
 func (*StopSyncResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{19}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StopSyncResponse) GetMigration() *Migration {
@@ -2019,8 +2251,9 @@ type SwitchoverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The migration's ID.
 	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	// Longest time writes may be held; if draining takes longer, the held
-	// writes are released to the source and the migration stays SYNCING.
+	// Longest time writes may be held; if draining and the count check take
+	// longer, the held writes are released to the source and the migration
+	// returns to READY_TO_FINALIZE.
 	// Default 1s; allowed 100ms to 30s.
 	MaxWritePause *durationpb.Duration `protobuf:"bytes,2,opt,name=max_write_pause,json=maxWritePause,proto3" json:"max_write_pause,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2029,7 +2262,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[20]
+	mi := &file_zdm_v1_migration_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2274,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[20]
+	mi := &file_zdm_v1_migration_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2287,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{20}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SwitchoverRequest) GetMigrationId() string {
@@ -2082,7 +2315,7 @@ type SwitchoverResponse struct {
 
 func (x *SwitchoverResponse) Reset() {
 	*x = SwitchoverResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[21]
+	mi := &file_zdm_v1_migration_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2327,7 @@ func (x *SwitchoverResponse) String() string {
 func (*SwitchoverResponse) ProtoMessage() {}
 
 func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[21]
+	mi := &file_zdm_v1_migration_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2340,7 @@ func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
 func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{21}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SwitchoverResponse) GetMigration() *Migration {
@@ -2130,7 +2363,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[22]
+	mi := &file_zdm_v1_migration_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2375,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[22]
+	mi := &file_zdm_v1_migration_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2388,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{22}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelMigrationRequest) GetMigrationId() string {
@@ -2183,7 +2416,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[23]
+	mi := &file_zdm_v1_migration_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2428,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[23]
+	mi := &file_zdm_v1_migration_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2441,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{23}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -2231,7 +2464,7 @@ type PauseMigrationRequest struct {
 
 func (x *PauseMigrationRequest) Reset() {
 	*x = PauseMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[24]
+	mi := &file_zdm_v1_migration_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2476,7 @@ func (x *PauseMigrationRequest) String() string {
 func (*PauseMigrationRequest) ProtoMessage() {}
 
 func (x *PauseMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[24]
+	mi := &file_zdm_v1_migration_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2489,7 @@ func (x *PauseMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseMigrationRequest.ProtoReflect.Descriptor instead.
 func (*PauseMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{24}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PauseMigrationRequest) GetMigrationId() string {
@@ -2284,7 +2517,7 @@ type PauseMigrationResponse struct {
 
 func (x *PauseMigrationResponse) Reset() {
 	*x = PauseMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[25]
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2529,7 @@ func (x *PauseMigrationResponse) String() string {
 func (*PauseMigrationResponse) ProtoMessage() {}
 
 func (x *PauseMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[25]
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2542,7 @@ func (x *PauseMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseMigrationResponse.ProtoReflect.Descriptor instead.
 func (*PauseMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{25}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PauseMigrationResponse) GetMigration() *Migration {
@@ -2330,7 +2563,7 @@ type ResumeMigrationRequest struct {
 
 func (x *ResumeMigrationRequest) Reset() {
 	*x = ResumeMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[26]
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2575,7 @@ func (x *ResumeMigrationRequest) String() string {
 func (*ResumeMigrationRequest) ProtoMessage() {}
 
 func (x *ResumeMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[26]
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2588,7 @@ func (x *ResumeMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeMigrationRequest.ProtoReflect.Descriptor instead.
 func (*ResumeMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{26}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ResumeMigrationRequest) GetMigrationId() string {
@@ -2377,7 +2610,7 @@ type ResumeMigrationResponse struct {
 
 func (x *ResumeMigrationResponse) Reset() {
 	*x = ResumeMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	mi := &file_zdm_v1_migration_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2622,7 @@ func (x *ResumeMigrationResponse) String() string {
 func (*ResumeMigrationResponse) ProtoMessage() {}
 
 func (x *ResumeMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	mi := &file_zdm_v1_migration_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2635,7 @@ func (x *ResumeMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeMigrationResponse.ProtoReflect.Descriptor instead.
 func (*ResumeMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResumeMigrationResponse) GetMigration() *Migration {
@@ -2425,7 +2658,7 @@ type SetThrottleRequest struct {
 
 func (x *SetThrottleRequest) Reset() {
 	*x = SetThrottleRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	mi := &file_zdm_v1_migration_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2437,7 +2670,7 @@ func (x *SetThrottleRequest) String() string {
 func (*SetThrottleRequest) ProtoMessage() {}
 
 func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	mi := &file_zdm_v1_migration_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2450,7 +2683,7 @@ func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetThrottleRequest.ProtoReflect.Descriptor instead.
 func (*SetThrottleRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetThrottleRequest) GetMigrationId() string {
@@ -2478,7 +2711,7 @@ type SetThrottleResponse struct {
 
 func (x *SetThrottleResponse) Reset() {
 	*x = SetThrottleResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[29]
+	mi := &file_zdm_v1_migration_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +2723,7 @@ func (x *SetThrottleResponse) String() string {
 func (*SetThrottleResponse) ProtoMessage() {}
 
 func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[29]
+	mi := &file_zdm_v1_migration_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +2736,7 @@ func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetThrottleResponse.ProtoReflect.Descriptor instead.
 func (*SetThrottleResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{29}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetThrottleResponse) GetMigration() *Migration {
@@ -2517,7 +2750,7 @@ var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\b\n" +
+	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\t\n" +
 	"\tMigration\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12,\n" +
@@ -2544,7 +2777,33 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\x11paused_from_state\x18\x13 \x01(\x0e2\x16.zdm.v1.MigrationStateR\x0fpausedFromState\x12A\n" +
 	"\x10cluster_problems\x18\x14 \x03(\v2\x16.zdm.v1.ClusterProblemR\x0fclusterProblems\x12'\n" +
 	"\x0frepaired_ranges\x18\x15 \x01(\x03R\x0erepairedRanges\x12#\n" +
-	"\rrepaired_rows\x18\x16 \x01(\x03R\frepairedRows\"\xcf\x02\n" +
+	"\rrepaired_rows\x18\x16 \x01(\x03R\frepairedRows\x129\n" +
+	"\n" +
+	"switchover\x18\x17 \x01(\v2\x19.zdm.v1.SwitchoverAttemptR\n" +
+	"switchover\x12B\n" +
+	"\rnotifications\x18\x18 \x03(\v2\x1c.zdm.v1.NotificationDeliveryR\rnotifications\"\xcd\x02\n" +
+	"\x11SwitchoverAttempt\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12A\n" +
+	"\x0fmax_write_pause\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rmaxWritePause\x129\n" +
+	"\n" +
+	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12;\n" +
+	"\vswitch_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"switchTime\x12!\n" +
+	"\fabort_reason\x18\x05 \x01(\tR\vabortReason\x12\x1f\n" +
+	"\vgateway_ids\x18\x06 \x03(\tR\n" +
+	"gatewayIds\x12\x1f\n" +
+	"\vheld_writes\x18\a \x01(\x03R\n" +
+	"heldWrites\"\x88\x02\n" +
+	"\x14NotificationDelivery\x12\x16\n" +
+	"\x06notice\x18\x01 \x01(\tR\x06notice\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x1c\n" +
+	"\trecipient\x18\x03 \x01(\tR\trecipient\x12\x1c\n" +
+	"\tdelivered\x18\x04 \x01(\bR\tdelivered\x12\x1a\n" +
+	"\battempts\x18\x05 \x01(\x05R\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\x12.\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x17\n" +
+	"\agave_up\x18\b \x01(\bR\x06gaveUp\"\xcf\x02\n" +
 	"\x0eClusterProblem\x12'\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x13.zdm.v1.ClusterRoleR\x04role\x12\x1d\n" +
 	"\n" +
@@ -2751,7 +3010,7 @@ func file_zdm_v1_migration_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_v1_migration_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_zdm_v1_migration_proto_goTypes = []any{
 	(MigrationType)(0),              // 0: zdm.v1.MigrationType
 	(MigrationState)(0),             // 1: zdm.v1.MigrationState
@@ -2760,117 +3019,125 @@ var file_zdm_v1_migration_proto_goTypes = []any{
 	(ClusterRole)(0),                // 4: zdm.v1.ClusterRole
 	(CollectionPhase)(0),            // 5: zdm.v1.CollectionPhase
 	(*Migration)(nil),               // 6: zdm.v1.Migration
-	(*ClusterProblem)(nil),          // 7: zdm.v1.ClusterProblem
-	(*MigrationOptions)(nil),        // 8: zdm.v1.MigrationOptions
-	(*Throttle)(nil),                // 9: zdm.v1.Throttle
-	(*Notifications)(nil),           // 10: zdm.v1.Notifications
-	(*Stage)(nil),                   // 11: zdm.v1.Stage
-	(*CollectionProgress)(nil),      // 12: zdm.v1.CollectionProgress
-	(*Lag)(nil),                     // 13: zdm.v1.Lag
-	(*Transition)(nil),              // 14: zdm.v1.Transition
-	(*MigrationError)(nil),          // 15: zdm.v1.MigrationError
-	(*CreateMigrationRequest)(nil),  // 16: zdm.v1.CreateMigrationRequest
-	(*CreateMigrationResponse)(nil), // 17: zdm.v1.CreateMigrationResponse
-	(*GetMigrationRequest)(nil),     // 18: zdm.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 19: zdm.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 20: zdm.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 21: zdm.v1.ListMigrationsResponse
-	(*WatchMigrationRequest)(nil),   // 22: zdm.v1.WatchMigrationRequest
-	(*WatchMigrationResponse)(nil),  // 23: zdm.v1.WatchMigrationResponse
-	(*StopSyncRequest)(nil),         // 24: zdm.v1.StopSyncRequest
-	(*StopSyncResponse)(nil),        // 25: zdm.v1.StopSyncResponse
-	(*SwitchoverRequest)(nil),       // 26: zdm.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),      // 27: zdm.v1.SwitchoverResponse
-	(*CancelMigrationRequest)(nil),  // 28: zdm.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 29: zdm.v1.CancelMigrationResponse
-	(*PauseMigrationRequest)(nil),   // 30: zdm.v1.PauseMigrationRequest
-	(*PauseMigrationResponse)(nil),  // 31: zdm.v1.PauseMigrationResponse
-	(*ResumeMigrationRequest)(nil),  // 32: zdm.v1.ResumeMigrationRequest
-	(*ResumeMigrationResponse)(nil), // 33: zdm.v1.ResumeMigrationResponse
-	(*SetThrottleRequest)(nil),      // 34: zdm.v1.SetThrottleRequest
-	(*SetThrottleResponse)(nil),     // 35: zdm.v1.SetThrottleResponse
-	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
+	(*SwitchoverAttempt)(nil),       // 7: zdm.v1.SwitchoverAttempt
+	(*NotificationDelivery)(nil),    // 8: zdm.v1.NotificationDelivery
+	(*ClusterProblem)(nil),          // 9: zdm.v1.ClusterProblem
+	(*MigrationOptions)(nil),        // 10: zdm.v1.MigrationOptions
+	(*Throttle)(nil),                // 11: zdm.v1.Throttle
+	(*Notifications)(nil),           // 12: zdm.v1.Notifications
+	(*Stage)(nil),                   // 13: zdm.v1.Stage
+	(*CollectionProgress)(nil),      // 14: zdm.v1.CollectionProgress
+	(*Lag)(nil),                     // 15: zdm.v1.Lag
+	(*Transition)(nil),              // 16: zdm.v1.Transition
+	(*MigrationError)(nil),          // 17: zdm.v1.MigrationError
+	(*CreateMigrationRequest)(nil),  // 18: zdm.v1.CreateMigrationRequest
+	(*CreateMigrationResponse)(nil), // 19: zdm.v1.CreateMigrationResponse
+	(*GetMigrationRequest)(nil),     // 20: zdm.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 21: zdm.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 22: zdm.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 23: zdm.v1.ListMigrationsResponse
+	(*WatchMigrationRequest)(nil),   // 24: zdm.v1.WatchMigrationRequest
+	(*WatchMigrationResponse)(nil),  // 25: zdm.v1.WatchMigrationResponse
+	(*StopSyncRequest)(nil),         // 26: zdm.v1.StopSyncRequest
+	(*StopSyncResponse)(nil),        // 27: zdm.v1.StopSyncResponse
+	(*SwitchoverRequest)(nil),       // 28: zdm.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),      // 29: zdm.v1.SwitchoverResponse
+	(*CancelMigrationRequest)(nil),  // 30: zdm.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 31: zdm.v1.CancelMigrationResponse
+	(*PauseMigrationRequest)(nil),   // 32: zdm.v1.PauseMigrationRequest
+	(*PauseMigrationResponse)(nil),  // 33: zdm.v1.PauseMigrationResponse
+	(*ResumeMigrationRequest)(nil),  // 34: zdm.v1.ResumeMigrationRequest
+	(*ResumeMigrationResponse)(nil), // 35: zdm.v1.ResumeMigrationResponse
+	(*SetThrottleRequest)(nil),      // 36: zdm.v1.SetThrottleRequest
+	(*SetThrottleResponse)(nil),     // 37: zdm.v1.SetThrottleResponse
+	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
 }
 var file_zdm_v1_migration_proto_depIdxs = []int32{
 	0,  // 0: zdm.v1.Migration.type:type_name -> zdm.v1.MigrationType
 	1,  // 1: zdm.v1.Migration.state:type_name -> zdm.v1.MigrationState
-	8,  // 2: zdm.v1.Migration.options:type_name -> zdm.v1.MigrationOptions
-	11, // 3: zdm.v1.Migration.stages:type_name -> zdm.v1.Stage
-	12, // 4: zdm.v1.Migration.collections:type_name -> zdm.v1.CollectionProgress
-	13, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
-	14, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
-	15, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
-	36, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
-	36, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
-	36, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
-	37, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
+	10, // 2: zdm.v1.Migration.options:type_name -> zdm.v1.MigrationOptions
+	13, // 3: zdm.v1.Migration.stages:type_name -> zdm.v1.Stage
+	14, // 4: zdm.v1.Migration.collections:type_name -> zdm.v1.CollectionProgress
+	15, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
+	16, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
+	17, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
+	38, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
+	38, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
+	38, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
+	39, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
 	1,  // 12: zdm.v1.Migration.paused_from_state:type_name -> zdm.v1.MigrationState
-	7,  // 13: zdm.v1.Migration.cluster_problems:type_name -> zdm.v1.ClusterProblem
-	4,  // 14: zdm.v1.ClusterProblem.role:type_name -> zdm.v1.ClusterRole
-	36, // 15: zdm.v1.ClusterProblem.since:type_name -> google.protobuf.Timestamp
-	36, // 16: zdm.v1.ClusterProblem.last_error_time:type_name -> google.protobuf.Timestamp
-	36, // 17: zdm.v1.ClusterProblem.fail_time:type_name -> google.protobuf.Timestamp
-	37, // 18: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
-	37, // 19: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
-	9,  // 20: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
-	10, // 21: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
-	2,  // 22: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
-	3,  // 23: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
-	36, // 24: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
-	36, // 25: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 26: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
-	37, // 27: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
-	37, // 28: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
-	37, // 29: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
-	36, // 30: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
-	36, // 31: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
-	36, // 32: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
-	1,  // 33: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
-	1,  // 34: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
-	36, // 35: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
-	2,  // 36: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
-	36, // 37: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
-	0,  // 38: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
-	8,  // 39: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
-	6,  // 40: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 41: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
-	1,  // 42: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
-	6,  // 43: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
-	6,  // 44: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 45: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
-	37, // 46: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
-	6,  // 47: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 48: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 49: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 50: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
-	9,  // 51: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
-	6,  // 52: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
-	16, // 53: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
-	18, // 54: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
-	20, // 55: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
-	22, // 56: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
-	24, // 57: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
-	26, // 58: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
-	28, // 59: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
-	30, // 60: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
-	32, // 61: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
-	34, // 62: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
-	17, // 63: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
-	19, // 64: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
-	21, // 65: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
-	23, // 66: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
-	25, // 67: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
-	27, // 68: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
-	29, // 69: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
-	31, // 70: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
-	33, // 71: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
-	35, // 72: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
-	63, // [63:73] is the sub-list for method output_type
-	53, // [53:63] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	9,  // 13: zdm.v1.Migration.cluster_problems:type_name -> zdm.v1.ClusterProblem
+	7,  // 14: zdm.v1.Migration.switchover:type_name -> zdm.v1.SwitchoverAttempt
+	8,  // 15: zdm.v1.Migration.notifications:type_name -> zdm.v1.NotificationDelivery
+	39, // 16: zdm.v1.SwitchoverAttempt.max_write_pause:type_name -> google.protobuf.Duration
+	38, // 17: zdm.v1.SwitchoverAttempt.start_time:type_name -> google.protobuf.Timestamp
+	38, // 18: zdm.v1.SwitchoverAttempt.switch_time:type_name -> google.protobuf.Timestamp
+	38, // 19: zdm.v1.NotificationDelivery.time:type_name -> google.protobuf.Timestamp
+	4,  // 20: zdm.v1.ClusterProblem.role:type_name -> zdm.v1.ClusterRole
+	38, // 21: zdm.v1.ClusterProblem.since:type_name -> google.protobuf.Timestamp
+	38, // 22: zdm.v1.ClusterProblem.last_error_time:type_name -> google.protobuf.Timestamp
+	38, // 23: zdm.v1.ClusterProblem.fail_time:type_name -> google.protobuf.Timestamp
+	39, // 24: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
+	39, // 25: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
+	11, // 26: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
+	12, // 27: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
+	2,  // 28: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
+	3,  // 29: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
+	38, // 30: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
+	38, // 31: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 32: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
+	39, // 33: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
+	39, // 34: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
+	39, // 35: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
+	38, // 36: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
+	38, // 37: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
+	38, // 38: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
+	1,  // 39: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
+	1,  // 40: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
+	38, // 41: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	2,  // 42: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
+	38, // 43: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
+	0,  // 44: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
+	10, // 45: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
+	6,  // 46: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 47: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
+	1,  // 48: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
+	6,  // 49: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
+	6,  // 50: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 51: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
+	39, // 52: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
+	6,  // 53: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 54: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 55: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 56: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
+	11, // 57: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
+	6,  // 58: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
+	18, // 59: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
+	20, // 60: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
+	22, // 61: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
+	24, // 62: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
+	26, // 63: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
+	28, // 64: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
+	30, // 65: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
+	32, // 66: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
+	34, // 67: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
+	36, // 68: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
+	19, // 69: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
+	21, // 70: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
+	23, // 71: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
+	25, // 72: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
+	27, // 73: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
+	29, // 74: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
+	31, // 75: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
+	33, // 76: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
+	35, // 77: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
+	37, // 78: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
+	69, // [69:79] is the sub-list for method output_type
+	59, // [59:69] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_zdm_v1_migration_proto_init() }
@@ -2884,7 +3151,7 @@ func file_zdm_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_v1_migration_proto_rawDesc), len(file_zdm_v1_migration_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -80,11 +80,17 @@ type MigrationServiceClient interface {
 	// READY_TO_FINALIZE.
 	StopSync(ctx context.Context, in *StopSyncRequest, opts ...grpc.CallOption) (*StopSyncResponse, error)
 	// Switchover finalises a ZERO_DOWNTIME migration without stopping the
-	// applications: the gateway holds new writes, drains, points every client
-	// connection at the target and releases the held writes.
+	// applications: every gateway replica holds new writes (reads go on),
+	// the applier drains to the last change each replica published, count(*)
+	// of every collection is compared on both sides, then every replica
+	// points reads and writes at the target and releases the held writes
+	// there. A full verification follows and the migration COMPLETES. If
+	// that does not finish within max_write_pause, the held writes go to
+	// the source and the migration returns to READY_TO_FINALIZE with the
+	// reason in its history and in switchover.abort_reason.
 	//
-	// Errors: FAILED_PRECONDITION unless the migration is SYNCING or
-	// READY_TO_FINALIZE.
+	// Errors: FAILED_PRECONDITION unless the migration is
+	// READY_TO_FINALIZE, or when no live gateway replica fronts the source.
 	Switchover(ctx context.Context, in *SwitchoverRequest, opts ...grpc.CallOption) (*SwitchoverResponse, error)
 	// CancelMigration stops a non-terminal migration: capture stops, what zdm
 	// created on the target is dropped and the source is unlocked. The
@@ -272,11 +278,17 @@ type MigrationServiceServer interface {
 	// READY_TO_FINALIZE.
 	StopSync(context.Context, *StopSyncRequest) (*StopSyncResponse, error)
 	// Switchover finalises a ZERO_DOWNTIME migration without stopping the
-	// applications: the gateway holds new writes, drains, points every client
-	// connection at the target and releases the held writes.
+	// applications: every gateway replica holds new writes (reads go on),
+	// the applier drains to the last change each replica published, count(*)
+	// of every collection is compared on both sides, then every replica
+	// points reads and writes at the target and releases the held writes
+	// there. A full verification follows and the migration COMPLETES. If
+	// that does not finish within max_write_pause, the held writes go to
+	// the source and the migration returns to READY_TO_FINALIZE with the
+	// reason in its history and in switchover.abort_reason.
 	//
-	// Errors: FAILED_PRECONDITION unless the migration is SYNCING or
-	// READY_TO_FINALIZE.
+	// Errors: FAILED_PRECONDITION unless the migration is
+	// READY_TO_FINALIZE, or when no live gateway replica fronts the source.
 	Switchover(context.Context, *SwitchoverRequest) (*SwitchoverResponse, error)
 	// CancelMigration stops a non-terminal migration: capture stops, what zdm
 	// created on the target is dropped and the source is unlocked. The

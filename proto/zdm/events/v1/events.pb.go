@@ -562,7 +562,18 @@ type StageCompleted struct {
 	// copied again from the source before the final comparison.
 	RepairedRanges int64 `protobuf:"varint,10,opt,name=repaired_ranges,json=repairedRanges,proto3" json:"repaired_ranges,omitempty"`
 	// Rows written or deleted on the target by that repair.
-	RepairedRows  int64 `protobuf:"varint,11,opt,name=repaired_rows,json=repairedRows,proto3" json:"repaired_rows,omitempty"`
+	RepairedRows int64 `protobuf:"varint,11,opt,name=repaired_rows,json=repairedRows,proto3" json:"repaired_rows,omitempty"`
+	// For a switchover (FINALIZE while SWITCHING_OVER): the write pause,
+	// from the first replica's hold to the last replica's release.
+	WritePause *durationpb.Duration `protobuf:"bytes,12,opt,name=write_pause,json=writePause,proto3" json:"write_pause,omitempty"`
+	// For a switchover: the replicas that held writes and how many writes
+	// they held.
+	GatewayIds []string `protobuf:"bytes,13,rep,name=gateway_ids,json=gatewayIds,proto3" json:"gateway_ids,omitempty"`
+	HeldWrites int64    `protobuf:"varint,14,opt,name=held_writes,json=heldWrites,proto3" json:"held_writes,omitempty"`
+	// For a verification after a switchover: the result, recorded whatever
+	// it is (clients already write to the target, so the migration
+	// completes either way).
+	Verification  string `protobuf:"bytes,15,opt,name=verification,proto3" json:"verification,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -665,6 +676,34 @@ func (x *StageCompleted) GetRepairedRows() int64 {
 		return x.RepairedRows
 	}
 	return 0
+}
+
+func (x *StageCompleted) GetWritePause() *durationpb.Duration {
+	if x != nil {
+		return x.WritePause
+	}
+	return nil
+}
+
+func (x *StageCompleted) GetGatewayIds() []string {
+	if x != nil {
+		return x.GatewayIds
+	}
+	return nil
+}
+
+func (x *StageCompleted) GetHeldWrites() int64 {
+	if x != nil {
+		return x.HeldWrites
+	}
+	return 0
+}
+
+func (x *StageCompleted) GetVerification() string {
+	if x != nil {
+		return x.Verification
+	}
+	return ""
 }
 
 // KeyRange is a half-open range of primary keys [start, end). An unset
@@ -1684,7 +1723,10 @@ type ChangeEvent struct {
 	// When the gateway published it.
 	PublishTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=publish_time,json=publishTime,proto3" json:"publish_time,omitempty"`
 	// The migration whose capture is armed on the gateway.
-	MigrationId   string `protobuf:"bytes,13,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	MigrationId string `protobuf:"bytes,13,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// Written to the target after a switchover: not applied, only recorded
+	// so the final verification leaves its keys out.
+	AfterSwitch   bool `protobuf:"varint,14,opt,name=after_switch,json=afterSwitch,proto3" json:"after_switch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1810,6 +1852,13 @@ func (x *ChangeEvent) GetMigrationId() string {
 	return ""
 }
 
+func (x *ChangeEvent) GetAfterSwitch() bool {
+	if x != nil {
+		return x.AfterSwitch
+	}
+	return false
+}
+
 // ChangeBatch is one message of the change stream: changes of one
 // collection that a gateway replica recorded together (group commit),
 // in the order the source applied them. A change larger than a message
@@ -1892,9 +1941,25 @@ type ResolvedTimestamp struct {
 	// and has published every write it accepted before.
 	WritesStopped bool `protobuf:"varint,10,opt,name=writes_stopped,json=writesStopped,proto3" json:"writes_stopped,omitempty"`
 	// Where the replica serves Milvus clients.
-	Addr          string `protobuf:"bytes,11,opt,name=addr,proto3" json:"addr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Addr string `protobuf:"bytes,11,opt,name=addr,proto3" json:"addr,omitempty"`
+	// The switchover attempt this replica holds writes for (0: none); it
+	// has published every write it accepted before the hold.
+	HoldAttempt int32 `protobuf:"varint,12,opt,name=hold_attempt,json=holdAttempt,proto3" json:"hold_attempt,omitempty"`
+	// When it began holding.
+	HoldTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=hold_time,json=holdTime,proto3" json:"hold_time,omitempty"`
+	// The switchover attempt whose held writes it released, and when.
+	ReleasedAttempt int32                  `protobuf:"varint,14,opt,name=released_attempt,json=releasedAttempt,proto3" json:"released_attempt,omitempty"`
+	ReleaseTime     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
+	// Writes held in that attempt.
+	HeldWrites int64 `protobuf:"varint,16,opt,name=held_writes,json=heldWrites,proto3" json:"held_writes,omitempty"`
+	// Set once the replica sends reads and writes to the target of the
+	// armed migration.
+	Switched bool `protobuf:"varint,17,opt,name=switched,proto3" json:"switched,omitempty"`
+	// Where the replica serves the read-only view of the target; empty when
+	// it serves none.
+	TargetViewAddr string `protobuf:"bytes,18,opt,name=target_view_addr,json=targetViewAddr,proto3" json:"target_view_addr,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ResolvedTimestamp) Reset() {
@@ -2004,6 +2069,318 @@ func (x *ResolvedTimestamp) GetAddr() string {
 	return ""
 }
 
+func (x *ResolvedTimestamp) GetHoldAttempt() int32 {
+	if x != nil {
+		return x.HoldAttempt
+	}
+	return 0
+}
+
+func (x *ResolvedTimestamp) GetHoldTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HoldTime
+	}
+	return nil
+}
+
+func (x *ResolvedTimestamp) GetReleasedAttempt() int32 {
+	if x != nil {
+		return x.ReleasedAttempt
+	}
+	return 0
+}
+
+func (x *ResolvedTimestamp) GetReleaseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReleaseTime
+	}
+	return nil
+}
+
+func (x *ResolvedTimestamp) GetHeldWrites() int64 {
+	if x != nil {
+		return x.HeldWrites
+	}
+	return 0
+}
+
+func (x *ResolvedTimestamp) GetSwitched() bool {
+	if x != nil {
+		return x.Switched
+	}
+	return false
+}
+
+func (x *ResolvedTimestamp) GetTargetViewAddr() string {
+	if x != nil {
+		return x.TargetViewAddr
+	}
+	return ""
+}
+
+// SwitchoverDecision ends one switchover attempt: every gateway replica
+// either points at the target and releases its held writes there, or
+// releases them to the source. Kept in KV bucket zdm_switchovers under
+// "<migration>.<attempt>", created once (whoever creates it first decides:
+// the applier when the drain and the count check are done, a replica or
+// the applier when max_write_pause runs out).
+type SwitchoverDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// The attempt (zdm.v1.SwitchoverAttempt.attempt).
+	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// True: switch to the target. False: abort, back to the source.
+	Switch bool `protobuf:"varint,3,opt,name=switch,proto3" json:"switch,omitempty"`
+	// Why it aborted.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Process that decided.
+	DecidedBy string `protobuf:"bytes,5,opt,name=decided_by,json=decidedBy,proto3" json:"decided_by,omitempty"`
+	// When.
+	Time *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	// For a switch: the replicas that held writes and switch.
+	GatewayIds    []string `protobuf:"bytes,7,rep,name=gateway_ids,json=gatewayIds,proto3" json:"gateway_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwitchoverDecision) Reset() {
+	*x = SwitchoverDecision{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwitchoverDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwitchoverDecision) ProtoMessage() {}
+
+func (x *SwitchoverDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwitchoverDecision.ProtoReflect.Descriptor instead.
+func (*SwitchoverDecision) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SwitchoverDecision) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *SwitchoverDecision) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SwitchoverDecision) GetSwitch() bool {
+	if x != nil {
+		return x.Switch
+	}
+	return false
+}
+
+func (x *SwitchoverDecision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SwitchoverDecision) GetDecidedBy() string {
+	if x != nil {
+		return x.DecidedBy
+	}
+	return ""
+}
+
+func (x *SwitchoverDecision) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *SwitchoverDecision) GetGatewayIds() []string {
+	if x != nil {
+		return x.GatewayIds
+	}
+	return nil
+}
+
+// GatewayChange tells the coordinator that a gateway replica armed for a
+// migration joined or left (its entry expired), for the migration's
+// history (subject zdm.evt.<migration_id>.gateway).
+type GatewayChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique ID used as the Nats-Msg-Id.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// The replica.
+	GatewayId string `protobuf:"bytes,3,opt,name=gateway_id,json=gatewayId,proto3" json:"gateway_id,omitempty"`
+	// Where it serves Milvus clients.
+	Addr string `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
+	// True when it joined, false when it left.
+	Joined bool `protobuf:"varint,5,opt,name=joined,proto3" json:"joined,omitempty"`
+	// When it was seen to change.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayChange) Reset() {
+	*x = GatewayChange{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayChange) ProtoMessage() {}
+
+func (x *GatewayChange) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayChange.ProtoReflect.Descriptor instead.
+func (*GatewayChange) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GatewayChange) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *GatewayChange) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *GatewayChange) GetGatewayId() string {
+	if x != nil {
+		return x.GatewayId
+	}
+	return ""
+}
+
+func (x *GatewayChange) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *GatewayChange) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
+func (x *GatewayChange) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// NotificationReport tells the coordinator what became of one notice to
+// one recipient (subject zdm.evt.<migration_id>.notice).
+type NotificationReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique ID used as the Nats-Msg-Id.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The migration.
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// The delivery as it stands.
+	Delivery      *v1.NotificationDelivery `protobuf:"bytes,3,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotificationReport) Reset() {
+	*x = NotificationReport{}
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotificationReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotificationReport) ProtoMessage() {}
+
+func (x *NotificationReport) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotificationReport.ProtoReflect.Descriptor instead.
+func (*NotificationReport) Descriptor() ([]byte, []int) {
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *NotificationReport) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *NotificationReport) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *NotificationReport) GetDelivery() *v1.NotificationDelivery {
+	if x != nil {
+		return x.Delivery
+	}
+	return nil
+}
+
 // AppliedPosition is how far the applier has replayed a migration's
 // changes on the target, kept in KV bucket zdm_applied under the
 // migration ID and written after the changes it covers are applied.
@@ -2035,7 +2412,7 @@ type AppliedPosition struct {
 
 func (x *AppliedPosition) Reset() {
 	*x = AppliedPosition{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2424,7 @@ func (x *AppliedPosition) String() string {
 func (*AppliedPosition) ProtoMessage() {}
 
 func (x *AppliedPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[17]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2437,7 @@ func (x *AppliedPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPosition.ProtoReflect.Descriptor instead.
 func (*AppliedPosition) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{17}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AppliedPosition) GetMigrationId() string {
@@ -2143,7 +2520,7 @@ type CollectionLag struct {
 
 func (x *CollectionLag) Reset() {
 	*x = CollectionLag{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2532,7 @@ func (x *CollectionLag) String() string {
 func (*CollectionLag) ProtoMessage() {}
 
 func (x *CollectionLag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[18]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2545,7 @@ func (x *CollectionLag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionLag.ProtoReflect.Descriptor instead.
 func (*CollectionLag) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{18}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CollectionLag) GetDatabase() string {
@@ -2223,7 +2600,7 @@ type LagReport struct {
 
 func (x *LagReport) Reset() {
 	*x = LagReport{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2235,7 +2612,7 @@ func (x *LagReport) String() string {
 func (*LagReport) ProtoMessage() {}
 
 func (x *LagReport) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[19]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2248,7 +2625,7 @@ func (x *LagReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LagReport.ProtoReflect.Descriptor instead.
 func (*LagReport) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{19}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LagReport) GetEventId() string {
@@ -2316,7 +2693,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2705,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[20]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2718,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{20}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MigrationEvent) GetEventId() string {
@@ -2389,7 +2766,7 @@ type CopyControl struct {
 
 func (x *CopyControl) Reset() {
 	*x = CopyControl{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2778,7 @@ func (x *CopyControl) String() string {
 func (*CopyControl) ProtoMessage() {}
 
 func (x *CopyControl) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[21]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2791,7 @@ func (x *CopyControl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyControl.ProtoReflect.Descriptor instead.
 func (*CopyControl) Descriptor() ([]byte, []int) {
-	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{21}
+	return file_zdm_events_v1_events_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CopyControl) GetMigrationId() string {
@@ -2458,7 +2835,7 @@ type KeyRange_IntBounds struct {
 
 func (x *KeyRange_IntBounds) Reset() {
 	*x = KeyRange_IntBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2847,7 @@ func (x *KeyRange_IntBounds) String() string {
 func (*KeyRange_IntBounds) ProtoMessage() {}
 
 func (x *KeyRange_IntBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[22]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2890,7 @@ type KeyRange_StringBounds struct {
 
 func (x *KeyRange_StringBounds) Reset() {
 	*x = KeyRange_StringBounds{}
-	mi := &file_zdm_events_v1_events_proto_msgTypes[23]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2902,7 @@ func (x *KeyRange_StringBounds) String() string {
 func (*KeyRange_StringBounds) ProtoMessage() {}
 
 func (x *KeyRange_StringBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_events_v1_events_proto_msgTypes[23]
+	mi := &file_zdm_events_v1_events_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2962,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"collection\x18\x02 \x01(\tR\n" +
 	"collection\x12\x14\n" +
 	"\x05units\x18\x03 \x01(\x03R\x05units\x12\x12\n" +
-	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\x9a\x03\n" +
+	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xbc\x04\n" +
 	"\x0eStageCompleted\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -2597,7 +2974,14 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x04code\x18\t \x01(\x0e2\x19.zdm.events.v1.StageErrorR\x04code\x12'\n" +
 	"\x0frepaired_ranges\x18\n" +
 	" \x01(\x03R\x0erepairedRanges\x12#\n" +
-	"\rrepaired_rows\x18\v \x01(\x03R\frepairedRowsJ\x04\b\x05\x10\x06R\n" +
+	"\rrepaired_rows\x18\v \x01(\x03R\frepairedRows\x12:\n" +
+	"\vwrite_pause\x18\f \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"writePause\x12\x1f\n" +
+	"\vgateway_ids\x18\r \x03(\tR\n" +
+	"gatewayIds\x12\x1f\n" +
+	"\vheld_writes\x18\x0e \x01(\x03R\n" +
+	"heldWrites\x12\"\n" +
+	"\fverification\x18\x0f \x01(\tR\fverificationJ\x04\b\x05\x10\x06R\n" +
 	"error_code\"\xca\x02\n" +
 	"\bKeyRange\x12B\n" +
 	"\n" +
@@ -2694,7 +3078,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x06values\x18\x01 \x03(\x03R\x06values\"$\n" +
 	"\n" +
 	"StringKeys\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xf3\x03\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\x96\x04\n" +
 	"\vChangeEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
@@ -2712,9 +3096,10 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	" \x01(\v2\x1a.zdm.events.v1.PrimaryKeysR\vprimaryKeys\x12)\n" +
 	"\x10commit_timestamp\x18\v \x01(\x04R\x0fcommitTimestamp\x12=\n" +
 	"\fpublish_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x12!\n" +
-	"\fmigration_id\x18\r \x01(\tR\vmigrationId\"C\n" +
+	"\fmigration_id\x18\r \x01(\tR\vmigrationId\x12!\n" +
+	"\fafter_switch\x18\x0e \x01(\bR\vafterSwitch\"C\n" +
 	"\vChangeBatch\x124\n" +
-	"\achanges\x18\x01 \x03(\v2\x1a.zdm.events.v1.ChangeEventR\achanges\"\xa5\x03\n" +
+	"\achanges\x18\x01 \x03(\v2\x1a.zdm.events.v1.ChangeEventR\achanges\"\xd2\x05\n" +
 	"\x11ResolvedTimestamp\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
@@ -2729,7 +3114,37 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x14last_stream_sequence\x18\t \x01(\x04R\x12lastStreamSequence\x12%\n" +
 	"\x0ewrites_stopped\x18\n" +
 	" \x01(\bR\rwritesStopped\x12\x12\n" +
-	"\x04addr\x18\v \x01(\tR\x04addr\"\xf3\x02\n" +
+	"\x04addr\x18\v \x01(\tR\x04addr\x12!\n" +
+	"\fhold_attempt\x18\f \x01(\x05R\vholdAttempt\x127\n" +
+	"\thold_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\bholdTime\x12)\n" +
+	"\x10released_attempt\x18\x0e \x01(\x05R\x0freleasedAttempt\x12=\n" +
+	"\frelease_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\vreleaseTime\x12\x1f\n" +
+	"\vheld_writes\x18\x10 \x01(\x03R\n" +
+	"heldWrites\x12\x1a\n" +
+	"\bswitched\x18\x11 \x01(\bR\bswitched\x12(\n" +
+	"\x10target_view_addr\x18\x12 \x01(\tR\x0etargetViewAddr\"\xf1\x01\n" +
+	"\x12SwitchoverDecision\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x16\n" +
+	"\x06switch\x18\x03 \x01(\bR\x06switch\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"decided_by\x18\x05 \x01(\tR\tdecidedBy\x12.\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
+	"\vgateway_ids\x18\a \x03(\tR\n" +
+	"gatewayIds\"\xc8\x01\n" +
+	"\rGatewayChange\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x1d\n" +
+	"\n" +
+	"gateway_id\x18\x03 \x01(\tR\tgatewayId\x12\x12\n" +
+	"\x04addr\x18\x04 \x01(\tR\x04addr\x12\x16\n" +
+	"\x06joined\x18\x05 \x01(\bR\x06joined\x12.\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x8c\x01\n" +
+	"\x12NotificationReport\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x128\n" +
+	"\bdelivery\x18\x03 \x01(\v2\x1c.zdm.v1.NotificationDeliveryR\bdelivery\"\xf3\x02\n" +
 	"\x0fAppliedPosition\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12'\n" +
 	"\x0fstream_sequence\x18\x02 \x01(\x04R\x0estreamSequence\x12\x1c\n" +
@@ -2812,91 +3227,101 @@ func file_zdm_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_zdm_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_zdm_events_v1_events_proto_goTypes = []any{
-	(StageAction)(0),              // 0: zdm.events.v1.StageAction
-	(StageError)(0),               // 1: zdm.events.v1.StageError
-	(Operation)(0),                // 2: zdm.events.v1.Operation
-	(*StageCommand)(nil),          // 3: zdm.events.v1.StageCommand
-	(*CopyPlanned)(nil),           // 4: zdm.events.v1.CopyPlanned
-	(*CollectionPlan)(nil),        // 5: zdm.events.v1.CollectionPlan
-	(*StageCompleted)(nil),        // 6: zdm.events.v1.StageCompleted
-	(*KeyRange)(nil),              // 7: zdm.events.v1.KeyRange
-	(*WorkUnit)(nil),              // 8: zdm.events.v1.WorkUnit
-	(*WorkUnitCheckpoint)(nil),    // 9: zdm.events.v1.WorkUnitCheckpoint
-	(*PrimaryKey)(nil),            // 10: zdm.events.v1.PrimaryKey
-	(*WorkFailed)(nil),            // 11: zdm.events.v1.WorkFailed
-	(*WorkUnitDone)(nil),          // 12: zdm.events.v1.WorkUnitDone
-	(*Progress)(nil),              // 13: zdm.events.v1.Progress
-	(*PrimaryKeys)(nil),           // 14: zdm.events.v1.PrimaryKeys
-	(*Int64Keys)(nil),             // 15: zdm.events.v1.Int64Keys
-	(*StringKeys)(nil),            // 16: zdm.events.v1.StringKeys
-	(*ChangeEvent)(nil),           // 17: zdm.events.v1.ChangeEvent
-	(*ChangeBatch)(nil),           // 18: zdm.events.v1.ChangeBatch
-	(*ResolvedTimestamp)(nil),     // 19: zdm.events.v1.ResolvedTimestamp
-	(*AppliedPosition)(nil),       // 20: zdm.events.v1.AppliedPosition
-	(*CollectionLag)(nil),         // 21: zdm.events.v1.CollectionLag
-	(*LagReport)(nil),             // 22: zdm.events.v1.LagReport
-	(*MigrationEvent)(nil),        // 23: zdm.events.v1.MigrationEvent
-	(*CopyControl)(nil),           // 24: zdm.events.v1.CopyControl
-	(*KeyRange_IntBounds)(nil),    // 25: zdm.events.v1.KeyRange.IntBounds
-	(*KeyRange_StringBounds)(nil), // 26: zdm.events.v1.KeyRange.StringBounds
-	(v1.StageKind)(0),             // 27: zdm.v1.StageKind
-	(*v1.MigrationOptions)(nil),   // 28: zdm.v1.MigrationOptions
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(v1.MigrationType)(0),         // 30: zdm.v1.MigrationType
-	(v1.ClusterRole)(0),           // 31: zdm.v1.ClusterRole
-	(*durationpb.Duration)(nil),   // 32: google.protobuf.Duration
-	(*v1.Migration)(nil),          // 33: zdm.v1.Migration
-	(*v1.Transition)(nil),         // 34: zdm.v1.Transition
-	(*v1.Throttle)(nil),           // 35: zdm.v1.Throttle
+	(StageAction)(0),                // 0: zdm.events.v1.StageAction
+	(StageError)(0),                 // 1: zdm.events.v1.StageError
+	(Operation)(0),                  // 2: zdm.events.v1.Operation
+	(*StageCommand)(nil),            // 3: zdm.events.v1.StageCommand
+	(*CopyPlanned)(nil),             // 4: zdm.events.v1.CopyPlanned
+	(*CollectionPlan)(nil),          // 5: zdm.events.v1.CollectionPlan
+	(*StageCompleted)(nil),          // 6: zdm.events.v1.StageCompleted
+	(*KeyRange)(nil),                // 7: zdm.events.v1.KeyRange
+	(*WorkUnit)(nil),                // 8: zdm.events.v1.WorkUnit
+	(*WorkUnitCheckpoint)(nil),      // 9: zdm.events.v1.WorkUnitCheckpoint
+	(*PrimaryKey)(nil),              // 10: zdm.events.v1.PrimaryKey
+	(*WorkFailed)(nil),              // 11: zdm.events.v1.WorkFailed
+	(*WorkUnitDone)(nil),            // 12: zdm.events.v1.WorkUnitDone
+	(*Progress)(nil),                // 13: zdm.events.v1.Progress
+	(*PrimaryKeys)(nil),             // 14: zdm.events.v1.PrimaryKeys
+	(*Int64Keys)(nil),               // 15: zdm.events.v1.Int64Keys
+	(*StringKeys)(nil),              // 16: zdm.events.v1.StringKeys
+	(*ChangeEvent)(nil),             // 17: zdm.events.v1.ChangeEvent
+	(*ChangeBatch)(nil),             // 18: zdm.events.v1.ChangeBatch
+	(*ResolvedTimestamp)(nil),       // 19: zdm.events.v1.ResolvedTimestamp
+	(*SwitchoverDecision)(nil),      // 20: zdm.events.v1.SwitchoverDecision
+	(*GatewayChange)(nil),           // 21: zdm.events.v1.GatewayChange
+	(*NotificationReport)(nil),      // 22: zdm.events.v1.NotificationReport
+	(*AppliedPosition)(nil),         // 23: zdm.events.v1.AppliedPosition
+	(*CollectionLag)(nil),           // 24: zdm.events.v1.CollectionLag
+	(*LagReport)(nil),               // 25: zdm.events.v1.LagReport
+	(*MigrationEvent)(nil),          // 26: zdm.events.v1.MigrationEvent
+	(*CopyControl)(nil),             // 27: zdm.events.v1.CopyControl
+	(*KeyRange_IntBounds)(nil),      // 28: zdm.events.v1.KeyRange.IntBounds
+	(*KeyRange_StringBounds)(nil),   // 29: zdm.events.v1.KeyRange.StringBounds
+	(v1.StageKind)(0),               // 30: zdm.v1.StageKind
+	(*v1.MigrationOptions)(nil),     // 31: zdm.v1.MigrationOptions
+	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
+	(v1.MigrationType)(0),           // 33: zdm.v1.MigrationType
+	(*durationpb.Duration)(nil),     // 34: google.protobuf.Duration
+	(v1.ClusterRole)(0),             // 35: zdm.v1.ClusterRole
+	(*v1.NotificationDelivery)(nil), // 36: zdm.v1.NotificationDelivery
+	(*v1.Migration)(nil),            // 37: zdm.v1.Migration
+	(*v1.Transition)(nil),           // 38: zdm.v1.Transition
+	(*v1.Throttle)(nil),             // 39: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
-	27, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
+	30, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
 	0,  // 1: zdm.events.v1.StageCommand.action:type_name -> zdm.events.v1.StageAction
-	28, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
-	29, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
-	30, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
+	31, // 2: zdm.events.v1.StageCommand.options:type_name -> zdm.v1.MigrationOptions
+	32, // 3: zdm.events.v1.StageCommand.time:type_name -> google.protobuf.Timestamp
+	33, // 4: zdm.events.v1.StageCommand.type:type_name -> zdm.v1.MigrationType
 	5,  // 5: zdm.events.v1.CopyPlanned.collections:type_name -> zdm.events.v1.CollectionPlan
-	29, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
-	27, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
-	29, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
+	32, // 6: zdm.events.v1.CopyPlanned.time:type_name -> google.protobuf.Timestamp
+	30, // 7: zdm.events.v1.StageCompleted.stage:type_name -> zdm.v1.StageKind
+	32, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
 	1,  // 9: zdm.events.v1.StageCompleted.code:type_name -> zdm.events.v1.StageError
-	25, // 10: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	26, // 11: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
-	7,  // 12: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	7,  // 13: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	29, // 14: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
-	10, // 15: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	31, // 16: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
-	27, // 17: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
-	7,  // 18: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
-	29, // 19: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
-	29, // 20: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	29, // 21: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
-	15, // 22: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
-	16, // 23: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
-	2,  // 24: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
-	14, // 25: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	29, // 26: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	17, // 27: zdm.events.v1.ChangeBatch.changes:type_name -> zdm.events.v1.ChangeEvent
-	29, // 28: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	29, // 29: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
-	29, // 30: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
-	32, // 31: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	29, // 32: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	32, // 33: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	29, // 34: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	21, // 35: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	29, // 36: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	33, // 37: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	34, // 38: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	35, // 39: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	34, // 10: zdm.events.v1.StageCompleted.write_pause:type_name -> google.protobuf.Duration
+	28, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	29, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	7,  // 13: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
+	7,  // 14: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
+	32, // 15: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	10, // 16: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
+	35, // 17: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
+	30, // 18: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
+	7,  // 19: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
+	32, // 20: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
+	32, // 21: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	32, // 22: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	15, // 23: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
+	16, // 24: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
+	2,  // 25: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
+	14, // 26: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
+	32, // 27: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	17, // 28: zdm.events.v1.ChangeBatch.changes:type_name -> zdm.events.v1.ChangeEvent
+	32, // 29: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	32, // 30: zdm.events.v1.ResolvedTimestamp.hold_time:type_name -> google.protobuf.Timestamp
+	32, // 31: zdm.events.v1.ResolvedTimestamp.release_time:type_name -> google.protobuf.Timestamp
+	32, // 32: zdm.events.v1.SwitchoverDecision.time:type_name -> google.protobuf.Timestamp
+	32, // 33: zdm.events.v1.GatewayChange.time:type_name -> google.protobuf.Timestamp
+	36, // 34: zdm.events.v1.NotificationReport.delivery:type_name -> zdm.v1.NotificationDelivery
+	32, // 35: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
+	32, // 36: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
+	34, // 37: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	32, // 38: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	34, // 39: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	32, // 40: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	24, // 41: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	32, // 42: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	37, // 43: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	38, // 44: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	39, // 45: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }
@@ -2916,15 +3341,15 @@ func file_zdm_events_v1_events_proto_init() {
 		(*PrimaryKeys_IntKeys)(nil),
 		(*PrimaryKeys_StringKeys)(nil),
 	}
-	file_zdm_events_v1_events_proto_msgTypes[22].OneofWrappers = []any{}
-	file_zdm_events_v1_events_proto_msgTypes[23].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[25].OneofWrappers = []any{}
+	file_zdm_events_v1_events_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_events_v1_events_proto_rawDesc), len(file_zdm_events_v1_events_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

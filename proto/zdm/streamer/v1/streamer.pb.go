@@ -9,8 +9,6 @@ package streamerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	durationpb "google.golang.org/protobuf/types/known/durationpb"
-	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -23,482 +21,6 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// WriteMode is how a gateway treats mutations for a migration's source.
-type WriteMode int32
-
-const (
-	// Not set.
-	WriteMode_WRITE_MODE_UNSPECIFIED WriteMode = 0
-	// Forwarded to the source and captured.
-	WriteMode_WRITE_MODE_CAPTURE WriteMode = 1
-	// Refused with FAILED_PRECONDITION (OFFLINE migrations).
-	WriteMode_WRITE_MODE_REFUSE WriteMode = 2
-)
-
-// Enum value maps for WriteMode.
-var (
-	WriteMode_name = map[int32]string{
-		0: "WRITE_MODE_UNSPECIFIED",
-		1: "WRITE_MODE_CAPTURE",
-		2: "WRITE_MODE_REFUSE",
-	}
-	WriteMode_value = map[string]int32{
-		"WRITE_MODE_UNSPECIFIED": 0,
-		"WRITE_MODE_CAPTURE":     1,
-		"WRITE_MODE_REFUSE":      2,
-	}
-)
-
-func (x WriteMode) Enum() *WriteMode {
-	p := new(WriteMode)
-	*p = x
-	return p
-}
-
-func (x WriteMode) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (WriteMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_zdm_streamer_v1_streamer_proto_enumTypes[0].Descriptor()
-}
-
-func (WriteMode) Type() protoreflect.EnumType {
-	return &file_zdm_streamer_v1_streamer_proto_enumTypes[0]
-}
-
-func (x WriteMode) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use WriteMode.Descriptor instead.
-func (WriteMode) EnumDescriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{0}
-}
-
-// ArmCaptureRequest arms capture.
-type ArmCaptureRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The migration.
-	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	// Registered source cluster.
-	SourceClusterId string `protobuf:"bytes,2,opt,name=source_cluster_id,json=sourceClusterId,proto3" json:"source_cluster_id,omitempty"`
-	// Registered target cluster (writes to it through zdm are refused).
-	TargetClusterId string `protobuf:"bytes,3,opt,name=target_cluster_id,json=targetClusterId,proto3" json:"target_cluster_id,omitempty"`
-	// CAPTURE for ZERO_DOWNTIME, REFUSE for OFFLINE.
-	Mode          WriteMode `protobuf:"varint,4,opt,name=mode,proto3,enum=zdm.streamer.v1.WriteMode" json:"mode,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ArmCaptureRequest) Reset() {
-	*x = ArmCaptureRequest{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ArmCaptureRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ArmCaptureRequest) ProtoMessage() {}
-
-func (x *ArmCaptureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ArmCaptureRequest.ProtoReflect.Descriptor instead.
-func (*ArmCaptureRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{0}
-}
-
-func (x *ArmCaptureRequest) GetMigrationId() string {
-	if x != nil {
-		return x.MigrationId
-	}
-	return ""
-}
-
-func (x *ArmCaptureRequest) GetSourceClusterId() string {
-	if x != nil {
-		return x.SourceClusterId
-	}
-	return ""
-}
-
-func (x *ArmCaptureRequest) GetTargetClusterId() string {
-	if x != nil {
-		return x.TargetClusterId
-	}
-	return ""
-}
-
-func (x *ArmCaptureRequest) GetMode() WriteMode {
-	if x != nil {
-		return x.Mode
-	}
-	return WriteMode_WRITE_MODE_UNSPECIFIED
-}
-
-// ArmCaptureResponse carries the arm point.
-type ArmCaptureResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Milvus hybrid timestamp T0: every change acknowledged after it is
-	// captured.
-	ArmTimestamp uint64 `protobuf:"varint,1,opt,name=arm_timestamp,json=armTimestamp,proto3" json:"arm_timestamp,omitempty"`
-	// Wall time of T0.
-	ArmTime       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=arm_time,json=armTime,proto3" json:"arm_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ArmCaptureResponse) Reset() {
-	*x = ArmCaptureResponse{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ArmCaptureResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ArmCaptureResponse) ProtoMessage() {}
-
-func (x *ArmCaptureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ArmCaptureResponse.ProtoReflect.Descriptor instead.
-func (*ArmCaptureResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *ArmCaptureResponse) GetArmTimestamp() uint64 {
-	if x != nil {
-		return x.ArmTimestamp
-	}
-	return 0
-}
-
-func (x *ArmCaptureResponse) GetArmTime() *timestamppb.Timestamp {
-	if x != nil {
-		return x.ArmTime
-	}
-	return nil
-}
-
-// DisarmCaptureRequest disarms capture.
-type DisarmCaptureRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The migration.
-	MigrationId   string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DisarmCaptureRequest) Reset() {
-	*x = DisarmCaptureRequest{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DisarmCaptureRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DisarmCaptureRequest) ProtoMessage() {}
-
-func (x *DisarmCaptureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DisarmCaptureRequest.ProtoReflect.Descriptor instead.
-func (*DisarmCaptureRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *DisarmCaptureRequest) GetMigrationId() string {
-	if x != nil {
-		return x.MigrationId
-	}
-	return ""
-}
-
-// DisarmCaptureResponse is empty on success.
-type DisarmCaptureResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DisarmCaptureResponse) Reset() {
-	*x = DisarmCaptureResponse{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DisarmCaptureResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DisarmCaptureResponse) ProtoMessage() {}
-
-func (x *DisarmCaptureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DisarmCaptureResponse.ProtoReflect.Descriptor instead.
-func (*DisarmCaptureResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{3}
-}
-
-// HoldWritesRequest starts holding writes.
-type HoldWritesRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The migration.
-	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	// Longest time to hold; held writes go to the source after it.
-	MaxHold       *durationpb.Duration `protobuf:"bytes,2,opt,name=max_hold,json=maxHold,proto3" json:"max_hold,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *HoldWritesRequest) Reset() {
-	*x = HoldWritesRequest{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *HoldWritesRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*HoldWritesRequest) ProtoMessage() {}
-
-func (x *HoldWritesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use HoldWritesRequest.ProtoReflect.Descriptor instead.
-func (*HoldWritesRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *HoldWritesRequest) GetMigrationId() string {
-	if x != nil {
-		return x.MigrationId
-	}
-	return ""
-}
-
-func (x *HoldWritesRequest) GetMaxHold() *durationpb.Duration {
-	if x != nil {
-		return x.MaxHold
-	}
-	return nil
-}
-
-// HoldWritesResponse tells where the stream ends.
-type HoldWritesResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Last change sequence published by this replica.
-	LastSequence  uint64 `protobuf:"varint,1,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *HoldWritesResponse) Reset() {
-	*x = HoldWritesResponse{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *HoldWritesResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*HoldWritesResponse) ProtoMessage() {}
-
-func (x *HoldWritesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use HoldWritesResponse.ProtoReflect.Descriptor instead.
-func (*HoldWritesResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *HoldWritesResponse) GetLastSequence() uint64 {
-	if x != nil {
-		return x.LastSequence
-	}
-	return 0
-}
-
-// ReleaseWritesRequest releases held writes.
-type ReleaseWritesRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The migration.
-	MigrationId string `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	// Send held and future writes to the target (switchover done).
-	Redirect      bool `protobuf:"varint,2,opt,name=redirect,proto3" json:"redirect,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReleaseWritesRequest) Reset() {
-	*x = ReleaseWritesRequest{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReleaseWritesRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReleaseWritesRequest) ProtoMessage() {}
-
-func (x *ReleaseWritesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReleaseWritesRequest.ProtoReflect.Descriptor instead.
-func (*ReleaseWritesRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *ReleaseWritesRequest) GetMigrationId() string {
-	if x != nil {
-		return x.MigrationId
-	}
-	return ""
-}
-
-func (x *ReleaseWritesRequest) GetRedirect() bool {
-	if x != nil {
-		return x.Redirect
-	}
-	return false
-}
-
-// ReleaseWritesResponse reports the pause.
-type ReleaseWritesResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// How long writes were held.
-	WritePause *durationpb.Duration `protobuf:"bytes,1,opt,name=write_pause,json=writePause,proto3" json:"write_pause,omitempty"`
-	// How many writes were held.
-	HeldWrites    int64 `protobuf:"varint,2,opt,name=held_writes,json=heldWrites,proto3" json:"held_writes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ReleaseWritesResponse) Reset() {
-	*x = ReleaseWritesResponse{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ReleaseWritesResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ReleaseWritesResponse) ProtoMessage() {}
-
-func (x *ReleaseWritesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ReleaseWritesResponse.ProtoReflect.Descriptor instead.
-func (*ReleaseWritesResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *ReleaseWritesResponse) GetWritePause() *durationpb.Duration {
-	if x != nil {
-		return x.WritePause
-	}
-	return nil
-}
-
-func (x *ReleaseWritesResponse) GetHeldWrites() int64 {
-	if x != nil {
-		return x.HeldWrites
-	}
-	return 0
-}
-
 // GetGatewayStatusRequest is empty.
 type GetGatewayStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -508,7 +30,7 @@ type GetGatewayStatusRequest struct {
 
 func (x *GetGatewayStatusRequest) Reset() {
 	*x = GetGatewayStatusRequest{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[8]
+	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +42,7 @@ func (x *GetGatewayStatusRequest) String() string {
 func (*GetGatewayStatusRequest) ProtoMessage() {}
 
 func (x *GetGatewayStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[8]
+	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +55,7 @@ func (x *GetGatewayStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGatewayStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetGatewayStatusRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{8}
+	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{0}
 }
 
 // GetGatewayStatusResponse is a replica's status.
@@ -547,13 +69,18 @@ type GetGatewayStatusResponse struct {
 	LastSequence uint64 `protobuf:"varint,3,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
 	// Last resolved timestamp published.
 	ResolvedTimestamp uint64 `protobuf:"varint,4,opt,name=resolved_timestamp,json=resolvedTimestamp,proto3" json:"resolved_timestamp,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Cluster reads and writes go to now: the fronted cluster, or the
+	// target of a migration switched over.
+	UpstreamClusterId string `protobuf:"bytes,5,opt,name=upstream_cluster_id,json=upstreamClusterId,proto3" json:"upstream_cluster_id,omitempty"`
+	// Switchover attempt whose writes are held now; 0 when none are.
+	HoldingAttempt int32 `protobuf:"varint,6,opt,name=holding_attempt,json=holdingAttempt,proto3" json:"holding_attempt,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetGatewayStatusResponse) Reset() {
 	*x = GetGatewayStatusResponse{}
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[9]
+	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +92,7 @@ func (x *GetGatewayStatusResponse) String() string {
 func (*GetGatewayStatusResponse) ProtoMessage() {}
 
 func (x *GetGatewayStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[9]
+	mi := &file_zdm_streamer_v1_streamer_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +105,7 @@ func (x *GetGatewayStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGatewayStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetGatewayStatusResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{9}
+	return file_zdm_streamer_v1_streamer_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *GetGatewayStatusResponse) GetGatewayId() string {
@@ -609,53 +136,35 @@ func (x *GetGatewayStatusResponse) GetResolvedTimestamp() uint64 {
 	return 0
 }
 
+func (x *GetGatewayStatusResponse) GetUpstreamClusterId() string {
+	if x != nil {
+		return x.UpstreamClusterId
+	}
+	return ""
+}
+
+func (x *GetGatewayStatusResponse) GetHoldingAttempt() int32 {
+	if x != nil {
+		return x.HoldingAttempt
+	}
+	return 0
+}
+
 var File_zdm_streamer_v1_streamer_proto protoreflect.FileDescriptor
 
 const file_zdm_streamer_v1_streamer_proto_rawDesc = "" +
 	"\n" +
-	"\x1ezdm/streamer/v1/streamer.proto\x12\x0fzdm.streamer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n" +
-	"\x11ArmCaptureRequest\x12!\n" +
-	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12*\n" +
-	"\x11source_cluster_id\x18\x02 \x01(\tR\x0fsourceClusterId\x12*\n" +
-	"\x11target_cluster_id\x18\x03 \x01(\tR\x0ftargetClusterId\x12.\n" +
-	"\x04mode\x18\x04 \x01(\x0e2\x1a.zdm.streamer.v1.WriteModeR\x04mode\"p\n" +
-	"\x12ArmCaptureResponse\x12#\n" +
-	"\rarm_timestamp\x18\x01 \x01(\x04R\farmTimestamp\x125\n" +
-	"\barm_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aarmTime\"9\n" +
-	"\x14DisarmCaptureRequest\x12!\n" +
-	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\"\x17\n" +
-	"\x15DisarmCaptureResponse\"l\n" +
-	"\x11HoldWritesRequest\x12!\n" +
-	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x124\n" +
-	"\bmax_hold\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\amaxHold\"9\n" +
-	"\x12HoldWritesResponse\x12#\n" +
-	"\rlast_sequence\x18\x01 \x01(\x04R\flastSequence\"U\n" +
-	"\x14ReleaseWritesRequest\x12!\n" +
-	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x1a\n" +
-	"\bredirect\x18\x02 \x01(\bR\bredirect\"t\n" +
-	"\x15ReleaseWritesResponse\x12:\n" +
-	"\vwrite_pause\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"writePause\x12\x1f\n" +
-	"\vheld_writes\x18\x02 \x01(\x03R\n" +
-	"heldWrites\"\x19\n" +
-	"\x17GetGatewayStatusRequest\"\xbd\x01\n" +
+	"\x1ezdm/streamer/v1/streamer.proto\x12\x0fzdm.streamer.v1\"\x19\n" +
+	"\x17GetGatewayStatusRequest\"\x96\x02\n" +
 	"\x18GetGatewayStatusResponse\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x12.\n" +
 	"\x13armed_migration_ids\x18\x02 \x03(\tR\x11armedMigrationIds\x12#\n" +
 	"\rlast_sequence\x18\x03 \x01(\x04R\flastSequence\x12-\n" +
-	"\x12resolved_timestamp\x18\x04 \x01(\x04R\x11resolvedTimestamp*V\n" +
-	"\tWriteMode\x12\x1a\n" +
-	"\x16WRITE_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
-	"\x12WRITE_MODE_CAPTURE\x10\x01\x12\x15\n" +
-	"\x11WRITE_MODE_REFUSE\x10\x022\xee\x03\n" +
-	"\x15GatewayControlService\x12U\n" +
-	"\n" +
-	"ArmCapture\x12\".zdm.streamer.v1.ArmCaptureRequest\x1a#.zdm.streamer.v1.ArmCaptureResponse\x12^\n" +
-	"\rDisarmCapture\x12%.zdm.streamer.v1.DisarmCaptureRequest\x1a&.zdm.streamer.v1.DisarmCaptureResponse\x12U\n" +
-	"\n" +
-	"HoldWrites\x12\".zdm.streamer.v1.HoldWritesRequest\x1a#.zdm.streamer.v1.HoldWritesResponse\x12^\n" +
-	"\rReleaseWrites\x12%.zdm.streamer.v1.ReleaseWritesRequest\x1a&.zdm.streamer.v1.ReleaseWritesResponse\x12g\n" +
+	"\x12resolved_timestamp\x18\x04 \x01(\x04R\x11resolvedTimestamp\x12.\n" +
+	"\x13upstream_cluster_id\x18\x05 \x01(\tR\x11upstreamClusterId\x12'\n" +
+	"\x0fholding_attempt\x18\x06 \x01(\x05R\x0eholdingAttempt2\x80\x01\n" +
+	"\x15GatewayControlService\x12g\n" +
 	"\x10GetGatewayStatus\x12(.zdm.streamer.v1.GetGatewayStatusRequest\x1a).zdm.streamer.v1.GetGatewayStatusResponseB\xba\x01\n" +
 	"\x13com.zdm.streamer.v1B\rStreamerProtoP\x01Z6github.com/zdm-io/zdm/proto/zdm/streamer/v1;streamerv1\xa2\x02\x03ZSX\xaa\x02\x0fZdm.Streamer.V1\xca\x02\x0fZdm\\Streamer\\V1\xe2\x02\x1bZdm\\Streamer\\V1\\GPBMetadata\xea\x02\x11Zdm::Streamer::V1b\x06proto3"
 
@@ -671,43 +180,19 @@ func file_zdm_streamer_v1_streamer_proto_rawDescGZIP() []byte {
 	return file_zdm_streamer_v1_streamer_proto_rawDescData
 }
 
-var file_zdm_streamer_v1_streamer_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_zdm_streamer_v1_streamer_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_zdm_streamer_v1_streamer_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_zdm_streamer_v1_streamer_proto_goTypes = []any{
-	(WriteMode)(0),                   // 0: zdm.streamer.v1.WriteMode
-	(*ArmCaptureRequest)(nil),        // 1: zdm.streamer.v1.ArmCaptureRequest
-	(*ArmCaptureResponse)(nil),       // 2: zdm.streamer.v1.ArmCaptureResponse
-	(*DisarmCaptureRequest)(nil),     // 3: zdm.streamer.v1.DisarmCaptureRequest
-	(*DisarmCaptureResponse)(nil),    // 4: zdm.streamer.v1.DisarmCaptureResponse
-	(*HoldWritesRequest)(nil),        // 5: zdm.streamer.v1.HoldWritesRequest
-	(*HoldWritesResponse)(nil),       // 6: zdm.streamer.v1.HoldWritesResponse
-	(*ReleaseWritesRequest)(nil),     // 7: zdm.streamer.v1.ReleaseWritesRequest
-	(*ReleaseWritesResponse)(nil),    // 8: zdm.streamer.v1.ReleaseWritesResponse
-	(*GetGatewayStatusRequest)(nil),  // 9: zdm.streamer.v1.GetGatewayStatusRequest
-	(*GetGatewayStatusResponse)(nil), // 10: zdm.streamer.v1.GetGatewayStatusResponse
-	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 12: google.protobuf.Duration
+	(*GetGatewayStatusRequest)(nil),  // 0: zdm.streamer.v1.GetGatewayStatusRequest
+	(*GetGatewayStatusResponse)(nil), // 1: zdm.streamer.v1.GetGatewayStatusResponse
 }
 var file_zdm_streamer_v1_streamer_proto_depIdxs = []int32{
-	0,  // 0: zdm.streamer.v1.ArmCaptureRequest.mode:type_name -> zdm.streamer.v1.WriteMode
-	11, // 1: zdm.streamer.v1.ArmCaptureResponse.arm_time:type_name -> google.protobuf.Timestamp
-	12, // 2: zdm.streamer.v1.HoldWritesRequest.max_hold:type_name -> google.protobuf.Duration
-	12, // 3: zdm.streamer.v1.ReleaseWritesResponse.write_pause:type_name -> google.protobuf.Duration
-	1,  // 4: zdm.streamer.v1.GatewayControlService.ArmCapture:input_type -> zdm.streamer.v1.ArmCaptureRequest
-	3,  // 5: zdm.streamer.v1.GatewayControlService.DisarmCapture:input_type -> zdm.streamer.v1.DisarmCaptureRequest
-	5,  // 6: zdm.streamer.v1.GatewayControlService.HoldWrites:input_type -> zdm.streamer.v1.HoldWritesRequest
-	7,  // 7: zdm.streamer.v1.GatewayControlService.ReleaseWrites:input_type -> zdm.streamer.v1.ReleaseWritesRequest
-	9,  // 8: zdm.streamer.v1.GatewayControlService.GetGatewayStatus:input_type -> zdm.streamer.v1.GetGatewayStatusRequest
-	2,  // 9: zdm.streamer.v1.GatewayControlService.ArmCapture:output_type -> zdm.streamer.v1.ArmCaptureResponse
-	4,  // 10: zdm.streamer.v1.GatewayControlService.DisarmCapture:output_type -> zdm.streamer.v1.DisarmCaptureResponse
-	6,  // 11: zdm.streamer.v1.GatewayControlService.HoldWrites:output_type -> zdm.streamer.v1.HoldWritesResponse
-	8,  // 12: zdm.streamer.v1.GatewayControlService.ReleaseWrites:output_type -> zdm.streamer.v1.ReleaseWritesResponse
-	10, // 13: zdm.streamer.v1.GatewayControlService.GetGatewayStatus:output_type -> zdm.streamer.v1.GetGatewayStatusResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	0, // 0: zdm.streamer.v1.GatewayControlService.GetGatewayStatus:input_type -> zdm.streamer.v1.GetGatewayStatusRequest
+	1, // 1: zdm.streamer.v1.GatewayControlService.GetGatewayStatus:output_type -> zdm.streamer.v1.GetGatewayStatusResponse
+	1, // [1:2] is the sub-list for method output_type
+	0, // [0:1] is the sub-list for method input_type
+	0, // [0:0] is the sub-list for extension type_name
+	0, // [0:0] is the sub-list for extension extendee
+	0, // [0:0] is the sub-list for field type_name
 }
 
 func init() { file_zdm_streamer_v1_streamer_proto_init() }
@@ -720,14 +205,13 @@ func file_zdm_streamer_v1_streamer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_streamer_v1_streamer_proto_rawDesc), len(file_zdm_streamer_v1_streamer_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   10,
+			NumEnums:      0,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_zdm_streamer_v1_streamer_proto_goTypes,
 		DependencyIndexes: file_zdm_streamer_v1_streamer_proto_depIdxs,
-		EnumInfos:         file_zdm_streamer_v1_streamer_proto_enumTypes,
 		MessageInfos:      file_zdm_streamer_v1_streamer_proto_msgTypes,
 	}.Build()
 	File_zdm_streamer_v1_streamer_proto = out.File

@@ -19,10 +19,6 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	GatewayControlService_ArmCapture_FullMethodName       = "/zdm.streamer.v1.GatewayControlService/ArmCapture"
-	GatewayControlService_DisarmCapture_FullMethodName    = "/zdm.streamer.v1.GatewayControlService/DisarmCapture"
-	GatewayControlService_HoldWrites_FullMethodName       = "/zdm.streamer.v1.GatewayControlService/HoldWrites"
-	GatewayControlService_ReleaseWrites_FullMethodName    = "/zdm.streamer.v1.GatewayControlService/ReleaseWrites"
 	GatewayControlService_GetGatewayStatus_FullMethodName = "/zdm.streamer.v1.GatewayControlService/GetGatewayStatus"
 )
 
@@ -30,26 +26,14 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// GatewayControlService is the internal API of a cdc-streamer replica. The
-// coordinator uses it to arm and disarm capture, to refuse writes to a
-// migration's clusters and to run a switchover. Applications never call it:
-// they speak the Milvus protocol to the gateway's own port.
+// GatewayControlService is the internal API of a cdc-streamer replica.
+// Applications never call it: they speak the Milvus protocol to the
+// gateway's own port.
 type GatewayControlServiceClient interface {
-	// ArmCapture makes the gateway publish a change event for every
-	// acknowledged mutation and DDL on the source, and returns the arm point
-	// T0. Idempotent: arming an armed migration returns its T0.
-	ArmCapture(ctx context.Context, in *ArmCaptureRequest, opts ...grpc.CallOption) (*ArmCaptureResponse, error)
-	// DisarmCapture stops capture for a migration. Idempotent.
-	DisarmCapture(ctx context.Context, in *DisarmCaptureRequest, opts ...grpc.CallOption) (*DisarmCaptureResponse, error)
-	// HoldWrites makes the gateway hold (not refuse) new mutations of the
-	// source and returns the last sequence published, so the applier can
-	// drain up to it. Held writes are released by ReleaseWrites or after
-	// max_hold.
-	HoldWrites(ctx context.Context, in *HoldWritesRequest, opts ...grpc.CallOption) (*HoldWritesResponse, error)
-	// ReleaseWrites releases held writes, to the target when redirect is set
-	// (switchover) or to the source otherwise (aborted switchover).
-	ReleaseWrites(ctx context.Context, in *ReleaseWritesRequest, opts ...grpc.CallOption) (*ReleaseWritesResponse, error)
-	// GetGatewayStatus reports the replica's capture state.
+	// GetGatewayStatus reports the replica's capture state. Arming,
+	// holding and releasing writes follow the migration's state on the bus
+	// (buckets zdm_migrations and zdm_switchovers), so every replica acts on
+	// the same record.
 	GetGatewayStatus(ctx context.Context, in *GetGatewayStatusRequest, opts ...grpc.CallOption) (*GetGatewayStatusResponse, error)
 }
 
@@ -59,46 +43,6 @@ type gatewayControlServiceClient struct {
 
 func NewGatewayControlServiceClient(cc grpc.ClientConnInterface) GatewayControlServiceClient {
 	return &gatewayControlServiceClient{cc}
-}
-
-func (c *gatewayControlServiceClient) ArmCapture(ctx context.Context, in *ArmCaptureRequest, opts ...grpc.CallOption) (*ArmCaptureResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ArmCaptureResponse)
-	err := c.cc.Invoke(ctx, GatewayControlService_ArmCapture_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *gatewayControlServiceClient) DisarmCapture(ctx context.Context, in *DisarmCaptureRequest, opts ...grpc.CallOption) (*DisarmCaptureResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DisarmCaptureResponse)
-	err := c.cc.Invoke(ctx, GatewayControlService_DisarmCapture_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *gatewayControlServiceClient) HoldWrites(ctx context.Context, in *HoldWritesRequest, opts ...grpc.CallOption) (*HoldWritesResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(HoldWritesResponse)
-	err := c.cc.Invoke(ctx, GatewayControlService_HoldWrites_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *gatewayControlServiceClient) ReleaseWrites(ctx context.Context, in *ReleaseWritesRequest, opts ...grpc.CallOption) (*ReleaseWritesResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ReleaseWritesResponse)
-	err := c.cc.Invoke(ctx, GatewayControlService_ReleaseWrites_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 func (c *gatewayControlServiceClient) GetGatewayStatus(ctx context.Context, in *GetGatewayStatusRequest, opts ...grpc.CallOption) (*GetGatewayStatusResponse, error) {
@@ -115,26 +59,14 @@ func (c *gatewayControlServiceClient) GetGatewayStatus(ctx context.Context, in *
 // All implementations must embed UnimplementedGatewayControlServiceServer
 // for forward compatibility.
 //
-// GatewayControlService is the internal API of a cdc-streamer replica. The
-// coordinator uses it to arm and disarm capture, to refuse writes to a
-// migration's clusters and to run a switchover. Applications never call it:
-// they speak the Milvus protocol to the gateway's own port.
+// GatewayControlService is the internal API of a cdc-streamer replica.
+// Applications never call it: they speak the Milvus protocol to the
+// gateway's own port.
 type GatewayControlServiceServer interface {
-	// ArmCapture makes the gateway publish a change event for every
-	// acknowledged mutation and DDL on the source, and returns the arm point
-	// T0. Idempotent: arming an armed migration returns its T0.
-	ArmCapture(context.Context, *ArmCaptureRequest) (*ArmCaptureResponse, error)
-	// DisarmCapture stops capture for a migration. Idempotent.
-	DisarmCapture(context.Context, *DisarmCaptureRequest) (*DisarmCaptureResponse, error)
-	// HoldWrites makes the gateway hold (not refuse) new mutations of the
-	// source and returns the last sequence published, so the applier can
-	// drain up to it. Held writes are released by ReleaseWrites or after
-	// max_hold.
-	HoldWrites(context.Context, *HoldWritesRequest) (*HoldWritesResponse, error)
-	// ReleaseWrites releases held writes, to the target when redirect is set
-	// (switchover) or to the source otherwise (aborted switchover).
-	ReleaseWrites(context.Context, *ReleaseWritesRequest) (*ReleaseWritesResponse, error)
-	// GetGatewayStatus reports the replica's capture state.
+	// GetGatewayStatus reports the replica's capture state. Arming,
+	// holding and releasing writes follow the migration's state on the bus
+	// (buckets zdm_migrations and zdm_switchovers), so every replica acts on
+	// the same record.
 	GetGatewayStatus(context.Context, *GetGatewayStatusRequest) (*GetGatewayStatusResponse, error)
 	mustEmbedUnimplementedGatewayControlServiceServer()
 }
@@ -146,18 +78,6 @@ type GatewayControlServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedGatewayControlServiceServer struct{}
 
-func (UnimplementedGatewayControlServiceServer) ArmCapture(context.Context, *ArmCaptureRequest) (*ArmCaptureResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ArmCapture not implemented")
-}
-func (UnimplementedGatewayControlServiceServer) DisarmCapture(context.Context, *DisarmCaptureRequest) (*DisarmCaptureResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method DisarmCapture not implemented")
-}
-func (UnimplementedGatewayControlServiceServer) HoldWrites(context.Context, *HoldWritesRequest) (*HoldWritesResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method HoldWrites not implemented")
-}
-func (UnimplementedGatewayControlServiceServer) ReleaseWrites(context.Context, *ReleaseWritesRequest) (*ReleaseWritesResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ReleaseWrites not implemented")
-}
 func (UnimplementedGatewayControlServiceServer) GetGatewayStatus(context.Context, *GetGatewayStatusRequest) (*GetGatewayStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGatewayStatus not implemented")
 }
@@ -180,78 +100,6 @@ func RegisterGatewayControlServiceServer(s grpc.ServiceRegistrar, srv GatewayCon
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&GatewayControlService_ServiceDesc, srv)
-}
-
-func _GatewayControlService_ArmCapture_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ArmCaptureRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(GatewayControlServiceServer).ArmCapture(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: GatewayControlService_ArmCapture_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(GatewayControlServiceServer).ArmCapture(ctx, req.(*ArmCaptureRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _GatewayControlService_DisarmCapture_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(DisarmCaptureRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(GatewayControlServiceServer).DisarmCapture(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: GatewayControlService_DisarmCapture_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(GatewayControlServiceServer).DisarmCapture(ctx, req.(*DisarmCaptureRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _GatewayControlService_HoldWrites_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(HoldWritesRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(GatewayControlServiceServer).HoldWrites(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: GatewayControlService_HoldWrites_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(GatewayControlServiceServer).HoldWrites(ctx, req.(*HoldWritesRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _GatewayControlService_ReleaseWrites_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ReleaseWritesRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(GatewayControlServiceServer).ReleaseWrites(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: GatewayControlService_ReleaseWrites_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(GatewayControlServiceServer).ReleaseWrites(ctx, req.(*ReleaseWritesRequest))
-	}
-	return interceptor(ctx, in, info, handler)
 }
 
 func _GatewayControlService_GetGatewayStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -279,22 +127,6 @@ var GatewayControlService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "zdm.streamer.v1.GatewayControlService",
 	HandlerType: (*GatewayControlServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
-		{
-			MethodName: "ArmCapture",
-			Handler:    _GatewayControlService_ArmCapture_Handler,
-		},
-		{
-			MethodName: "DisarmCapture",
-			Handler:    _GatewayControlService_DisarmCapture_Handler,
-		},
-		{
-			MethodName: "HoldWrites",
-			Handler:    _GatewayControlService_HoldWrites_Handler,
-		},
-		{
-			MethodName: "ReleaseWrites",
-			Handler:    _GatewayControlService_ReleaseWrites_Handler,
-		},
 		{
 			MethodName: "GetGatewayStatus",
 			Handler:    _GatewayControlService_GetGatewayStatus_Handler,
