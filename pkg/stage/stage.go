@@ -131,8 +131,12 @@ func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMa
 	return report(ctx, js, prop, cmd, code, err, &outcome{})
 }
 
-// outcome is what a handler adds to its stage's report (see Repaired).
-type outcome struct{ ranges, rows int64 }
+// outcome is what a handler adds to its stage's report (see Repaired and
+// Verified).
+type outcome struct {
+	ranges, rows int64
+	verification string
+}
 
 type outcomeKey struct{}
 
@@ -144,12 +148,21 @@ func Repaired(ctx context.Context, ranges, rows int64) {
 	}
 }
 
+// Verified records, for the report of the verification a Consume handler
+// runs after a switchover, its result in words, which the migration keeps
+// whatever it is.
+func Verified(ctx context.Context, summary string) {
+	if o, ok := ctx.Value(outcomeKey{}).(*outcome); ok {
+		o.verification = summary
+	}
+}
+
 func report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, cmd *eventspb.StageCommand, code eventspb.StageError, err error, out *outcome) error {
 	if errors.Is(err, ErrPending) {
 		return nil
 	}
 	ev := &eventspb.StageCompleted{EventId: "done-" + cmd.GetEventId(), MigrationId: cmd.GetMigrationId(), Stage: cmd.GetStage(),
-		Success: err == nil, Time: timestamppb.Now(), RepairedRanges: out.ranges, RepairedRows: out.rows}
+		Success: err == nil, Time: timestamppb.Now(), RepairedRanges: out.ranges, RepairedRows: out.rows, Verification: out.verification}
 	if err != nil {
 		ev.Code, ev.ErrorMessage = code, err.Error()
 		if ev.Code == eventspb.StageError_STAGE_ERROR_UNSPECIFIED {

@@ -58,6 +58,14 @@ func (r *Report) String() string {
 // the target has outside the source's keys are found too. Memory is
 // bounded by rangeRows digests per side.
 func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, rangeRows int) (*Report, error) {
+	return CollectionExcept(ctx, src, tgt, t, rangeRows, nil)
+}
+
+// CollectionExcept is Collection with the rows of the keys in except left
+// out on both sides: keys written to the target alone after a switchover.
+// With keys left out, the counts are those of the rows read (duplicates
+// included) rather than count(*).
+func CollectionExcept(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, rangeRows int, except map[milvusx.Key]bool) (*Report, error) {
 	if rangeRows <= 0 {
 		rangeRows = DefaultRangeRows
 	}
@@ -83,11 +91,15 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 			return nil, fmt.Errorf("source: %w", err)
 		}
 	}
+	var read [2]int64
 	for _, p := range parts {
 		st.Partition, tt.Partition = p, p
-		if err := compareTable(ctx, src, tgt, st, tt, rangeRows, r); err != nil {
+		if err := compareTable(ctx, src, tgt, st, tt, rangeRows, except, r, &read); err != nil {
 			return nil, err
 		}
+	}
+	if len(except) > 0 {
+		r.SourceCount, r.TargetCount = read[0], read[1]
 	}
 	return r, nil
 }
@@ -95,20 +107,22 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 // compareTable compares one table (a collection or one of its partitions)
 // range by range, adding to r; st and tt are the table as each side reads
 // it.
-func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st, tt milvusx.Table, rangeRows int, r *Report) error {
+func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st, tt milvusx.Table, rangeRows int,
+	except map[milvusx.Key]bool, r *Report, read *[2]int64) error {
 	var start *milvusx.Key
 	for {
 		// Read the next rangeRows source rows; the range ends where the
 		// following row begins, or is open at the end.
-		srcRows, next, err := digests(ctx, src, st, milvusx.Range{Start: start}, rangeRows)
+		srcRows, next, n, err := digests(ctx, src, st, milvusx.Range{Start: start}, rangeRows, except)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		rng := milvusx.Range{Start: start, End: next}
-		tgtRows, _, err := digests(ctx, tgt, tt, rng, 0)
+		tgtRows, _, tn, err := digests(ctx, tgt, tt, rng, 0, except)
 		if err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
+		read[0], read[1] = read[0]+n, read[1]+tn
 		r.SourceDistinct += int64(len(srcRows))
 		r.TargetDistinct += int64(len(tgtRows))
 		if m, ok := compare(rng, srcRows, tgtRows); !ok {
@@ -124,51 +138,58 @@ func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st
 
 type digest = [32]byte
 
-// digests reads the rows of rng, at most limit of them (0: all), and
-// returns their digests by key and the first key past the last one
-// returned (nil when the range is exhausted). Pages come back complete but
-// not sorted, so each page is sorted before the limit is applied.
-func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table, rng milvusx.Range, limit int) (map[milvusx.Key]digest, *milvusx.Key, error) {
+// digests reads the rows of rng but those of the keys in except, at most
+// limit of them (0: all), and returns their digests by key, the first key
+// past the last one returned (nil when the range is exhausted) and the
+// rows read. Pages come back complete but not sorted, so each page is
+// sorted before the limit is applied.
+func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table, rng milvusx.Range, limit int,
+	except map[milvusx.Key]bool) (map[milvusx.Key]digest, *milvusx.Key, int64, error) {
 	out := map[milvusx.Key]digest{}
 	var after *milvusx.Key
+	var n int64
 	for {
 		page, err := milvusx.QueryPage(ctx, c, t, rng, after, pageRows)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, 0, err
 		}
 		type row struct {
 			k milvusx.Key
 			d digest
 		}
-		rows := make([]row, len(page.Keys))
+		rows := make([]row, 0, len(page.Keys))
 		for i, k := range page.Keys {
+			if except[k] {
+				continue
+			}
 			d, err := RowDigest(page.Fields, i)
 			if err != nil {
-				return nil, nil, fmt.Errorf("row %s: %w", k, err)
+				return nil, nil, 0, fmt.Errorf("row %s: %w", k, err)
 			}
-			rows[i] = row{k, d}
+			rows = append(rows, row{k, d})
 		}
 		slices.SortFunc(rows, func(a, b row) int { return milvusx.CompareKeys(a.k, b.k) })
 		for _, r := range rows {
 			if limit > 0 && len(out) == limit {
 				next := r.k
-				return out, &next, nil
+				return out, &next, n, nil
 			}
 			out[r.k] = r.d
+			n++
 		}
 		if !page.More {
-			return out, nil, nil
+			return out, nil, n, nil
 		}
 		if limit > 0 && len(out) == limit {
 			// The range may end exactly here: find the next key, if any.
 			next, err := milvusx.QueryKeys(ctx, c, t, rng, &page.Last, 1)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, 0, err
 			}
 			if len(next.Keys) == 0 {
-				return out, nil, nil
+				return out, nil, n, nil
 			}
-			return out, &next.Keys[0], nil
+			return out, &next.Keys[0], n, nil
 		}
 		last := page.Last
 		after = &last

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
@@ -77,7 +78,7 @@ func (r *replayer) applyAll(ctx context.Context, evs []*eventspb.ChangeEvent, ca
 		case *milvuspb.UpsertRequest:
 			fields, rows = m.GetFieldsData(), m.GetNumRows()
 		case *milvuspb.DeleteRequest:
-			keys := keysFromPB(ev.GetPrimaryKeys())
+			keys := natsbus.Keys(ev.GetPrimaryKeys())
 			if len(keys) == 0 {
 				// A delete by a filter whose keys are unknown: replayed
 				// as it was, at its place.
@@ -173,7 +174,7 @@ func withKeys(ev *eventspb.ChangeEvent, fields []*schemapb.FieldData, rows uint3
 			return fields, nil
 		}
 	}
-	keys := keysFromPB(ev.GetPrimaryKeys())
+	keys := natsbus.Keys(ev.GetPrimaryKeys())
 	if len(keys) != int(rows) {
 		return nil, fmt.Errorf("change %s: %d rows but %d keys", ev.GetEventId(), rows, len(keys))
 	}

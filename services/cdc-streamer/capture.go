@@ -303,7 +303,7 @@ func (c *capture) change(req *request, migration, method string, request, reply 
 	if len(keys) == 0 {
 		keys = sent // Milvus 2.3 names no key in a delete's reply
 	}
-	ev.PrimaryKeys, ev.CommitTimestamp = keysPB(keys), res.GetTimestamp()
+	ev.PrimaryKeys, ev.CommitTimestamp = natsbus.KeysPB(keys), res.GetTimestamp()
 	return ev, true, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
@@ -159,7 +160,7 @@ func change(t *testing.T, coll, method string, req proto.Message, keys ...int64)
 		for _, k := range keys {
 			ks = append(ks, milvusx.Key{Int: k})
 		}
-		ev.PrimaryKeys = keysPB(ks)
+		ev.PrimaryKeys = natsbus.KeysPB(ks)
 	}
 	return ev
 }

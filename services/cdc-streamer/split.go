@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
@@ -21,7 +22,7 @@ func split(ev *eventspb.ChangeEvent, req *request) ([]*eventspb.ChangeEvent, err
 	if proto.Size(ev) <= maxChangeBytes {
 		return []*eventspb.ChangeEvent{ev}, nil
 	}
-	keys := keysFromPB(ev.GetPrimaryKeys())
+	keys := natsbus.Keys(ev.GetPrimaryKeys())
 	switch m := req.msg.(type) {
 	case *milvuspb.InsertRequest, *milvuspb.UpsertRequest:
 		fields, rows := req.fields(), 0
@@ -57,7 +58,7 @@ func split(ev *eventspb.ChangeEvent, req *request) ([]*eventspb.ChangeEvent, err
 			part := proto.Clone(ev).(*eventspb.ChangeEvent)
 			part.Request = b
 			if len(keys) == rows {
-				part.PrimaryKeys = keysPB(keys[from:to])
+				part.PrimaryKeys = natsbus.KeysPB(keys[from:to])
 			}
 			out = append(out, part)
 		}
@@ -71,7 +72,7 @@ func split(ev *eventspb.ChangeEvent, req *request) ([]*eventspb.ChangeEvent, err
 		for from := 0; from < len(keys); from += per {
 			to := min(from+per, len(keys))
 			part := proto.Clone(ev).(*eventspb.ChangeEvent)
-			part.PrimaryKeys = keysPB(keys[from:to])
+			part.PrimaryKeys = natsbus.KeysPB(keys[from:to])
 			// The applier deletes by the keys; the request keeps only
 			// what names the collection.
 			b, err := proto.Marshal(&milvuspb.DeleteRequest{Base: m.GetBase(), DbName: m.GetDbName(), CollectionName: m.GetCollectionName(),

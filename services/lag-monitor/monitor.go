@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -38,8 +39,9 @@ const Name = "lag-monitor"
 type Monitor struct {
 	lagpb.UnimplementedLagMonitorServiceServer
 
-	deps service.Deps
-	lag  *lagMeter
+	deps       service.Deps
+	lag        *lagMeter
+	migrations *natsbus.Table[*zdmpb.Migration]
 	wg   sync.WaitGroup
 	cc   jetstream.ConsumeContext
 	// stop ends the run context that verifications derive from.
@@ -84,6 +86,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 	if m.lag, err = newLagMeter(publish, m.deps.Logger, migrations, positions, m.deps.Metrics); err != nil {
 		return err
 	}
+	m.migrations = migrations
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	m.wg.Go(func() { m.lag.run(run) })
 	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
@@ -139,7 +142,14 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
-	reports, err := compareAll(ctx, src, tgt, nil, 0)
+	mig, _, err := m.migrations.Get(ctx, cmd.GetMigrationId())
+	if err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+	}
+	if mig.GetSwitchover().GetSwitchTime() != nil {
+		return m.verifySwitched(ctx, mig, src, tgt)
+	}
+	reports, err := compareAll(ctx, src, tgt, nil, 0, nil)
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
@@ -177,11 +187,19 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 		stage.Repaired(ctx, ranges, rows)
 		if ranges > 0 {
 			m.deps.Logger.InfoContext(ctx, "repaired ranges the change stream missed", "migration", cmd.GetMigrationId(), "ranges", ranges, "rows", rows)
-			if reports, err = compareAll(ctx, src, tgt, nil, 0); err != nil {
+			if reports, err = compareAll(ctx, src, tgt, nil, 0, nil); err != nil {
 				return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 			}
 		}
 	}
+	if err := mismatch(reports); err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH, err
+	}
+	return 0, nil
+}
+
+// mismatch describes the reports that do not match; nil when all do.
+func mismatch(reports []*verify.Report) error {
 	var bad []string
 	for _, r := range reports {
 		if !r.Match() {
@@ -189,19 +207,87 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 		}
 	}
 	if len(bad) == 0 {
-		return 0, nil
+		return nil
 	}
 	more := ""
 	if len(bad) > maxReported {
 		bad, more = bad[:maxReported], fmt.Sprintf("; and %d more collections", len(bad)-maxReported)
 	}
-	return eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH, errors.New(strings.Join(bad, "; ") + more)
+	return errors.New(strings.Join(bad, "; ") + more)
+}
+
+// verifySwitched verifies a migration after its switchover: the source no
+// longer changes, and the keys written through the gateway to the target
+// since the switch (which it recorded) are left out on both sides. Nothing
+// is repaired: clients write to the target now. The result is recorded in
+// the migration whatever it is.
+func (m *Monitor) verifySwitched(ctx context.Context, mig *zdmpb.Migration, src, tgt *milvusx.Client) (eventspb.StageError, error) {
+	except, n, err := switchedKeys(ctx, m.deps.Bus.JS, m.deps.Propagator, mig.GetMigrationId())
+	if err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+	}
+	reports, err := compareAll(ctx, src, tgt, nil, 0, except)
+	if err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+	}
+	var rows int64
+	for _, r := range reports {
+		rows += r.SourceCount
+	}
+	left := fmt.Sprintf("leaving out %d keys written to the target after the switch", n)
+	if err := mismatch(reports); err != nil {
+		stage.Verified(ctx, fmt.Sprintf("verification after the switchover found differences (%s): %v", left, err))
+		return eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH, err
+	}
+	stage.Verified(ctx, fmt.Sprintf("source and target verified equal after the switchover: %d collections, %d rows, %s", len(reports), rows, left))
+	return 0, nil
+}
+
+// switchedKeys reads the keys the gateways recorded as written to
+// migration's target after its switchover, by "database.collection", and
+// how many there are.
+func switchedKeys(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, migration string) (map[string]map[milvusx.Key]bool, int, error) {
+	cons, err := js.OrderedConsumer(ctx, natsbus.ChangesStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsbus.SwitchedFilter(migration)}})
+	if err != nil {
+		return nil, 0, fmt.Errorf("changes after the switch: %w", err)
+	}
+	out, n := map[string]map[milvusx.Key]bool{}, 0
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(200*time.Millisecond))
+		if err != nil {
+			return nil, 0, fmt.Errorf("changes after the switch: %w", err)
+		}
+		for msg := range batch.Messages() {
+			var b eventspb.ChangeBatch
+			if _, err := natsbus.Decode(ctx, prop, msg, &b); err != nil {
+				return nil, 0, fmt.Errorf("malformed change on %s: %w", msg.Subject(), err)
+			}
+			for _, ev := range b.GetChanges() {
+				c := ev.GetDatabase() + "." + ev.GetCollection()
+				if out[c] == nil {
+					out[c] = map[milvusx.Key]bool{}
+				}
+				for _, k := range natsbus.Keys(ev.GetPrimaryKeys()) {
+					if !out[c][k] {
+						out[c][k], n = true, n+1
+					}
+				}
+			}
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("changes after the switch: %w", err)
+		}
+		if info.NumPending == 0 {
+			return out, n, nil
+		}
+	}
 }
 
 // compareAll verifies the given collections ("database.collection"; nil
 // for every collection of every source database). Errors:
 // apierr.ErrNotFound for a collection the source lacks.
-func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, rangeRows int) ([]*verify.Report, error) {
+func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, rangeRows int, except map[string]map[milvusx.Key]bool) ([]*verify.Report, error) {
 	all, err := milvusx.UserCollections(ctx, src)
 	if err != nil {
 		return nil, fmt.Errorf("source: %w", err)
@@ -221,7 +307,7 @@ func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, ra
 		if err != nil {
 			return nil, err
 		}
-		r, err := verify.Collection(ctx, src.Raw, tgt.Raw, t, rangeRows)
+		r, err := verify.CollectionExcept(ctx, src.Raw, tgt.Raw, t, rangeRows, except[c])
 		if err != nil {
 			return nil, err
 		}
@@ -254,7 +340,7 @@ func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.
 		return nil, fmt.Errorf("%w: target: %w", apierr.ErrFailedPrecondition, err)
 	}
 	defer tgt.Close()
-	reports, err := compareAll(ctx, src, tgt, req.GetCollections(), int(req.GetRangeRows()))
+	reports, err := compareAll(ctx, src, tgt, req.GetCollections(), int(req.GetRangeRows()), nil)
 	if errors.Is(err, apierr.ErrNotFound) {
 		return nil, err
 	}
