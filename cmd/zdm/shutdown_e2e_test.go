@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"os/exec"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,6 +44,10 @@ func startBinary(t *testing.T, args ...string) *binaryProcess {
 		if p.cmd.ProcessState == nil {
 			_ = p.cmd.Process.Kill()
 			<-p.exit
+		}
+		// ZDM_TEST_LOGS=1 prints the logs of a failed test, =all always.
+		if v := os.Getenv("ZDM_TEST_LOGS"); (t.Failed() && v != "") || v == "all" {
+			t.Logf("zdm %s:\n%s", strings.Join(args, " "), p.logs.String())
 		}
 	})
 	return p

@@ -35,6 +35,8 @@ type Mismatch struct {
 	Partition string
 	// Range is the same range, for Repair.
 	Range milvusx.Range
+	// Keys are every key that differs, smallest first.
+	Keys []milvusx.Key
 }
 
 // Match reports whether the two sides hold the same rows.
@@ -62,10 +64,11 @@ func Collection(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mi
 }
 
 // CollectionExcept is Collection with the rows of the keys in except left
-// out on both sides: keys written to the target alone after a switchover.
-// With keys left out, the counts are those of the rows read (duplicates
-// included) rather than count(*).
-func CollectionExcept(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, rangeRows int, except map[milvusx.Key]bool) (*Report, error) {
+// out on both sides (keys written to the target alone after a
+// switchover). With keys left out, the counts are those of the rows read
+// (duplicates included) rather than count(*).
+func CollectionExcept(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, rangeRows int,
+	except map[milvusx.Key]bool) (*Report, error) {
 	if rangeRows <= 0 {
 		rangeRows = DefaultRangeRows
 	}
@@ -214,7 +217,7 @@ func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool
 	}
 	// The smallest keys first, so reports are stable.
 	slices.SortFunc(diff, milvusx.CompareKeys)
-	m := Mismatch{}
+	m := Mismatch{Keys: diff}
 	for _, k := range diff[:min(len(diff), maxSampleKeys)] {
 		m.SampleKeys = append(m.SampleKeys, k.String())
 	}

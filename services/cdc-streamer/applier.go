@@ -41,6 +41,9 @@ const (
 	scanEvery = time.Second
 	// fetchMax is how many changes one read takes.
 	fetchMax = 256
+	// applyPoll is how long the applier waits for changes when there are
+	// none, and so how soon it sees its migration's state change.
+	applyPoll = 100 * time.Millisecond
 )
 
 // applying is a migration state in which its changes are applied.
@@ -236,7 +239,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		case cur = <-state:
 		default:
 		}
-		wait := resolveEvery
+		wait := applyPoll
 		if cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER {
 			wait = switchPoll
 		}

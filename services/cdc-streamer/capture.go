@@ -488,12 +488,13 @@ func (c *capture) state() *eventspb.ResolvedTimestamp {
 	st := &eventspb.ResolvedTimestamp{GatewayId: c.id, ClusterId: c.src.current(), Addr: c.addr, TargetViewAddr: c.viewAddr,
 		MigrationId: c.armed, ArmTimestamp: c.armTs, LastSequence: c.seq, LastStreamSequence: c.streamSeq, Time: timestamppb.Now(),
 		Switched: c.armed != "" && c.switched == c.armed}
-	if c.hold.attempt != 0 && c.hold.ready {
-		st.HoldAttempt, st.HoldTime = c.hold.attempt, timestamppb.New(c.hold.start)
-	}
 	if c.released.attempt != 0 && c.released.migration == c.armed {
 		st.ReleasedAttempt, st.ReleaseTime, st.HeldWrites = c.released.attempt, timestamppb.New(c.released.end), c.released.writes
 		st.HoldTime = timestamppb.New(c.released.start)
+	}
+	if c.hold.attempt != 0 && c.hold.ready {
+		// The hold under way, not the last one released.
+		st.HoldAttempt, st.HoldTime = c.hold.attempt, timestamppb.New(c.hold.start)
 	}
 	return st
 }

@@ -185,4 +185,3 @@ func replyKeys(ids *schemapb.IDs) []milvusx.Key {
 	}
 	return out
 }
-

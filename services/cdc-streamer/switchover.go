@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -274,6 +275,16 @@ type switchover struct {
 	src *milvusx.Client // opened at the first count check
 	// counted is the attempt whose counts matched.
 	counted int32
+	// source counts the source's collections once every replica holds
+	// (the source no longer changes), while the drain goes on.
+	source        chan sourceCounts
+	sourceAttempt int32
+}
+
+// sourceCounts are count(*) of every collection of the source.
+type sourceCounts struct {
+	counts map[string]int64
+	err    error
 }
 
 func (s *switchover) close() {
@@ -331,17 +342,39 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 		return abort(fmt.Sprintf("the drain did not finish within max_write_pause %s: %d of %d gateway replicas held writes, changes applied up to stream sequence %d of %d",
 			maxPause, holding, len(live), applied, need))
 	}
+	if len(live) > 0 && holding == len(live) && s.sourceAttempt != sw.GetAttempt() {
+		s.sourceAttempt, s.source = sw.GetAttempt(), make(chan sourceCounts, 1)
+		cctx, cancel := context.WithDeadline(ctx, deadline)
+		go func() {
+			defer cancel()
+			counts, err := s.countSource(cctx, m)
+			s.source <- sourceCounts{counts, err}
+		}()
+	}
 	if len(live) == 0 || holding < len(live) || applied < need || pending {
+		s.a.log.Debug("switchover: waiting", slog.String("migration", id), slog.Int("holding", holding), slog.Int("replicas", len(live)),
+			slog.Uint64("applied", applied), slog.Uint64("need", need), slog.Bool("pending", pending))
 		return nil
 	}
 	if s.counted != sw.GetAttempt() {
+		drained := time.Now()
 		cctx, cancel := context.WithDeadline(ctx, deadline)
-		err := s.countCheck(cctx, m)
+		var src sourceCounts
+		select {
+		case src = <-s.source:
+		case <-cctx.Done():
+			src.err = cctx.Err()
+		}
+		if src.err == nil {
+			src.err = s.countTarget(cctx, src.counts)
+		}
 		cancel()
-		if err != nil {
-			return abort(err.Error())
+		if src.err != nil {
+			return abort(src.err.Error())
 		}
 		s.counted = sw.GetAttempt()
+		s.a.log.Info("switchover: drained and counted", slog.String("migration", id), slog.Duration("drain", drained.Sub(first)),
+			slog.Duration("count_check", time.Since(drained)))
 	}
 	d := &eventspb.SwitchoverDecision{MigrationId: id, Attempt: sw.GetAttempt(), Switch: true, DecidedBy: s.a.id, Time: timestamppb.Now()}
 	for _, g := range live {
@@ -358,45 +391,60 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 	return s.report(ctx, got, gws)
 }
 
-// countCheck compares count(*) of every collection of m on both sides.
-func (s *switchover) countCheck(ctx context.Context, m *zdmpb.Migration) error {
+// countSource counts every collection of m's source.
+func (s *switchover) countSource(ctx context.Context, m *zdmpb.Migration) (map[string]int64, error) {
 	if s.src == nil {
 		conn, err := s.reg.Resolve(ctx, m.GetSourceClusterId())
 		if err != nil {
-			return fmt.Errorf("count check: source: %w", err)
+			return nil, fmt.Errorf("count check: source: %w", err)
 		}
 		if s.src, err = milvusx.Open(ctx, conn, ""); err != nil {
-			return fmt.Errorf("count check: source: %w", err)
+			return nil, fmt.Errorf("count check: source: %w", err)
 		}
 	}
 	colls, err := milvusx.UserCollections(ctx, s.src)
 	if err != nil {
-		return fmt.Errorf("count check: source: %w", err)
+		return nil, fmt.Errorf("count check: source: %w", err)
 	}
-	errs := make([]error, len(colls))
+	counts, err := countAll(ctx, s.src, colls)
+	if err != nil {
+		return nil, fmt.Errorf("count check: source: %w", err)
+	}
+	return counts, nil
+}
+
+// countTarget compares the target's counts with the source's.
+func (s *switchover) countTarget(ctx context.Context, source map[string]int64) error {
+	colls := slices.Sorted(maps.Keys(source))
+	counts, err := countAll(ctx, s.tgt, colls)
+	if err != nil {
+		return fmt.Errorf("count check: target: %w", err)
+	}
+	var errs []error
+	for _, c := range colls {
+		if counts[c] != source[c] {
+			errs = append(errs, fmt.Errorf("count check: %s holds %d rows on the source and %d on the target", c, source[c], counts[c]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// countAll counts the collections ("database.collection") of c at once.
+func countAll(ctx context.Context, c *milvusx.Client, colls []string) (map[string]int64, error) {
+	counts, errs := make([]int64, len(colls)), make([]error, len(colls))
 	var wg sync.WaitGroup
-	for i, c := range colls {
+	for i, coll := range colls {
 		wg.Go(func() {
-			db, name, _ := strings.Cut(c, ".")
-			t := milvusx.Table{Database: db, Collection: name}
-			var sn, tn int64
-			var serr, terr error
-			var inner sync.WaitGroup
-			inner.Go(func() { sn, serr = verify.Count(ctx, s.src.Raw, t) })
-			tn, terr = verify.Count(ctx, s.tgt.Raw, t)
-			inner.Wait()
-			switch {
-			case serr != nil:
-				errs[i] = fmt.Errorf("count check: source: %w", serr)
-			case terr != nil:
-				errs[i] = fmt.Errorf("count check: target: %w", terr)
-			case sn != tn:
-				errs[i] = fmt.Errorf("count check: %s holds %d rows on the source and %d on the target", c, sn, tn)
-			}
+			db, name, _ := strings.Cut(coll, ".")
+			counts[i], errs[i] = verify.Count(ctx, c.Raw, milvusx.Table{Database: db, Collection: name})
 		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	out := map[string]int64{}
+	for i, coll := range colls {
+		out[coll] = counts[i]
+	}
+	return out, errors.Join(errs...)
 }
 
 // report tells the coordinator how attempt d ended: aborted at once;
