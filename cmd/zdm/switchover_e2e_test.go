@@ -63,7 +63,9 @@ func (r *switchRig) zdm(target, addr string, args ...string) *binaryProcess {
 	return startBinary(r.t, append([]string{"-target", target, "-nats-url", r.nats, "-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0"}, args...)...)
 }
 
-func (r *switchRig) startApplier() { r.applier = r.zdm("cdc-streamer", freeAddr(r.t), "-log-level", "debug") }
+func (r *switchRig) startApplier() {
+	r.applier = r.zdm("cdc-streamer", freeAddr(r.t), "-log-level", "debug")
+}
 
 // migrate creates the migration and waits until it is ready to finalise.
 func (r *switchRig) migrate(ctx context.Context, id string) {

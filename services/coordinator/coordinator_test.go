@@ -16,8 +16,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
@@ -678,4 +680,39 @@ func TestRestartStartsPendingMigration(t *testing.T) {
 	cmds := restarted.commands("m1")
 	require.Len(t, cmds, 1)
 	require.Equal(t, zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, cmds[0].GetStage())
+}
+
+// TestNotesAndNotifications: a gateway replica leaving is noted in the
+// history without a change of state, and each notification report
+// updates the migration's record of that delivery, also once it ended.
+func TestNotesAndNotifications(t *testing.T) {
+	bus, _ := ztest.Bus(t)
+	h := newUnitHarness(t, bus, newClock(), newFakeProber())
+	ctx := ctxT(t)
+	h.create("m1", zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME)
+	h.drive("m1", ready)
+	publish := func(kind natsbus.EventKind, id string, ev proto.Message) {
+		_, err := natsbus.Publish(ctx, bus.JS, telemetry.Propagator(), natsbus.EventSubject("m1", kind), id, ev)
+		require.NoError(t, err)
+	}
+	publish(natsbus.EventGateway, "gw-left", &eventspb.GatewayChange{EventId: "gw-left", MigrationId: "m1", GatewayId: "gw-b", Addr: "10.0.0.2:19540",
+		Time: timestamppb.New(h.clock.Now())})
+	for i, d := range []*zdmpb.NotificationDelivery{
+		{Notice: "LAG_THRESHOLD_REACHED", Channel: "webhook", Recipient: "http://hook", Attempts: 1, LastError: "answered 503"},
+		{Notice: "LAG_THRESHOLD_REACHED", Channel: "webhook", Recipient: "http://hook", Attempts: 2, Delivered: true},
+		{Notice: "LAG_THRESHOLD_REACHED", Channel: "webhook", Recipient: "http://hook", Attempts: 1, LastError: "late"},
+	} {
+		id := fmt.Sprintf("n%d", i)
+		publish(natsbus.EventNotice, id, &eventspb.NotificationReport{EventId: id, MigrationId: "m1", Delivery: d})
+	}
+	h.eventsHandled()
+	m := h.get("m1")
+	require.Equal(t, ready, m.GetState())
+	last := m.GetHistory()[len(m.GetHistory())-1]
+	require.Equal(t, ready, last.GetFromState())
+	require.Equal(t, ready, last.GetToState())
+	require.Contains(t, last.GetReason(), "gateway replica gw-b (10.0.0.2:19540) stopped renewing its registration and was dropped")
+	require.Len(t, m.GetNotifications(), 1)
+	require.True(t, m.GetNotifications()[0].GetDelivered(), "the late failure report does not undo the delivery")
+	require.Equal(t, int32(2), m.GetNotifications()[0].GetAttempts())
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
@@ -39,6 +41,7 @@ const Name = "lag-monitor"
 type Monitor struct {
 	lagpb.UnimplementedLagMonitorServiceServer
 
+	cfg        Config
 	deps       service.Deps
 	lag        *lagMeter
 	migrations *natsbus.Table[*zdmpb.Migration]
@@ -51,7 +54,12 @@ type Monitor struct {
 var _ service.Service = (*Monitor)(nil)
 
 // New returns a monitor that is not yet started.
-func New(deps service.Deps) *Monitor { return &Monitor{deps: deps} }
+func New(cfg Config, deps service.Deps) (*Monitor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Monitor{cfg: cfg, deps: deps}, nil
+}
 
 // Name implements service.Service.
 func (m *Monitor) Name() string { return Name }
@@ -87,8 +95,18 @@ func (m *Monitor) Start(ctx context.Context) error {
 		return err
 	}
 	m.migrations = migrations
+	notices, err := natsbus.NoticesBucket.Open(ctx, bus.JS, bus.Replicas)
+	if err != nil {
+		return err
+	}
+	n := &notifier{cfg: m.cfg, log: m.deps.Logger, migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: sendTimeout,
+		publish: func(ctx context.Context, subject, id string, ev proto.Message) error {
+			_, err := natsbus.Publish(ctx, bus.JS, m.deps.Propagator, subject, id, ev)
+			return err
+		}}
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	m.wg.Go(func() { m.lag.run(run) })
+	m.wg.Go(func() { n.run(run) })
 	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
 		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_VERIFY}, time.Hour, m.verify)
 	if err != nil {

@@ -330,7 +330,11 @@ func newServices(cfg Config, deps service.Deps, logger *slog.Logger) ([]service.
 			}
 			out = append(out, s)
 		case lagmonitor.Name:
-			out = append(out, lagmonitor.New(d))
+			m, err := lagmonitor.New(cfg.LagMonitor, d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, m)
 		case coordinator.Name:
 			c, err := coordinator.New(cfg.Coordinator, d)
 			if err != nil {

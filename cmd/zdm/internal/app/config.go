@@ -19,6 +19,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/secret"
 	streamer "github.com/zdm-io/zdm/services/cdc-streamer"
 	"github.com/zdm-io/zdm/services/coordinator"
+	lagmonitor "github.com/zdm-io/zdm/services/lag-monitor"
 	copier "github.com/zdm-io/zdm/services/snapshot-copier"
 )
 
@@ -51,6 +52,7 @@ type Config struct {
 	Coordinator      coordinator.Config
 	Copier           copier.Config
 	Streamer         streamer.Config
+	LagMonitor       lagmonitor.Config
 	syncInterval     time.Duration
 	targetFlagString string
 	box              *secret.Box
@@ -88,6 +90,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Coordinator.RegisterFlags(fs)
 	c.Copier.RegisterFlags(fs)
 	c.Streamer.RegisterFlags(fs)
+	c.LagMonitor.RegisterFlags(fs)
 }
 
 // AuthOff reports whether the API runs without authentication: asked for
@@ -175,6 +178,9 @@ func (c *Config) Validate() error {
 	}
 	if slices.Contains(c.Targets, streamer.Name) {
 		errs = append(errs, c.Streamer.Validate())
+	}
+	if slices.Contains(c.Targets, lagmonitor.Name) {
+		errs = append(errs, c.LagMonitor.Validate())
 	}
 	return errors.Join(errs...)
 }

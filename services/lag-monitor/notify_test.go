@@ -1,0 +1,199 @@
+package lagmonitor
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/ztest"
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// mailbox is a real SMTP server (go-smtp) that keeps what it receives.
+type mailbox struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+type mailSession struct{ box *mailbox }
+
+func (s *mailSession) Reset()                               {}
+func (s *mailSession) Logout() error                        { return nil }
+func (s *mailSession) Mail(string, *smtp.MailOptions) error { return nil }
+func (s *mailSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *mailSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.box.mu.Lock()
+	s.box.msgs = append(s.box.msgs, string(b))
+	s.box.mu.Unlock()
+	return nil
+}
+
+func startMailbox(t *testing.T) (*mailbox, string) {
+	box := &mailbox{}
+	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &mailSession{box}, nil }))
+	srv.Domain = "localhost"
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return box, lis.Addr().String()
+}
+
+func (b *mailbox) count(subject string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, m := range b.msgs {
+		if strings.Contains(m, subject) {
+			n++
+		}
+	}
+	return n
+}
+
+// receiver is a webhook endpoint that fails its first `fail` requests.
+type receiver struct {
+	mu     sync.Mutex
+	fail   int
+	tries  map[string]int // by notice, every request
+	got    map[string]int // by notice, answered 200
+	badSig int
+}
+
+func startReceiver(t *testing.T, secret string, fail int) (*receiver, string) {
+	r := &receiver{fail: fail, tries: map[string]int{}, got: map[string]int{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		b, _ := io.ReadAll(req.Body)
+		var body webhookBody
+		_ = json.Unmarshal(b, &body)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		key := body.MigrationID + "/" + body.Notice
+		r.tries[key]++
+		if req.Header.Get("X-Zdm-Signature") != Sign(secret, b) {
+			r.badSig++
+		}
+		if r.tries[key] <= r.fail {
+			http.Error(w, "not now", http.StatusServiceUnavailable)
+			return
+		}
+		r.got[key]++
+	}))
+	t.Cleanup(srv.Close)
+	return r, srv.URL
+}
+
+func (r *receiver) counts(key string) (tries, got int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tries[key], r.got[key]
+}
+
+// TestNotifications: every notice goes once to the emails (one message)
+// and once to each webhook, signed; a webhook that fails twice gets its
+// third try; a monitor that stops and another that starts send nothing
+// twice; each delivery is recorded in the bucket.
+func TestNotifications(t *testing.T) {
+	bus, _ := ztest.Bus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	box, smtpAddr := startMailbox(t)
+	ok, okURL := startReceiver(t, "s3cret", 0)
+	flaky, flakyURL := startReceiver(t, "s3cret", 2)
+
+	migrations, err := natsbus.OpenTable(ctx, bus.JS, natsbus.MigrationsBucket, "migration", 1, func() *zdmpb.Migration { return &zdmpb.Migration{} })
+	require.NoError(t, err)
+	notices, err := natsbus.NoticesBucket.Open(ctx, bus.JS, 1)
+	require.NoError(t, err)
+	now := time.Now()
+	to := &zdmpb.Notifications{Emails: []string{"ops@example.com", "lead@example.com"}, WebhookUrls: []string{okURL, flakyURL}}
+	put := func(m *zdmpb.Migration) {
+		_, _, err := migrations.Upsert(ctx, m.GetMigrationId(), func(cur *zdmpb.Migration) error {
+			proto.Reset(cur)
+			proto.Merge(cur, m)
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	put(&zdmpb.Migration{MigrationId: "done", State: zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, EndTime: timestamppb.New(now),
+		SourceClusterId: "src", TargetClusterId: "tgt", TargetEndpoint: "tgt:19530", Options: &zdmpb.MigrationOptions{Notifications: to},
+		Lag: &zdmpb.Lag{ThresholdReachedTime: timestamppb.New(now.Add(-time.Hour))}})
+	put(&zdmpb.Migration{MigrationId: "old", State: zdmpb.MigrationState_MIGRATION_STATE_FAILED, EndTime: timestamppb.New(now.Add(-30 * 24 * time.Hour)),
+		Options: &zdmpb.MigrationOptions{Notifications: to}})
+	put(&zdmpb.Migration{MigrationId: "long", State: zdmpb.MigrationState_MIGRATION_STATE_SYNCING,
+		Options: &zdmpb.MigrationOptions{Notifications: &zdmpb.Notifications{WebhookUrls: []string{okURL}}, MaxSyncDuration: durationpb.New(48 * time.Hour)},
+		Stages:  []*zdmpb.Stage{{Kind: zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, StartTime: timestamppb.New(now.Add(-25 * time.Hour))}}})
+
+	var mu sync.Mutex
+	var reports int
+	start := func() context.CancelFunc {
+		n := &notifier{cfg: Config{SMTPAddr: smtpAddr, SMTPFrom: "zdm@example.com", WebhookSecret: "s3cret"}, log: slog.Default(),
+			migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: 200 * time.Millisecond,
+			publish: func(context.Context, string, string, proto.Message) error {
+				mu.Lock()
+				reports++
+				mu.Unlock()
+				return nil
+			}}
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); n.run(rctx) }()
+		return func() { stop(); <-done }
+	}
+	stop := start()
+	ztest.Eventually(t, 20*time.Second, func() bool { _, got := ok.counts("done/COMPLETED"); return got == 1 }, "first webhook not delivered")
+	// Another monitor takes over (the first stopped): nothing goes twice.
+	stop()
+	stop = start()
+	defer stop()
+	ztest.Eventually(t, 30*time.Second, func() bool {
+		_, a := flaky.counts("done/COMPLETED")
+		_, b := flaky.counts("done/LAG_THRESHOLD_REACHED")
+		_, c := ok.counts("long/SYNC_EXPIRING")
+		return a == 1 && b == 1 && c == 1 && box.count("completed") == 1 && box.count("lag threshold reached") == 1
+	}, "notices not all delivered")
+	time.Sleep(time.Second) // a second round would send duplicates now
+	for _, key := range []string{"done/COMPLETED", "done/LAG_THRESHOLD_REACHED"} {
+		tries, got := ok.counts(key)
+		require.Equal(t, [2]int{1, 1}, [2]int{tries, got}, "%s to the healthy webhook", key)
+		tries, got = flaky.counts(key)
+		require.Equal(t, [2]int{3, 1}, [2]int{tries, got}, "%s to the webhook failing twice: delivered on the third try", key)
+	}
+	require.Equal(t, 1, box.count("Subject: [zdm] migration done: completed"))
+	require.Equal(t, 1, box.count("Subject: [zdm] migration done: lag threshold reached"))
+	require.Equal(t, 2, box.count("To: ops@example.com, lead@example.com"), "one message per notice, to every address")
+	require.Equal(t, 2, box.count("From: zdm <zdm@example.com>"), "no other message")
+	require.Zero(t, box.count("migration old"), "a migration that ended a month ago is not announced")
+	tries, _ := ok.counts("long/SYNC_EXPIRING")
+	require.Equal(t, 1, tries)
+	require.Zero(t, ok.badSig+flaky.badSig, "every webhook body is signed")
+
+	e, err := notices.Get(ctx, natsbus.NoticeKey("done", "COMPLETED", "webhook", 1))
+	require.NoError(t, err)
+	rec := &zdmpb.NotificationDelivery{}
+	require.NoError(t, proto.Unmarshal(e.Value(), rec))
+	require.True(t, rec.GetDelivered())
+	require.Equal(t, int32(3), rec.GetAttempts())
+	mu.Lock()
+	require.GreaterOrEqual(t, reports, 9, "each attempt is reported to the coordinator")
+	mu.Unlock()
+}
