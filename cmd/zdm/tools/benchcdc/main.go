@@ -72,6 +72,8 @@ func run(ctx context.Context) error {
 	saturateFor := flag.Duration("saturate-for", 20*time.Second, "length of each saturation run")
 	lagRate := flag.Int("lag-rows", 1000, "rows per second written through the gateway while lag is sampled")
 	lagFor := flag.Duration("lag-for", 60*time.Second, "length of the lag run")
+	switchWriters := flag.Int("switch-writers", 8, "writers through the gateway during the switchover")
+	switchRate := flag.Int("switch-rate", 200, "inserts per second each switchover writer aims at")
 	pidFile := flag.String("source-pidfile", ".testenv/pids/milvus-source.pid", "pid file of the source Milvus (its process group is counted)")
 	flag.Parse()
 	src := os.Getenv("ZDM_TEST_MILVUS_SOURCE")
@@ -91,6 +93,9 @@ func run(ctx context.Context) error {
 	if tgt == "" {
 		return errors.New("ZDM_TEST_MILVUS_TARGET unset: run make testenv-up and source .testenv/env")
 	}
+	// A switched-over migration completes and leaves its data on the
+	// target; the next run needs it empty.
+	defer func() { _ = dropDatabase(context.WithoutCancel(ctx), tgt) }()
 	z, err := startZDM(ctx, *zdmBin, src, tgt)
 	if err != nil {
 		return err
@@ -159,6 +164,11 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("lag: %w", err)
 	}
 
+	sw, err := z.switchover(ctx, viaGateway, *switchWriters, *switchRate)
+	if err != nil {
+		return fmt.Errorf("switchover: %w", err)
+	}
+
 	fmt.Printf("direct_p99_ms=%.2f\n", directP99)
 	fmt.Printf("gateway_p99_ms=%.2f\n", gatewayP99)
 	fmt.Printf("gateway_added_p99_ms=%.2f\n", gatewayP99-directP99)
@@ -178,7 +188,94 @@ func run(ctx context.Context) error {
 	fmt.Printf("lag_p50_s=%.2f\n", lags[len(lags)/2])
 	fmt.Printf("lag_p99_s=%.2f\n", lags[len(lags)*99/100])
 	fmt.Printf("lag_max_s=%.2f\n", lags[len(lags)-1])
+	fmt.Printf("switchover_write_pause_ms=%.0f\n", sw.pause.Seconds()*1000)
+	fmt.Printf("switchover_failed_writes=%d\n", sw.failed)
+	fmt.Printf("switchover_attempts=%d\n", sw.attempts)
+	fmt.Printf("switchover_writes_per_s=%.0f\n", sw.rate)
 	return nil
+}
+
+// switched is how a switchover went.
+type switched struct {
+	pause    time.Duration
+	failed   int64
+	attempts int32
+	rate     float64 // inserts per second of all writers together
+}
+
+// switchover waits for the migration to be ready to finalise, starts
+// writers inserting through the gateway at rate each, switches over
+// (again after an abort, up to three times) and keeps writing for a
+// while after, counting writes that failed.
+func (z *zdmProcs) switchover(ctx context.Context, c client.Client, writers, rate int) (switched, error) {
+	mig := zdmpb.NewMigrationServiceClient(z.conn)
+	get := func() (*zdmpb.Migration, error) {
+		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: migrationID})
+		return resp.GetMigration(), err
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		m, err := get()
+		if err != nil {
+			return switched{}, err
+		}
+		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE {
+			break
+		}
+		if time.Now().After(deadline) {
+			return switched{}, fmt.Errorf("migration %s, not ready to finalise", m.GetState())
+		}
+	}
+	var out switched
+	var writes atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range writers {
+		wg.Go(func() {
+			tick := time.NewTicker(time.Second / time.Duration(rate))
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				if err := insert(ctx, c); err != nil {
+					atomic.AddInt64(&out.failed, 1)
+					continue
+				}
+				writes.Add(1)
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait(); out.rate = float64(writes.Load()) / time.Since(start).Seconds() }()
+	time.Sleep(3 * time.Second)
+	for out.attempts = 1; ; out.attempts++ {
+		resp, err := mig.Switchover(ctx, &zdmpb.SwitchoverRequest{MigrationId: migrationID})
+		if err != nil {
+			return out, err
+		}
+		attempt := resp.GetMigration().GetSwitchover().GetAttempt()
+		var m *zdmpb.Migration
+		for m = resp.GetMigration(); m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER ||
+			(m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE && m.GetSwitchover().GetAttempt() == attempt && m.GetSwitchover().GetAbortReason() == ""); {
+			time.Sleep(50 * time.Millisecond)
+			if m, err = get(); err != nil {
+				return out, err
+			}
+		}
+		if m.GetSwitchover().GetSwitchTime() != nil {
+			out.pause = m.GetSwitchoverWritePause().AsDuration()
+			break
+		}
+		fmt.Fprintf(os.Stderr, "switchover attempt %d aborted: %s\n", attempt, m.GetSwitchover().GetAbortReason())
+		if out.attempts == 3 {
+			return out, errors.New("three switchovers aborted")
+		}
+		time.Sleep(3 * time.Second)
+	}
+	time.Sleep(2 * time.Second) // writes go on, to the target
+	return out, nil
 }
 
 func connect(ctx context.Context, addr string) (client.Client, error) {
