@@ -52,6 +52,9 @@ func newSwitchRig(t *testing.T, ctx context.Context, srcAddr, tgtAddr string, re
 		r.gates, r.gws, r.gwCtl = append(r.gates, r.zdm("cdc-streamer", ctl, args...)), append(r.gws, gw), append(r.gwCtl, ctl)
 	}
 	r.startApplier()
+	for i, ctl := range r.gwCtl {
+		waitHealthy(t, ctl, r.gates[i].logs) // its gateway listens
+	}
 	waitHealthy(t, coordAddr, r.coord.logs)
 	conn := dial(t, coordAddr)
 	r.mig = zdmpb.NewMigrationServiceClient(conn)
@@ -117,8 +120,10 @@ func startClients(t *testing.T, ctx context.Context, gws []string, writers, read
 	t.Helper()
 	cl := &clients{stop: make(chan struct{}), rec: make([]map[int64]string, writers)}
 	connect := func(i int) client.Client {
-		c, err := client.NewClient(ctx, client.Config{Address: gws[i%len(gws)], DBName: "shop"})
-		require.NoError(t, err)
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		c, err := client.NewClient(cctx, client.Config{Address: gws[i%len(gws)], DBName: "shop"})
+		require.NoError(t, err, "connect to the gateway at %s", gws[i%len(gws)])
 		t.Cleanup(func() { c.Close() })
 		return c
 	}

@@ -252,8 +252,10 @@ func (p *policy) allow(method string) error {
 		case m.GetSourceClusterId() != up && m != p.view.active:
 		case m.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE:
 			return refused("%s refused: cluster %q is the source of OFFLINE migration %q, which refuses every write until it ends", name, up, id)
+		case frozenDDL[name] && m.GetSourceClusterId() == up:
+			return refused("%s refused: cluster %q is the source of migration %q, whose target could not follow it; retry after the migration ends", name, up, id)
 		case frozenDDL[name]:
-			return refused("%s refused: cluster %q is in migration %q, whose other side could not follow it; retry after the migration ends", name, up, id)
+			return refused("%s refused: cluster %q is the target of migration %q, switched over and verifying; retry after the migration ends", name, up, id)
 		}
 	}
 	return nil
