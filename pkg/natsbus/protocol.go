@@ -185,6 +185,13 @@ func SwitchoverKey(migration string, attempt int32) string {
 	return fmt.Sprintf("%s.%d", migration, attempt)
 }
 
+// HoldKey is the key in SwitchoversBucket by which the applier tells the
+// gateway replicas of migration's attempt that it has caught up, so they
+// hold writes now.
+func HoldKey(migration string, attempt int32) string {
+	return SwitchoverKey(migration, attempt) + ".hold"
+}
+
 // NoticeKey is the key in NoticesBucket of notice (a token such as
 // COMPLETED) to recipient number i of channel ("email", "webhook").
 func NoticeKey(migration, notice, channel string, i int) string {

@@ -281,6 +281,10 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		}
 		info, err := cons.Info(ctx)
 		pending := err != nil || info.NumPending > 0
+		var backlog uint64
+		if err == nil {
+			backlog = info.NumPending
+		}
 		gws, err := natsbus.Gateways(ctx, a.gateways)
 		if err != nil {
 			continue
@@ -291,7 +295,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 			}
 		}
 		if cur.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER {
-			if err := sw.step(ctx, cur, gws, pos.GetStreamSequence(), pending); err != nil {
+			if err := sw.step(ctx, cur, gws, pos.GetStreamSequence(), pending, backlog); err != nil {
 				a.log.Warn("applier: switchover step; will retry", slog.String("migration", id), slog.Any("error", err))
 			}
 		}

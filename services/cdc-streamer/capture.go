@@ -61,6 +61,7 @@ type capture struct {
 	queues    map[string]*queue // changes waiting to be published, by subject
 
 	view     view   // what the policy said last
+	wanted   wanted // the switchover attempt about to hold
 	hold     hold   // the switchover attempt whose writes are held
 	released hold   // the last attempt released
 	decided  int32  // last switchover attempt of the armed migration decided
@@ -178,8 +179,9 @@ func (c *capture) follow(v view) {
 	}
 	attempt := m.GetSwitchover().GetAttempt()
 	switch {
-	case m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER && attempt > c.decided && c.hold.attempt != attempt:
-		c.startHold(m)
+	case m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER && attempt > c.decided && c.hold.attempt != attempt &&
+		(c.wanted.migration != id || c.wanted.attempt != attempt):
+		c.awaitHold(m)
 	case m.GetState() != zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER && c.hold.attempt != 0:
 		c.endHold(false) // the switchover ended without this replica
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,11 +28,15 @@ import (
 // A switchover, as each gateway replica sees it (the applier's side is in
 // applier.go):
 //
-//  1. The migration becomes SWITCHING_OVER with attempt N. The replica
-//     holds every new write (begin waits; reads go on to the source),
-//     waits for the writes in flight to be answered and published, and
-//     says so at once in its gateways entry (hold_attempt N, with its last
-//     stream sequence).
+//  0. The migration becomes SWITCHING_OVER with attempt N. Writes go on
+//     while the applier catches up with the change stream; once it has
+//     (or after catchUpWait at the latest) it says so with the hold key
+//     in bucket zdm_switchovers. The pause then lasts one small drain and
+//     the count check, not the whole lag.
+//  1. The replica holds every new write (begin waits; reads go on to the
+//     source), waits for the writes in flight to be answered and
+//     published, and says so at once in its gateways entry (hold_attempt
+//     N, with its last stream sequence).
 //  2. The applier drains to the last sequence of every live replica,
 //     compares count(*) of each collection on both sides, and creates the
 //     decision "switch" in bucket zdm_switchovers.
@@ -57,6 +62,63 @@ type hold struct {
 
 // defaultMaxWritePause is the API's default, for a record without one.
 const defaultMaxWritePause = time.Second
+
+// catchUpWait bounds how long a switchover waits for the applier to catch
+// up before the replicas hold writes all the same.
+const catchUpWait = 5 * time.Second
+
+// caughtUp is the backlog (stream messages not yet read) below which the
+// applier lets the replicas hold: what is left is drained in one read.
+const caughtUp = fetchMax / 4
+
+// wanted is a switchover attempt whose hold waits for the applier.
+type wanted struct {
+	migration string
+	attempt   int32
+	signal    chan struct{} // closed when the hold key appears
+}
+
+// awaitHold holds m's switchover attempt once the applier has caught up
+// (the hold key appears) or catchUpWait after the switchover began. c.mu
+// is held.
+func (c *capture) awaitHold(m *zdmpb.Migration) {
+	w := wanted{migration: m.GetMigrationId(), attempt: m.GetSwitchover().GetAttempt(), signal: make(chan struct{})}
+	c.wanted = w
+	by := m.GetSwitchover().GetStartTime().AsTime().Add(catchUpWait)
+	go func() {
+		t := time.NewTimer(time.Until(by))
+		defer t.Stop()
+		if _, err := c.switchovers.Get(c.ctx, natsbus.HoldKey(w.migration, w.attempt)); err != nil {
+			select {
+			case <-w.signal:
+			case <-t.C:
+				c.log.Warn("switchover: the applier did not catch up in time; holding writes all the same", slog.String("migration", w.migration))
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		m := c.view.active
+		if c.wanted.signal == w.signal && c.decided < w.attempt && c.hold.attempt != w.attempt && m.GetMigrationId() == w.migration &&
+			m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_SWITCHING_OVER && m.GetSwitchover().GetAttempt() == w.attempt {
+			c.startHold(m)
+		}
+	}()
+}
+
+// signalHold tells a wanted hold that the applier caught up.
+func (c *capture) signalHold(migration string, attempt int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.wanted.migration == migration && c.wanted.attempt == attempt && c.wanted.signal != nil {
+		select {
+		case <-c.wanted.signal:
+		default:
+			close(c.wanted.signal)
+		}
+	}
+}
 
 // startHold begins holding the writes of m's current switchover attempt.
 // c.mu is held.
@@ -229,6 +291,14 @@ func (c *capture) watchDecisions(ctx context.Context) {
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
+			if key, ok := strings.CutSuffix(e.Key(), ".hold"); ok {
+				if i := strings.LastIndexByte(key, '.'); i > 0 {
+					if n, err := strconv.ParseInt(key[i+1:], 10, 32); err == nil {
+						c.signalHold(key[:i], int32(n))
+					}
+				}
+				continue
+			}
 			d := &eventspb.SwitchoverDecision{}
 			if proto.Unmarshal(e.Value(), d) == nil {
 				c.decide(ctx, d)
@@ -275,10 +345,15 @@ type switchover struct {
 	src *milvusx.Client // opened at the first count check
 	// counted is the attempt whose counts matched.
 	counted int32
+	// signalled is the attempt whose replicas were told to hold.
+	signalled int32
 	// source counts the source's collections once every replica holds
 	// (the source no longer changes), while the drain goes on.
 	source        chan sourceCounts
 	sourceAttempt int32
+	// colls are the source's collections, listed when the switchover
+	// began (DDL waits for it like any write).
+	colls []string
 }
 
 // sourceCounts are count(*) of every collection of the source.
@@ -295,7 +370,7 @@ func (s *switchover) close() {
 
 // step moves m's switchover on, given the gateways' entries and the last
 // stream sequence applied (pending: changes are waiting to be applied).
-func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*eventspb.ResolvedTimestamp, applied uint64, pending bool) error {
+func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*eventspb.ResolvedTimestamp, applied uint64, pending bool, backlog uint64) error {
 	id, sw := m.GetMigrationId(), m.GetSwitchover()
 	e, err := s.a.switchovers.Get(ctx, natsbus.SwitchoverKey(id, sw.GetAttempt()))
 	switch {
@@ -330,6 +405,17 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 		need = max(need, g.GetLastStreamSequence())
 	}
 	deadline := first.Add(maxPause)
+	if holding == 0 {
+		// Writes are not held yet: the applier catches up first, and
+		// tells the replicas to hold once it has.
+		deadline = first.Add(catchUpWait + maxPause)
+		if len(live) > 0 && applied+uint64(caughtUp) >= need && backlog <= uint64(caughtUp) && s.signalled != sw.GetAttempt() {
+			if _, err := s.a.switchovers.Create(ctx, natsbus.HoldKey(id, sw.GetAttempt()), []byte(s.a.id)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+				return err
+			}
+			s.signalled = sw.GetAttempt()
+		}
+	}
 	abort := func(reason string) error {
 		d := &eventspb.SwitchoverDecision{MigrationId: id, Attempt: sw.GetAttempt(), Reason: reason, DecidedBy: s.a.id, Time: timestamppb.Now()}
 		got, err := decide(ctx, s.a.switchovers, d)
@@ -345,9 +431,16 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 	if len(live) > 0 && holding == len(live) && s.sourceAttempt != sw.GetAttempt() {
 		s.sourceAttempt, s.source = sw.GetAttempt(), make(chan sourceCounts, 1)
 		cctx, cancel := context.WithDeadline(ctx, deadline)
+		if err := s.listSource(cctx, m); err != nil {
+			cancel()
+			return abort(err.Error())
+		}
 		go func() {
 			defer cancel()
-			counts, err := s.countSource(cctx, m)
+			counts, err := countAll(cctx, s.src, s.colls)
+			if err != nil {
+				err = fmt.Errorf("count check: source: %w", err)
+			}
 			s.source <- sourceCounts{counts, err}
 		}()
 	}
@@ -359,18 +452,30 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 	if s.counted != sw.GetAttempt() {
 		drained := time.Now()
 		cctx, cancel := context.WithDeadline(ctx, deadline)
-		var src sourceCounts
+		// The target is counted while the source's count (begun at the
+		// hold) finishes: each waits for its server's next time tick.
+		tgt := make(chan sourceCounts, 1)
+		go func() {
+			counts, err := countAll(cctx, s.tgt, s.colls)
+			tgt <- sourceCounts{counts, err}
+		}()
+		var src, dst sourceCounts
 		select {
 		case src = <-s.source:
 		case <-cctx.Done():
 			src.err = cctx.Err()
 		}
-		if src.err == nil {
-			src.err = s.countTarget(cctx, src.counts)
+		dst = <-tgt
+		err := src.err
+		if err == nil && dst.err != nil {
+			err = fmt.Errorf("count check: target: %w", dst.err)
+		}
+		if err == nil {
+			err = compareCounts(src.counts, dst.counts)
 		}
 		cancel()
-		if src.err != nil {
-			return abort(src.err.Error())
+		if err != nil {
+			return abort(err.Error())
 		}
 		s.counted = sw.GetAttempt()
 		s.a.log.Info("switchover: drained and counted", slog.String("migration", id), slog.Duration("drain", drained.Sub(first)),
@@ -391,39 +496,31 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 	return s.report(ctx, got, gws)
 }
 
-// countSource counts every collection of m's source.
-func (s *switchover) countSource(ctx context.Context, m *zdmpb.Migration) (map[string]int64, error) {
+// listSource lists the collections of m's source into s.colls.
+func (s *switchover) listSource(ctx context.Context, m *zdmpb.Migration) error {
 	if s.src == nil {
 		conn, err := s.reg.Resolve(ctx, m.GetSourceClusterId())
 		if err != nil {
-			return nil, fmt.Errorf("count check: source: %w", err)
+			return fmt.Errorf("count check: source: %w", err)
 		}
 		if s.src, err = milvusx.Open(ctx, conn, ""); err != nil {
-			return nil, fmt.Errorf("count check: source: %w", err)
+			return fmt.Errorf("count check: source: %w", err)
 		}
 	}
 	colls, err := milvusx.UserCollections(ctx, s.src)
 	if err != nil {
-		return nil, fmt.Errorf("count check: source: %w", err)
+		return fmt.Errorf("count check: source: %w", err)
 	}
-	counts, err := countAll(ctx, s.src, colls)
-	if err != nil {
-		return nil, fmt.Errorf("count check: source: %w", err)
-	}
-	return counts, nil
+	s.colls = colls
+	return nil
 }
 
-// countTarget compares the target's counts with the source's.
-func (s *switchover) countTarget(ctx context.Context, source map[string]int64) error {
-	colls := slices.Sorted(maps.Keys(source))
-	counts, err := countAll(ctx, s.tgt, colls)
-	if err != nil {
-		return fmt.Errorf("count check: target: %w", err)
-	}
+// compareCounts names every collection whose counts differ.
+func compareCounts(source, target map[string]int64) error {
 	var errs []error
-	for _, c := range colls {
-		if counts[c] != source[c] {
-			errs = append(errs, fmt.Errorf("count check: %s holds %d rows on the source and %d on the target", c, source[c], counts[c]))
+	for _, c := range slices.Sorted(maps.Keys(source)) {
+		if target[c] != source[c] {
+			errs = append(errs, fmt.Errorf("count check: %s holds %d rows on the source and %d on the target", c, source[c], target[c]))
 		}
 	}
 	return errors.Join(errs...)

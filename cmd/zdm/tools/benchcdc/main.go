@@ -164,7 +164,7 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("lag: %w", err)
 	}
 
-	sw, err := z.switchover(ctx, viaGateway, *switchWriters, *switchRate)
+	sw, err := z.switchover(ctx, src, viaGateway, *switchWriters, *switchRate)
 	if err != nil {
 		return fmt.Errorf("switchover: %w", err)
 	}
@@ -203,17 +203,38 @@ type switched struct {
 	rate     float64 // inserts per second of all writers together
 }
 
-// switchover waits for the migration to be ready to finalise, starts
-// writers inserting through the gateway at rate each, switches over
-// (again after an abort, up to three times) and keeps writing for a
+// switchoverID is the migration the switchover is measured on.
+const switchoverID = "benchsw"
+
+// switchover measures a switchover on a migration every row of which was
+// written through the gateway (the runs before wrote to the source
+// directly too, which only the final verification of a stop sync would
+// repair): it cancels the first migration, starts again from an empty
+// source and a new migration, waits for it to be ready to finalise,
+// starts writers inserting through the gateway at rate each, switches
+// over (again after an abort, up to three times) and keeps writing for a
 // while after, counting writes that failed.
-func (z *zdmProcs) switchover(ctx context.Context, c client.Client, writers, rate int) (switched, error) {
+func (z *zdmProcs) switchover(ctx context.Context, src string, c client.Client, writers, rate int) (out switched, err error) {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	z.cancel(cctx, migrationID)
+	cancel()
+	if err = dropDatabase(ctx, src); err != nil {
+		return switched{}, err
+	}
+	if err = prepare(ctx, src); err != nil {
+		return switched{}, err
+	}
 	mig := zdmpb.NewMigrationServiceClient(z.conn)
+	if _, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: switchoverID, Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
+		SourceClusterId: "src", TargetClusterId: "tgt"}); err != nil {
+		return switched{}, fmt.Errorf("create the switchover's migration: %w", err)
+	}
+	z.migration = switchoverID
 	get := func() (*zdmpb.Migration, error) {
-		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: migrationID})
+		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: switchoverID})
 		return resp.GetMigration(), err
 	}
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		m, err := get()
 		if err != nil {
 			return switched{}, err
@@ -221,11 +242,10 @@ func (z *zdmProcs) switchover(ctx context.Context, c client.Client, writers, rat
 		if m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE {
 			break
 		}
-		if time.Now().After(deadline) {
-			return switched{}, fmt.Errorf("migration %s, not ready to finalise", m.GetState())
+		if time.Now().After(deadline) || m.GetEndTime() != nil {
+			return switched{}, fmt.Errorf("migration %s (%v), not ready to finalise", m.GetState(), m.GetError())
 		}
 	}
-	var out switched
 	var writes atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -251,7 +271,7 @@ func (z *zdmProcs) switchover(ctx context.Context, c client.Client, writers, rat
 	defer func() { close(stop); wg.Wait(); out.rate = float64(writes.Load()) / time.Since(start).Seconds() }()
 	time.Sleep(3 * time.Second)
 	for out.attempts = 1; ; out.attempts++ {
-		resp, err := mig.Switchover(ctx, &zdmpb.SwitchoverRequest{MigrationId: migrationID})
+		resp, err := mig.Switchover(ctx, &zdmpb.SwitchoverRequest{MigrationId: switchoverID})
 		if err != nil {
 			return out, err
 		}
@@ -416,20 +436,14 @@ type zdmProcs struct {
 	metrics            string
 	cmd, applier       *exec.Cmd
 	conn               *grpc.ClientConn
+	migration          string // the migration running
 }
 
 func (z *zdmProcs) stop() {
 	if z.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		// Drops what the migration made on the target, and unlocks both.
-		_, _ = zdmpb.NewMigrationServiceClient(z.conn).CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: migrationID})
-		for ctx.Err() == nil {
-			resp, err := zdmpb.NewMigrationServiceClient(z.conn).GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: migrationID})
-			if err != nil || resp.GetMigration().GetState() == zdmpb.MigrationState_MIGRATION_STATE_CANCELLED {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		z.cancel(ctx, z.migration)
 		cancel()
 		z.conn.Close()
 	}
@@ -440,6 +454,20 @@ func (z *zdmProcs) stop() {
 }
 
 const migrationID = "benchcdc"
+
+// cancel cancels migration id and waits until it is cancelled (or has
+// ended otherwise) or ctx ends.
+func (z *zdmProcs) cancel(ctx context.Context, id string) {
+	mig := zdmpb.NewMigrationServiceClient(z.conn)
+	_, _ = mig.CancelMigration(ctx, &zdmpb.CancelMigrationRequest{MigrationId: id})
+	for ctx.Err() == nil {
+		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: id})
+		if err != nil || resp.GetMigration().GetEndTime() != nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
 
 // startZDM starts zdm with its gateway in front of src, and a
 // ZERO_DOWNTIME migration from src to tgt, and returns once it syncs.
@@ -453,7 +481,7 @@ func startZDM(ctx context.Context, bin, src, tgt string) (*zdmProcs, error) {
 	if err != nil {
 		return nil, err
 	}
-	z := &zdmProcs{bin: bin, gateway: gw, nats: "nats://" + addrs[3], metrics: addrs[1]}
+	z := &zdmProcs{bin: bin, gateway: gw, nats: "nats://" + addrs[3], metrics: addrs[1], migration: migrationID}
 	z.cmd = exec.CommandContext(ctx, bin, "-target", "coordinator,snapshot-copier,lag-monitor,cdc-streamer", "-apply=false",
 		"-grpc-addr", grpcAddr, "-metrics-addr", addrs[1], "-nats-listen", addrs[3], "-data-dir", filepath.Join(dir, "data"),
 		"-gateway-cluster", "src", "-gateway-addr", gw, "-log-level", "warn")
