@@ -355,6 +355,9 @@ func TestCompletedBySwitchover(t *testing.T) {
 	h.publishStage(&eventspb.StageCompleted{EventId: "sw", MigrationId: "m1", Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Success: true,
 		WritePause: durationpb.New(420 * time.Millisecond), GatewayIds: []string{"gw-a", "gw-b"}, HeldWrites: 17})
 	m = h.waitState("m1", verifying)
+	_, err = h.mig.CancelMigration(ctxT(t), &zdmpb.CancelMigrationRequest{MigrationId: "m1"})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "clients write to the target: no cancel drops it")
+	require.Contains(t, err.Error(), "switched over")
 	require.Equal(t, 420*time.Millisecond, m.GetSwitchoverWritePause().AsDuration())
 	require.NotNil(t, m.GetSwitchover().GetSwitchTime())
 	require.Equal(t, []string{"gw-a", "gw-b"}, m.GetSwitchover().GetGatewayIds())
