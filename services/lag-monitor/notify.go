@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -39,6 +41,9 @@ type Config struct {
 	// SMTPStartTLS upgrades the connection with STARTTLS (required when
 	// set). Default true.
 	SMTPStartTLS bool
+	// SMTPCAFile is a PEM file of the CAs the SMTP server's certificate
+	// is checked against; empty uses the system's.
+	SMTPCAFile string
 	// WebhookSecret keys the X-Zdm-Signature HMAC of webhook bodies.
 	WebhookSecret string
 }
@@ -54,6 +59,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SMTPUser, "notify-smtp-user", d.SMTPUser, "SMTP user (PLAIN authentication); empty sends without logging in")
 	fs.StringVar(&c.SMTPPassword, "notify-smtp-password", d.SMTPPassword, "SMTP password. Prefer ZDM_NOTIFY_SMTP_PASSWORD to the flag")
 	fs.BoolVar(&c.SMTPStartTLS, "notify-smtp-starttls", d.SMTPStartTLS, "require STARTTLS on the SMTP connection")
+	fs.StringVar(&c.SMTPCAFile, "notify-smtp-ca-file", d.SMTPCAFile, "PEM file of the CAs that sign the SMTP server's certificate; empty trusts the system's")
 	fs.StringVar(&c.WebhookSecret, "notify-webhook-secret", d.WebhookSecret, "secret of the X-Zdm-Signature HMAC-SHA256 of webhook bodies. Prefer ZDM_NOTIFY_WEBHOOK_SECRET to the flag")
 }
 
@@ -62,7 +68,29 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.SMTPAddr); c.SMTPAddr != "" && err != nil {
 		return fmt.Errorf("--notify-smtp-addr %q: want host:port, for example smtp.example.com:587", c.SMTPAddr)
 	}
+	if c.SMTPCAFile != "" {
+		if _, err := c.roots(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// roots are the CAs the SMTP server's certificate is checked against;
+// nil for the system's.
+func (c Config) roots() (*x509.CertPool, error) {
+	if c.SMTPCAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(c.SMTPCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("--notify-smtp-ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--notify-smtp-ca-file %s: no PEM certificate in it", c.SMTPCAFile)
+	}
+	return pool, nil
 }
 
 // Notices, and what their messages say.
@@ -289,7 +317,11 @@ func (n *notifier) email(ctx context.Context, key string, m *zdmpb.Migration, no
 	var c *smtp.Client
 	if n.cfg.SMTPStartTLS {
 		host, _, _ := net.SplitHostPort(n.cfg.SMTPAddr)
-		if c, err = smtp.NewClientStartTLS(conn, &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}); err != nil {
+		roots, err := n.cfg.roots()
+		if err != nil {
+			return err
+		}
+		if c, err = smtp.NewClientStartTLS(conn, &tls.Config{ServerName: host, RootCAs: roots, MinVersion: tls.VersionTLS12}); err != nil {
 			return err
 		}
 	} else {

@@ -2,17 +2,29 @@ package lagmonitor
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
+	"errors"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
@@ -196,4 +208,95 @@ func TestNotifications(t *testing.T) {
 	mu.Lock()
 	require.GreaterOrEqual(t, reports, 9, "each attempt is reported to the coordinator")
 	mu.Unlock()
+}
+
+// tlsSession is a session of the STARTTLS mail server: it takes mail only
+// from a client that upgraded to TLS and logged in.
+type tlsSession struct {
+	mailSession
+	conn   *smtp.Conn
+	authed bool
+}
+
+func (s *tlsSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+func (s *tlsSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if user != "zdm" || pass != "hunter2" {
+			return errors.New("bad credentials")
+		}
+		s.authed = true
+		return nil
+	}), nil
+}
+
+func (s *tlsSession) Mail(string, *smtp.MailOptions) error {
+	if _, ok := s.conn.TLSConnectionState(); !ok || !s.authed {
+		return errors.New("TLS and login first")
+	}
+	return nil
+}
+
+// selfSigned writes a CA certificate for 127.0.0.1 to a file and returns
+// it with the server's TLS configuration.
+func selfSigned(t *testing.T) (caFile string, cfg *tls.Config) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mail"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	caFile = filepath.Join(t.TempDir(), "ca.pem")
+	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
+}
+
+// TestNotificationEmailSTARTTLS: the email goes through a server that
+// requires STARTTLS and a PLAIN login, its certificate checked against
+// --notify-smtp-ca-file; with the wrong CA it is not sent, and the
+// delivery records why.
+func TestNotificationEmailSTARTTLS(t *testing.T) {
+	bus, _ := ztest.Bus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	caFile, tlsCfg := selfSigned(t)
+	box := &mailbox{}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &tlsSession{mailSession: mailSession{box}, conn: c}, nil
+	}))
+	srv.Domain, srv.TLSConfig = "localhost", tlsCfg
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	migrations, err := natsbus.OpenTable(ctx, bus.JS, natsbus.MigrationsBucket, "migration", 1, func() *zdmpb.Migration { return &zdmpb.Migration{} })
+	require.NoError(t, err)
+	notices, err := natsbus.NoticesBucket.Open(ctx, bus.JS, 1)
+	require.NoError(t, err)
+	m := &zdmpb.Migration{MigrationId: "m", State: zdmpb.MigrationState_MIGRATION_STATE_CANCELLED, EndTime: timestamppb.Now(),
+		Options: &zdmpb.MigrationOptions{Notifications: &zdmpb.Notifications{Emails: []string{"ops@example.com"}}}}
+	_, _, err = migrations.Upsert(ctx, "m", func(cur *zdmpb.Migration) error { proto.Merge(cur, m); return nil })
+	require.NoError(t, err)
+
+	cfg := Config{SMTPAddr: lis.Addr().String(), SMTPFrom: "zdm@example.com", SMTPUser: "zdm", SMTPPassword: "hunter2", SMTPStartTLS: true}
+	n := &notifier{cfg: cfg, log: slog.Default(), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now,
+		retryBase: time.Hour, publish: func(context.Context, string, string, proto.Message) error { return nil }}
+	// The system's CAs do not know the server's certificate.
+	require.NoError(t, n.scan(ctx))
+	e, err := notices.Get(ctx, natsbus.NoticeKey("m", "CANCELLED", "email", 0))
+	require.NoError(t, err)
+	rec := &zdmpb.NotificationDelivery{}
+	require.NoError(t, proto.Unmarshal(e.Value(), rec))
+	require.False(t, rec.GetDelivered())
+	require.Contains(t, rec.GetLastError(), "certificate")
+	require.Zero(t, box.count("Subject:"))
+
+	// With the CA it is trusted: delivered over TLS, logged in.
+	require.NoError(t, notices.Delete(ctx, natsbus.NoticeKey("m", "CANCELLED", "email", 0)))
+	n.cfg.SMTPCAFile = caFile
+	require.NoError(t, n.cfg.Validate())
+	require.NoError(t, n.scan(ctx))
+	require.Equal(t, 1, box.count("Subject: [zdm] migration m: cancelled"))
 }
