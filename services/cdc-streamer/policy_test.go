@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -67,4 +68,45 @@ func TestRawCodecKeepsBytes(t *testing.T) {
 	require.Equal(t, in.b, out.b)
 	_, err = rawCodec{}.Marshal("not a frame")
 	require.Error(t, err)
+}
+
+// TestPolicyFollowsSwitchovers: once a migration from the fronted cluster
+// switched over, calls go to its target, for good and hop by hop; the
+// switched migration stays the one captured until it ends, and the
+// target view shows a target only while it syncs.
+func TestPolicyFollowsSwitchovers(t *testing.T) {
+	var got view
+	p := newPolicy("a", func(v view) { got = v })
+	p.markReady()
+	zd := func(id, src, tgt string, state zdmpb.MigrationState, switched bool) *zdmpb.Migration {
+		m := &zdmpb.Migration{MigrationId: id, SourceClusterId: src, TargetClusterId: tgt, Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME, State: state}
+		if switched {
+			m.Switchover = &zdmpb.SwitchoverAttempt{Attempt: 1, SwitchTime: timestamppb.Now()}
+		}
+		return m
+	}
+	p.update("m1", zd("m1", "a", "b", zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE, false))
+	require.Equal(t, "a", got.upstream)
+	require.Equal(t, "m1", got.active.GetMigrationId())
+	require.Equal(t, "m1", p.syncing().GetMigrationId(), "the target view shows b")
+
+	p.update("m1", zd("m1", "a", "b", zdmpb.MigrationState_MIGRATION_STATE_VERIFYING, true))
+	require.Equal(t, "b", got.upstream, "switched: calls go to the target")
+	require.Equal(t, "m1", got.active.GetMigrationId(), "writes after the switch are still recorded")
+	require.Nil(t, p.syncing(), "nothing syncs any more")
+	require.NoError(t, p.allow(milvusService+"Insert"))
+
+	p.update("m1", zd("m1", "a", "b", zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, true))
+	require.Equal(t, "b", got.upstream, "for good")
+	require.Nil(t, got.active)
+
+	// A later migration from b is b's gateway's, and a second hop leads
+	// on to c.
+	p.update("m2", zd("m2", "b", "c", zdmpb.MigrationState_MIGRATION_STATE_SYNCING, false))
+	require.Equal(t, "m2", got.active.GetMigrationId())
+	var r *refusal
+	require.ErrorAs(t, p.allow(milvusService+"AlterAlias"), &r)
+	require.Contains(t, r.Error(), `cluster "b" is the source of migration "m2"`)
+	p.update("m2", zd("m2", "b", "c", zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, true))
+	require.Equal(t, "c", got.upstream)
 }

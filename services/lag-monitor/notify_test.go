@@ -31,7 +31,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/verify"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -299,4 +301,42 @@ func TestNotificationEmailSTARTTLS(t *testing.T) {
 	require.NoError(t, n.cfg.Validate())
 	require.NoError(t, n.scan(ctx))
 	require.Equal(t, 1, box.count("Subject: [zdm] migration m: cancelled"))
+}
+
+// TestDue: which notices a migration has earned.
+func TestDue(t *testing.T) {
+	now := time.Now()
+	syncing := func(started time.Duration) *zdmpb.Migration {
+		return &zdmpb.Migration{State: zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE,
+			Lag:    &zdmpb.Lag{ThresholdReachedTime: timestamppb.New(now)},
+			Stages: []*zdmpb.Stage{{Kind: zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, StartTime: timestamppb.New(now.Add(-started))}}}
+	}
+	require.Equal(t, []string{noticeLag}, due(syncing(143*time.Hour), now), "more than a day left of the default 168h")
+	require.Equal(t, []string{noticeLag, noticeExpiring}, due(syncing(144*time.Hour), now))
+	require.Empty(t, due(&zdmpb.Migration{State: zdmpb.MigrationState_MIGRATION_STATE_SYNCING}, now))
+	require.Equal(t, []string{noticeFailed}, due(&zdmpb.Migration{State: zdmpb.MigrationState_MIGRATION_STATE_FAILED, EndTime: timestamppb.New(now)}, now))
+	require.Equal(t, 5*time.Second, retryAfter(5*time.Second, 1))
+	require.Equal(t, 20*time.Second, retryAfter(5*time.Second, 3))
+	require.Equal(t, 10*time.Minute, retryAfter(5*time.Second, 12))
+}
+
+// TestSettle: after a switchover, a range differs only when a key
+// outside those written since differs; duplicates still count.
+func TestSettle(t *testing.T) {
+	k := func(i int64) milvusx.Key { return milvusx.Key{Int: i} }
+	written := map[milvusx.Key]bool{k(7): true, k(8): true}
+	r := &verify.Report{SourceCount: 10, SourceDistinct: 10, TargetCount: 12, TargetDistinct: 12,
+		Mismatches: []verify.Mismatch{{Keys: []milvusx.Key{k(7), k(8)}}}}
+	settle(r, written)
+	require.True(t, r.Match(), r.String())
+
+	r = &verify.Report{SourceCount: 10, SourceDistinct: 10, TargetCount: 11, TargetDistinct: 11,
+		Mismatches: []verify.Mismatch{{Keys: []milvusx.Key{k(7), k(9)}}}}
+	settle(r, written)
+	require.False(t, r.Match(), "key 9 was not written after the switch")
+
+	r = &verify.Report{SourceCount: 10, SourceDistinct: 10, TargetCount: 12, TargetDistinct: 11,
+		Mismatches: []verify.Mismatch{{Keys: []milvusx.Key{k(7)}}}}
+	settle(r, written)
+	require.False(t, r.Match(), "a key twice on the target")
 }
