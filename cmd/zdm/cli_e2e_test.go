@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -83,6 +84,14 @@ func TestE2ECLI(t *testing.T) {
 	require.NoError(t, protojson.Unmarshal([]byte(out), &listed), out)
 	require.Len(t, listed.GetMigrations(), 1)
 
+	out, errOut, code = cli(t, addr, "verify", "--source-endpoint", srcAddr, "--target-endpoint", tgtAddr)
+	require.Zero(t, code, errOut)
+	require.Regexp(t, `(?m)^shop\.items\s+1200\s+1200\s+0$`, out)
+	insertItems(t, ctx, sourceClient(t, ctx, srcAddr), "", 5000, 5000)
+	out, errOut, code = cli(t, addr, "verify", "--source-endpoint", srcAddr, "--target-endpoint", tgtAddr)
+	require.Equal(t, 4, code, "%s%s", out, errOut)
+	require.Contains(t, errOut, "source and target differ")
+
 	// Errors: one line, and the exit code tells their kinds apart.
 	for _, c := range []struct {
 		args []string
@@ -100,4 +109,13 @@ func TestE2ECLI(t *testing.T) {
 		require.Equal(t, 1, strings.Count(errOut, "\n"), "%v: one line: %q", c.args, errOut)
 		require.Contains(t, errOut, c.says, "%v", c.args)
 	}
+}
+
+// sourceClient connects to the Milvus at addr, database shop.
+func sourceClient(t *testing.T, ctx context.Context, addr string) client.Client {
+	t.Helper()
+	c, err := client.NewClient(ctx, client.Config{Address: addr, DBName: "shop"})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
