@@ -2,25 +2,79 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	tea "github.com/charmbracelet/bubbletea"
+
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
-// watch follows migration id until it ends, printing a line for every
-// change of state, progress or lag, and every history entry as it
-// happens (the API's JSON per update with --output json). It reconnects
-// from the last revision seen when the stream breaks.
+// watch follows migration id until it ends: on a terminal one screen
+// redrawn in place (ui.go); piped, a line for every change of state,
+// progress or lag and every history entry as it happens (the API's JSON
+// per update with --output json).
 func (c *client) watch(ctx context.Context, id string) error {
 	if err := c.dial(); err != nil {
 		return err
 	}
 	defer c.conn.Close()
+	if c.output == "text" && isTerminal(c.out) {
+		return c.watchScreen(ctx, id)
+	}
+	return c.follow(ctx, id, c.printUpdate())
+}
+
+// printUpdate prints each update as plain lines: every new history
+// entry, and a summary when it changed (the API's JSON with --output
+// json).
+func (c *client) printUpdate() func(*zdmpb.Migration) error {
+	seen, last := 0, ""
+	return func(m *zdmpb.Migration) error {
+		if c.output == "json" {
+			return c.json(m)
+		}
+		for _, h := range m.GetHistory()[min(seen, len(m.GetHistory())):] {
+			fmt.Fprintf(c.out, "%s  %s -> %s  %s\n", h.GetTime().AsTime().Local().Format(time.TimeOnly),
+				trim(h.GetFromState().String(), "MIGRATION_STATE_"), trim(h.GetToState().String(), "MIGRATION_STATE_"), h.GetReason())
+		}
+		seen = len(m.GetHistory())
+		if line := summary(m); line != last {
+			fmt.Fprintf(c.out, "%s  %s\n", time.Now().Format(time.TimeOnly), line)
+			last = line
+		}
+		return nil
+	}
+}
+
+// watchScreen shows the migration on one screen redrawn in place.
+func (c *client) watchScreen(ctx context.Context, id string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p := tea.NewProgram(newScreen(), tea.WithContext(ctx), tea.WithOutput(c.out))
+	go func() {
+		err := c.follow(ctx, id, func(m *zdmpb.Migration) error {
+			p.Send(migrationMsg{m})
+			return nil
+		})
+		p.Send(watchEndMsg{err})
+	}()
+	final, err := p.Run()
+	if err != nil && !errors.Is(err, tea.ErrProgramKilled) {
+		return err
+	}
+	if s, ok := final.(screen); ok && s.err != nil {
+		return s.err
+	}
+	return nil
+}
+
+// follow calls show with every update of migration id until it ends,
+// reconnecting from the last revision seen when the stream breaks.
+func (c *client) follow(ctx context.Context, id string, show func(*zdmpb.Migration) error) error {
 	var rev uint64
-	seen := 0 // history entries printed
-	last := ""
 	for attempt := 0; ; attempt++ {
 		sctx, cancel := c.ctx(ctx, true)
 		stream, err := zdmpb.NewMigrationServiceClient(c.conn).WatchMigration(sctx, &zdmpb.WatchMigrationRequest{MigrationId: id, FromRevision: rev})
@@ -31,20 +85,8 @@ func (c *client) watch(ctx context.Context, id string) error {
 			}
 			m := resp.GetMigration()
 			rev, attempt = m.GetRevision(), 0
-			if c.output == "json" {
-				if err = c.json(m); err != nil {
-					break
-				}
-			} else {
-				for _, h := range m.GetHistory()[min(seen, len(m.GetHistory())):] {
-					fmt.Fprintf(c.out, "%s  %s -> %s  %s\n", h.GetTime().AsTime().Local().Format(time.TimeOnly),
-						trim(h.GetFromState().String(), "MIGRATION_STATE_"), trim(h.GetToState().String(), "MIGRATION_STATE_"), h.GetReason())
-				}
-				seen = len(m.GetHistory())
-				if line := summary(m); line != last {
-					fmt.Fprintf(c.out, "%s  %s\n", time.Now().Format(time.TimeOnly), line)
-					last = line
-				}
+			if err = show(m); err != nil {
+				break
 			}
 			if m.GetEndTime() != nil {
 				cancel()
