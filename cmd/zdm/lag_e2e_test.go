@@ -20,8 +20,7 @@ import (
 // each: the coordinator with the copier, the lag monitor, the gateway
 // and the applier.
 type syncRig struct {
-	t                             *testing.T
-	nats                          string
+	processes
 	gw, coordAddr, lagAddr        string
 	coord, monitor, gate, applier *binaryProcess
 	mig                           zdmpb.MigrationServiceClient
@@ -34,7 +33,7 @@ func newSyncRig(t *testing.T, ctx context.Context) *syncRig {
 	_, nats := ztest.Bus(t)
 	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
 	seedShop(t, ctx, srcAddr, 1000)
-	r := &syncRig{t: t, nats: nats.ClientURL(), gw: freeAddr(t), coordAddr: freeAddr(t), lagAddr: freeAddr(t)}
+	r := &syncRig{processes: processes{t, nats.ClientURL()}, gw: freeAddr(t), coordAddr: freeAddr(t), lagAddr: freeAddr(t)}
 	r.startCoordinator()
 	r.startMonitor()
 	r.gate = r.zdm("cdc-streamer", freeAddr(t), "-apply=false", "-gateway-cluster", "src", "-gateway-addr", r.gw)
@@ -55,8 +54,23 @@ func newSyncRig(t *testing.T, ctx context.Context) *syncRig {
 	return r
 }
 
-func (r *syncRig) zdm(target, addr string, args ...string) *binaryProcess {
+// processes are zdm processes of a test, each running some services on
+// one NATS, started and killed by the test.
+type processes struct {
+	t    *testing.T
+	nats string
+}
+
+// zdm starts a process running target with its API on addr.
+func (r processes) zdm(target, addr string, args ...string) *binaryProcess {
 	return startBinary(r.t, append([]string{"-target", target, "-nats-url", r.nats, "-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0"}, args...)...)
+}
+
+// kill kills p with SIGKILL and waits until it is gone.
+func (r processes) kill(p *binaryProcess) {
+	r.t.Helper()
+	require.NoError(r.t, p.cmd.Process.Signal(syscall.SIGKILL))
+	<-p.exit
 }
 
 func (r *syncRig) startCoordinator() {
@@ -69,12 +83,6 @@ func (r *syncRig) dial(addr string, p *binaryProcess) *grpc.ClientConn {
 	r.t.Helper()
 	waitHealthy(r.t, addr, p.logs)
 	return dial(r.t, addr)
-}
-
-func (r *syncRig) kill(p *binaryProcess) {
-	r.t.Helper()
-	require.NoError(r.t, p.cmd.Process.Signal(syscall.SIGKILL))
-	<-p.exit
 }
 
 // getLag is the lag monitor's answer, retried while it restarts.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -23,36 +21,11 @@ import (
 	lagmonitor "github.com/zdm-io/zdm/services/lag-monitor"
 )
 
-// smtpSink is a real SMTP server (go-smtp) keeping the messages it gets.
-type smtpSink struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-type sinkSession struct{ s *smtpSink }
-
-func (x *sinkSession) Reset()                               {}
-func (x *sinkSession) Logout() error                        { return nil }
-func (x *sinkSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (x *sinkSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (x *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	x.s.mu.Lock()
-	x.s.msgs = append(x.s.msgs, string(b))
-	x.s.mu.Unlock()
-	return nil
-}
-
-// messageIDs counts the messages by Message-ID.
-func (s *smtpSink) messageIDs() map[string]int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// messageIDs counts the messages of s by Message-ID.
+func messageIDs(s *ztest.MailServer) map[string]int {
 	re := regexp.MustCompile(`Message-ID: <([^>]+)>`)
 	out := map[string]int{}
-	for _, m := range s.msgs {
+	for _, m := range s.Messages() {
 		if id := re.FindStringSubmatch(m); id != nil {
 			out[id[1]]++
 		}
@@ -72,13 +45,7 @@ func TestE2ENotificationsAcrossKill(t *testing.T) {
 	defer cancel()
 	bus, nats := ztest.Bus(t)
 
-	sink := &smtpSink{}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &sinkSession{sink}, nil }))
-	srv.Domain = "localhost"
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	sink := ztest.StartMailServer(t, ztest.MailOptions{})
 
 	var mu sync.Mutex
 	var monitor *binaryProcess
@@ -116,7 +83,7 @@ func TestE2ENotificationsAcrossKill(t *testing.T) {
 
 	start := func() *binaryProcess {
 		return startBinary(t, "-target", "lag-monitor", "-nats-url", nats.ClientURL(), "-grpc-addr", freeAddr(t), "-metrics-addr", "127.0.0.1:0",
-			"-notify-smtp-addr", lis.Addr().String(), "-notify-smtp-starttls=false", "-notify-webhook-secret", "s3cret")
+			"-notify-smtp-addr", sink.Addr, "-notify-smtp-starttls=false", "-notify-webhook-secret", "s3cret")
 	}
 	mu.Lock()
 	monitor = start()
@@ -148,7 +115,7 @@ func TestE2ENotificationsAcrossKill(t *testing.T) {
 	require.Len(t, requests, 2, "one delivery ID per notice: %v", requests)
 	require.Equal(t, 2, requests[natsbus.NoticeKey("n1", "COMPLETED", "webhook", 0)], "the delivery the kill cut short is sent again, with its ID")
 	require.Equal(t, 1, requests[natsbus.NoticeKey("n1", "LAG_THRESHOLD_REACHED", "webhook", 0)])
-	ids := sink.messageIDs()
+	ids := messageIDs(sink)
 	require.Len(t, ids, 2, "one email per notice: %v", ids)
 	for id, n := range ids {
 		require.Equal(t, 1, n, "email %s", id)

@@ -24,8 +24,7 @@ import (
 // and the lag monitor, gateway replicas (no applier in them) and one
 // applier.
 type switchRig struct {
-	t        *testing.T
-	nats     string
+	processes
 	src, tgt string
 	coord    *binaryProcess
 	gates    []*binaryProcess
@@ -40,7 +39,7 @@ func newSwitchRig(t *testing.T, ctx context.Context, srcAddr, tgtAddr string, re
 	t.Helper()
 	_, nats := ztest.Bus(t)
 	seedShop(t, ctx, srcAddr, 2000)
-	r := &switchRig{t: t, nats: nats.ClientURL(), src: srcAddr, tgt: tgtAddr, view: freeAddr(t)}
+	r := &switchRig{processes: processes{t, nats.ClientURL()}, src: srcAddr, tgt: tgtAddr, view: freeAddr(t)}
 	coordAddr := freeAddr(t)
 	r.coord = r.zdm("coordinator,snapshot-copier,lag-monitor", coordAddr, "-coordinator-event-ack-wait", "1s")
 	for i := range replicas {
@@ -60,10 +59,6 @@ func newSwitchRig(t *testing.T, ctx context.Context, srcAddr, tgtAddr string, re
 	r.mig = zdmpb.NewMigrationServiceClient(conn)
 	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
 	return r
-}
-
-func (r *switchRig) zdm(target, addr string, args ...string) *binaryProcess {
-	return startBinary(r.t, append([]string{"-target", target, "-nats-url", r.nats, "-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0"}, args...)...)
 }
 
 func (r *switchRig) startApplier() {
@@ -361,12 +356,6 @@ func TestE2ESwitchoverAbortAndReplicaLoss(t *testing.T) {
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
 	cl.end(t)
 	cl.check(t, ctx, r.tgt)
-}
-
-func (r *switchRig) kill(p *binaryProcess) {
-	r.t.Helper()
-	require.NoError(r.t, p.cmd.Process.Kill())
-	<-p.exit
 }
 
 // historyMentions reports whether an entry of m's history says s.

@@ -58,12 +58,28 @@ func Unreachable(err error) zdmpb.ClusterRole {
 
 // Backoff is how long the attempt after the given one (1 for the first)
 // waits: 1s, doubling to at most 30s.
-func Backoff(attempt uint64) time.Duration {
-	d := time.Second
-	for i := uint64(1); i < attempt && d < 30*time.Second; i++ {
+func Backoff(attempt uint64) time.Duration { return Doubling(time.Second, 30*time.Second, attempt) }
+
+// Doubling is the wait after attempt (1 for the first): base, doubling
+// with each attempt, at most ceiling.
+func Doubling(base, ceiling time.Duration, attempt uint64) time.Duration {
+	d := base
+	for i := uint64(1); i < attempt && d < ceiling; i++ {
 		d *= 2
 	}
-	return min(d, 30*time.Second)
+	return min(d, ceiling)
+}
+
+// Sleep waits d, or until ctx ends (its error).
+func Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // Attempt is the delivery count of msg: 1 for its first attempt.

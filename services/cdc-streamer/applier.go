@@ -207,7 +207,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 	for tgt == nil {
 		if tgt, err = milvusx.Open(ctx, conn, ""); err != nil {
 			a.log.Warn("applier: target does not answer; will retry", slog.String("migration", id), slog.Any("error", err))
-			if err := sleep(ctx, 2*time.Second); err != nil {
+			if err := stage.Sleep(ctx, 2*time.Second); err != nil {
 				return nil
 			}
 		}
@@ -357,7 +357,7 @@ func (a *appliers) retry(ctx context.Context, m *zdmpb.Migration) func(func() er
 			if perr := stage.PublishFailure(ctx, a.js, a.prop, fail, stage.OnTarget(err)); perr != nil {
 				a.log.Warn("applier: report failed change", slog.Any("error", perr))
 			}
-			if err := sleep(ctx, stage.Backoff(attempt)); err != nil {
+			if err := stage.Sleep(ctx, stage.Backoff(attempt)); err != nil {
 				return err
 			}
 		}
@@ -387,15 +387,4 @@ func (a *appliers) reportDrained(ctx context.Context, m *zdmpb.Migration) error 
 func (a *appliers) publish(ctx context.Context, subject, id string, m proto.Message) error {
 	_, err := natsbus.Publish(ctx, a.js, a.prop, subject, id, m)
 	return err
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

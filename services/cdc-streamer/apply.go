@@ -59,6 +59,24 @@ func (r *replayer) applyAll(ctx context.Context, evs []*eventspb.ChangeEvent, ca
 		run = nil
 		return err
 	}
+	// join makes ev part of the run: a new one when there is none, or
+	// when the one under way is of another table (or, with orFull, full)
+	// and must end first.
+	join := func(ev *eventspb.ChangeEvent, orFull bool) error {
+		if run != nil && (!run.same(ev) || (orFull && run.full())) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if run == nil {
+			pk, err := r.pkRetried(ctx, ev.GetDatabase(), ev.GetCollection(), call)
+			if err != nil {
+				return err
+			}
+			run = newRowRun(ev, pk)
+		}
+		return nil
+	}
 	for _, ev := range evs {
 		name := strings.TrimPrefix(ev.GetMethod(), milvusService)
 		newMsg, ok := captured[name]
@@ -98,17 +116,8 @@ func (r *replayer) applyAll(ctx context.Context, evs []*eventspb.ChangeEvent, ca
 				}
 				continue
 			}
-			if run != nil && !run.same(ev) {
-				if err := flush(); err != nil {
-					return done, err
-				}
-			}
-			if run == nil {
-				pk, err := r.pkRetried(ctx, db, coll, call)
-				if err != nil {
-					return done, err
-				}
-				run = newRowRun(ev, pk)
+			if err := join(ev, false); err != nil {
+				return done, err
 			}
 			run.delete(keys)
 			continue
@@ -123,17 +132,8 @@ func (r *replayer) applyAll(ctx context.Context, evs []*eventspb.ChangeEvent, ca
 			continue
 		}
 		// An insert or upsert.
-		if run != nil && (!run.same(ev) || run.full()) {
-			if err := flush(); err != nil {
-				return done, err
-			}
-		}
-		if run == nil {
-			pk, err := r.pkRetried(ctx, db, coll, call)
-			if err != nil {
-				return done, err
-			}
-			run = newRowRun(ev, pk)
+		if err := join(ev, true); err != nil {
+			return done, err
 		}
 		fields, err := withKeys(ev, fields, rows, run.pk)
 		if err != nil {

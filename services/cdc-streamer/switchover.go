@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -20,6 +21,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/registry"
+	"github.com/zdm-io/zdm/pkg/stage"
 	"github.com/zdm-io/zdm/pkg/verify"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
@@ -219,7 +221,7 @@ func (c *capture) abort(ctx context.Context, h hold, reason string) {
 			return
 		}
 		c.log.Warn("switchover: record the abort; will retry", slog.Any("error", err))
-		if sleep(ctx, 100*time.Millisecond) != nil {
+		if stage.Sleep(ctx, 100*time.Millisecond) != nil {
 			return
 		}
 	}
@@ -272,7 +274,7 @@ func (c *capture) decide(ctx context.Context, d *eventspb.SwitchoverDecision) {
 		c.log.Warn("switchover: report the release", slog.Any("error", err))
 	}
 	if !d.GetSwitch() {
-		if err := publishAborted(ctx, c, d); err != nil {
+		if err := publishAborted(ctx, c.js, c.prop, d); err != nil {
 			c.log.Warn("switchover: report the abort", slog.Any("error", err))
 		}
 	}
@@ -284,7 +286,7 @@ func (c *capture) watchDecisions(ctx context.Context) {
 		w, err := c.switchovers.WatchAll(ctx, jetstream.UpdatesOnly())
 		if err != nil {
 			c.log.Warn("watch switchover decisions; will retry", slog.Any("error", err))
-			_ = sleep(ctx, time.Second)
+			_ = stage.Sleep(ctx, time.Second)
 			continue
 		}
 		for e := range w.Updates() {
@@ -308,25 +310,16 @@ func (c *capture) watchDecisions(ctx context.Context) {
 	}
 }
 
-// publisher publishes on the bus; capture and appliers both are one.
-type publisher interface {
-	publish(ctx context.Context, subject, id string, m proto.Message) error
-}
-
-func (c *capture) publish(ctx context.Context, subject, id string, m proto.Message) error {
-	_, err := natsbus.Publish(ctx, c.js, c.prop, subject, id, m)
-	return err
-}
-
 // publishAborted tells the coordinator that attempt d ended without a
 // switch. Every replica and the applier may send it: its ID makes the
 // copies one.
-func publishAborted(ctx context.Context, p publisher, d *eventspb.SwitchoverDecision) error {
+func publishAborted(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, d *eventspb.SwitchoverDecision) error {
 	ev := &eventspb.StageCompleted{EventId: fmt.Sprintf("switchover-%s-a%d", d.GetMigrationId(), d.GetAttempt()),
 		MigrationId: d.GetMigrationId(), Stage: zdmpb.StageKind_STAGE_KIND_FINALIZE, Time: timestamppb.Now(),
 		Code: eventspb.StageError_STAGE_ERROR_SWITCHOVER_ABORTED, ErrorMessage: fmt.Sprintf("switchover attempt %d aborted, held writes released to the source: %s",
 			d.GetAttempt(), d.GetReason())}
-	return p.publish(ctx, natsbus.EventSubject(d.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
+	_, err := natsbus.Publish(ctx, js, prop, natsbus.EventSubject(d.GetMigrationId(), natsbus.EventStage), ev.GetEventId(), ev)
+	return err
 }
 
 // switchPoll is how long the applier waits for changes while a
@@ -349,15 +342,15 @@ type switchover struct {
 	signalled int32
 	// source counts the source's collections once every replica holds
 	// (the source no longer changes), while the drain goes on.
-	source        chan sourceCounts
+	source        chan counts
 	sourceAttempt int32
 	// colls are the source's collections, listed when the switchover
 	// began (DDL waits for it like any write).
 	colls []string
 }
 
-// sourceCounts are count(*) of every collection of the source.
-type sourceCounts struct {
+// counts are count(*) of every collection of one side.
+type counts struct {
 	counts map[string]int64
 	err    error
 }
@@ -429,7 +422,7 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 			maxPause, holding, len(live), applied, need))
 	}
 	if len(live) > 0 && holding == len(live) && s.sourceAttempt != sw.GetAttempt() {
-		s.sourceAttempt, s.source = sw.GetAttempt(), make(chan sourceCounts, 1)
+		s.sourceAttempt, s.source = sw.GetAttempt(), make(chan counts, 1)
 		cctx, cancel := context.WithDeadline(ctx, deadline)
 		if err := s.listSource(cctx, m); err != nil {
 			cancel()
@@ -437,11 +430,11 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 		}
 		go func() {
 			defer cancel()
-			counts, err := countAll(cctx, s.src, s.colls)
+			n, err := countAll(cctx, s.src, s.colls)
 			if err != nil {
 				err = fmt.Errorf("count check: source: %w", err)
 			}
-			s.source <- sourceCounts{counts, err}
+			s.source <- counts{n, err}
 		}()
 	}
 	if len(live) == 0 || holding < len(live) || applied < need || pending {
@@ -454,12 +447,12 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 		cctx, cancel := context.WithDeadline(ctx, deadline)
 		// The target is counted while the source's count (begun at the
 		// hold) finishes: each waits for its server's next time tick.
-		tgt := make(chan sourceCounts, 1)
+		tgt := make(chan counts, 1)
 		go func() {
-			counts, err := countAll(cctx, s.tgt, s.colls)
-			tgt <- sourceCounts{counts, err}
+			n, err := countAll(cctx, s.tgt, s.colls)
+			tgt <- counts{n, err}
 		}()
-		var src, dst sourceCounts
+		var src, dst counts
 		select {
 		case src = <-s.source:
 		case <-cctx.Done():
@@ -550,7 +543,7 @@ func countAll(ctx context.Context, c *milvusx.Client, colls []string) (map[strin
 // release.
 func (s *switchover) report(ctx context.Context, d *eventspb.SwitchoverDecision, gws []*eventspb.ResolvedTimestamp) error {
 	if !d.GetSwitch() {
-		return publishAborted(ctx, s.a, d)
+		return publishAborted(ctx, s.a.js, s.a.prop, d)
 	}
 	var first, last time.Time
 	var held int64

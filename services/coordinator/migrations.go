@@ -247,16 +247,6 @@ func (c *Coordinator) CancelMigration(ctx context.Context, req *zdmpb.CancelMigr
 	if err := checkIDs(req); err != nil {
 		return nil, err
 	}
-	cur, _, err := c.store.migrations.Get(ctx, req.GetMigrationId())
-	if err != nil {
-		return nil, err
-	}
-	if Switched(cur) && !IsTerminal(cur.GetState()) {
-		// Cancelling drops what zdm made on the target, where clients
-		// write now.
-		return nil, fmt.Errorf("%w: migration %q switched over at %s: clients write to the target now, so it cannot be cancelled; it completes once its verification ends",
-			apierr.ErrFailedPrecondition, req.GetMigrationId(), cur.GetSwitchover().GetSwitchTime().AsTime().Format(time.RFC3339))
-	}
 	m, err := c.apiTransition(ctx, req.GetMigrationId(), TriggerCancel, reasonOr(req.GetReason(), "cancel requested"))
 	if err != nil {
 		return nil, err

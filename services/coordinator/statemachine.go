@@ -181,6 +181,12 @@ func find(m *zdmpb.Migration, trigger Trigger) (transition, bool) {
 // the current state.
 func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 	from := m.GetState()
+	if ev.Trigger == TriggerCancel && Switched(m) {
+		// Cancelling drops what zdm made on the target, where clients
+		// write now.
+		return from, fmt.Errorf("%w: cannot cancel a migration that switched over at %s: clients write to the target now; it completes once its verification ends",
+			ErrInvalidTransition, m.GetSwitchover().GetSwitchTime().AsTime().Format(time.RFC3339))
+	}
 	t, ok := find(m, ev.Trigger)
 	if !ok {
 		return from, fmt.Errorf("%w: cannot %s a migration that is %s", ErrInvalidTransition, ev.Trigger, stateName(from))

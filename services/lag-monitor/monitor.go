@@ -253,7 +253,7 @@ func (m *Monitor) verifySwitched(ctx context.Context, mig *zdmpb.Migration, src,
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
-	if err := sleepCtx(ctx, recordGrace); err != nil {
+	if err := stage.Sleep(ctx, recordGrace); err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
 	except, n, err := switchedKeys(ctx, m.deps.Bus.JS, m.deps.Propagator, mig.GetMigrationId())
@@ -295,17 +295,6 @@ func settle(r *verify.Report, written map[milvusx.Key]bool) {
 // recordGrace is how long after a write to the target its gateway has
 // surely recorded it, or failed the call.
 const recordGrace = time.Second
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
 
 // switchedKeys reads the keys the gateways recorded as written to
 // migration's target after its switchover, by "database.collection", and

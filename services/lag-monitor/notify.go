@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/stage"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -122,11 +123,7 @@ const (
 // retryAfter is how long after attempt n (from 1) the next one may go:
 // base, doubling with each attempt, at most ten minutes.
 func retryAfter(base time.Duration, n int32) time.Duration {
-	d := base
-	for i := int32(1); i < n && d < 10*time.Minute; i++ {
-		d *= 2
-	}
-	return min(d, 10*time.Minute)
+	return stage.Doubling(base, 10*time.Minute, uint64(n))
 }
 
 // notifier sends a migration's notices to its emails and webhooks. Each

@@ -2,30 +2,15 @@ package lagmonitor
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -37,52 +22,6 @@ import (
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
-
-// mailbox is a real SMTP server (go-smtp) that keeps what it receives.
-type mailbox struct {
-	mu   sync.Mutex
-	msgs []string
-}
-
-type mailSession struct{ box *mailbox }
-
-func (s *mailSession) Reset()                               {}
-func (s *mailSession) Logout() error                        { return nil }
-func (s *mailSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (s *mailSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
-func (s *mailSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	s.box.mu.Lock()
-	s.box.msgs = append(s.box.msgs, string(b))
-	s.box.mu.Unlock()
-	return nil
-}
-
-func startMailbox(t *testing.T) (*mailbox, string) {
-	box := &mailbox{}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &mailSession{box}, nil }))
-	srv.Domain = "localhost"
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return box, lis.Addr().String()
-}
-
-func (b *mailbox) count(subject string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	n := 0
-	for _, m := range b.msgs {
-		if strings.Contains(m, subject) {
-			n++
-		}
-	}
-	return n
-}
 
 // receiver is a webhook endpoint that fails its first `fail` requests.
 type receiver struct {
@@ -130,7 +69,8 @@ func TestNotifications(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	box, smtpAddr := startMailbox(t)
+	box := ztest.StartMailServer(t, ztest.MailOptions{})
+	smtpAddr := box.Addr
 	ok, okURL := startReceiver(t, "s3cret", 0)
 	flaky, flakyURL := startReceiver(t, "s3cret", 2)
 
@@ -183,7 +123,7 @@ func TestNotifications(t *testing.T) {
 		_, a := flaky.counts("done/COMPLETED")
 		_, b := flaky.counts("done/LAG_THRESHOLD_REACHED")
 		_, c := ok.counts("long/SYNC_EXPIRING")
-		return a == 1 && b == 1 && c == 1 && box.count("completed") == 1 && box.count("lag threshold reached") == 1
+		return a == 1 && b == 1 && c == 1 && box.Count("completed") == 1 && box.Count("lag threshold reached") == 1
 	}, "notices not all delivered")
 	time.Sleep(time.Second) // a second round would send duplicates now
 	for _, key := range []string{"done/COMPLETED", "done/LAG_THRESHOLD_REACHED"} {
@@ -192,11 +132,11 @@ func TestNotifications(t *testing.T) {
 		tries, got = flaky.counts(key)
 		require.Equal(t, [2]int{3, 1}, [2]int{tries, got}, "%s to the webhook failing twice: delivered on the third try", key)
 	}
-	require.Equal(t, 1, box.count("Subject: [zdm] migration done: completed"))
-	require.Equal(t, 1, box.count("Subject: [zdm] migration done: lag threshold reached"))
-	require.Equal(t, 2, box.count("To: ops@example.com, lead@example.com"), "one message per notice, to every address")
-	require.Equal(t, 2, box.count("From: zdm <zdm@example.com>"), "no other message")
-	require.Zero(t, box.count("migration old"), "a migration that ended a month ago is not announced")
+	require.Equal(t, 1, box.Count("Subject: [zdm] migration done: completed"))
+	require.Equal(t, 1, box.Count("Subject: [zdm] migration done: lag threshold reached"))
+	require.Equal(t, 2, box.Count("To: ops@example.com, lead@example.com"), "one message per notice, to every address")
+	require.Equal(t, 2, box.Count("From: zdm <zdm@example.com>"), "no other message")
+	require.Zero(t, box.Count("migration old"), "a migration that ended a month ago is not announced")
 	tries, _ := ok.counts("long/SYNC_EXPIRING")
 	require.Equal(t, 1, tries)
 	require.Zero(t, ok.badSig+flaky.badSig, "every webhook body is signed")
@@ -212,48 +152,6 @@ func TestNotifications(t *testing.T) {
 	mu.Unlock()
 }
 
-// tlsSession is a session of the STARTTLS mail server: it takes mail only
-// from a client that upgraded to TLS and logged in.
-type tlsSession struct {
-	mailSession
-	conn   *smtp.Conn
-	authed bool
-}
-
-func (s *tlsSession) AuthMechanisms() []string { return []string{sasl.Plain} }
-
-func (s *tlsSession) Auth(string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, user, pass string) error {
-		if user != "zdm" || pass != "hunter2" {
-			return errors.New("bad credentials")
-		}
-		s.authed = true
-		return nil
-	}), nil
-}
-
-func (s *tlsSession) Mail(string, *smtp.MailOptions) error {
-	if _, ok := s.conn.TLSConnectionState(); !ok || !s.authed {
-		return errors.New("TLS and login first")
-	}
-	return nil
-}
-
-// selfSigned writes a CA certificate for 127.0.0.1 to a file and returns
-// it with the server's TLS configuration.
-func selfSigned(t *testing.T) (caFile string, cfg *tls.Config) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mail"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	caFile = filepath.Join(t.TempDir(), "ca.pem")
-	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	return caFile, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12}
-}
-
 // TestNotificationEmailSTARTTLS: the email goes through a server that
 // requires STARTTLS and a PLAIN login, its certificate checked against
 // --notify-smtp-ca-file; with the wrong CA it is not sent, and the
@@ -262,16 +160,8 @@ func TestNotificationEmailSTARTTLS(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	caFile, tlsCfg := selfSigned(t)
-	box := &mailbox{}
-	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		return &tlsSession{mailSession: mailSession{box}, conn: c}, nil
-	}))
-	srv.Domain, srv.TLSConfig = "localhost", tlsCfg
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
+	cert := ztest.SelfSigned(t)
+	box := ztest.StartMailServer(t, ztest.MailOptions{TLS: cert.Server, User: "zdm", Password: "hunter2"})
 
 	migrations, err := natsbus.OpenTable(ctx, bus.JS, natsbus.MigrationsBucket, "migration", 1, func() *zdmpb.Migration { return &zdmpb.Migration{} })
 	require.NoError(t, err)
@@ -282,7 +172,7 @@ func TestNotificationEmailSTARTTLS(t *testing.T) {
 	_, _, err = migrations.Upsert(ctx, "m", func(cur *zdmpb.Migration) error { proto.Merge(cur, m); return nil })
 	require.NoError(t, err)
 
-	cfg := Config{SMTPAddr: lis.Addr().String(), SMTPFrom: "zdm@example.com", SMTPUser: "zdm", SMTPPassword: "hunter2", SMTPStartTLS: true}
+	cfg := Config{SMTPAddr: box.Addr, SMTPFrom: "zdm@example.com", SMTPUser: "zdm", SMTPPassword: "hunter2", SMTPStartTLS: true}
 	n := &notifier{cfg: cfg, log: slog.Default(), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now,
 		retryBase: time.Hour, publish: func(context.Context, string, string, proto.Message) error { return nil }}
 	// The system's CAs do not know the server's certificate.
@@ -293,14 +183,14 @@ func TestNotificationEmailSTARTTLS(t *testing.T) {
 	require.NoError(t, proto.Unmarshal(e.Value(), rec))
 	require.False(t, rec.GetDelivered())
 	require.Contains(t, rec.GetLastError(), "certificate")
-	require.Zero(t, box.count("Subject:"))
+	require.Zero(t, box.Count("Subject:"))
 
 	// With the CA it is trusted: delivered over TLS, logged in.
 	require.NoError(t, notices.Delete(ctx, natsbus.NoticeKey("m", "CANCELLED", "email", 0)))
-	n.cfg.SMTPCAFile = caFile
+	n.cfg.SMTPCAFile = cert.CertFile
 	require.NoError(t, n.cfg.Validate())
 	require.NoError(t, n.scan(ctx))
-	require.Equal(t, 1, box.count("Subject: [zdm] migration m: cancelled"))
+	require.Equal(t, 1, box.Count("Subject: [zdm] migration m: cancelled"))
 }
 
 // TestDue: which notices a migration has earned.
