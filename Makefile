@@ -47,6 +47,11 @@ PROTOC_GENS := $(call TOOL_STAMP,protoc-gen-go,$(PROTOC_GEN_GO_VERSION)) $(call 
 STATICCHECK := $(call TOOL_STAMP,staticcheck,$(STATICCHECK_VERSION))
 GRPCURL     := $(call TOOL_STAMP,grpcurl,$(GRPCURL_VERSION))
 GOTESTSUM   := $(call TOOL_STAMP,gotestsum,$(GOTESTSUM_VERSION))
+# Jaeger's module cannot be go-installed (its go.mod has replace
+# directives), so deploy/jaeger is a module of its own that pins it as a
+# tool. Building it takes about five minutes; the binary is kept.
+JAEGER      := $(BIN_DIR)/jaeger
+export ZDM_JAEGER_BIN := $(JAEGER)
 # gotestsum runs go test and closes with a count of tests run, skipped and
 # failed.
 GOTEST      := gotestsum --format pkgname --hide-summary=skipped --
@@ -98,7 +103,7 @@ test-unit: $(GOTESTSUM) ## Unit tests only: fast, no server.
 	$(GOTEST) -short -race -count=1 $(PKGS)
 
 .PHONY: test-integration
-test-integration: $(GOTESTSUM) ## Integration and end-to-end tests (needs the rig: make testenv-up).
+test-integration: $(GOTESTSUM) $(JAEGER) ## Integration and end-to-end tests (needs the rig: make testenv-up).
 	$(WITH_TESTENV) $(GOTEST) -race -count=1 -timeout 20m -run '^Test(Integration|E2E)' $(PKGS)
 
 .PHONY: bench
@@ -126,6 +131,20 @@ testenv-down: ## Stop the test rig's servers and delete their data.
 .PHONY: testenv-status
 testenv-status: ## Show the test rig's servers and their memory.
 	$(TESTENV) status
+
+$(JAEGER): deploy/jaeger/go.mod deploy/jaeger/go.sum
+	cd deploy/jaeger && GOWORK=off go build -o $(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
+
+.PHONY: jaeger-bin
+jaeger-bin: $(JAEGER) ## Build Jaeger into .bin/ (once; about five minutes).
+
+.PHONY: jaeger
+jaeger: $(JAEGER) ## Start Jaeger in the background: spans over OTLP on 127.0.0.1:4317, query API on :16686.
+	JAEGER=$(JAEGER) deploy/jaeger/jaeger.sh up
+
+.PHONY: jaeger-down
+jaeger-down: ## Stop the Jaeger that make jaeger started (its spans are lost).
+	deploy/jaeger/jaeger.sh down
 
 .PHONY: run
 run: build ## Build and run bin/zdm with its defaults (API on 127.0.0.1:7400).

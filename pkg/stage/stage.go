@@ -8,16 +8,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/registry"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -43,9 +47,11 @@ var ErrPending = errors.New("stage goes on")
 // service's run context: when run ends (the service stops) the handler is
 // cancelled and its command, neither failed nor done, goes back to the
 // queue for the next replica or start. ctx bounds the consumer's creation
-// only. It returns once consuming has started; stop it with the returned
-// context's Drain after ending run.
-func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, logger *slog.Logger,
+// only. Each command is handled in a span of tracer that continues the
+// coordinator's, so it is in its migration's trace. It returns once
+// consuming has started; stop it with the returned context's Drain after
+// ending run.
+func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, tracer trace.Tracer, logger *slog.Logger,
 	durable string, stages []zdmpb.StageKind, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
 	var subjects []string
 	for _, s := range stages {
@@ -66,6 +72,8 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			_ = msg.Term() // a lost Term brings the message back, to be dropped again
 			return
 		}
+		mctx, sp := tracer.Start(mctx, spanName(&cmd), trace.WithAttributes(telemetry.MigrationKey.String(cmd.GetMigrationId())))
+		defer sp.End()
 		out := &outcome{}
 		hctx, cancel := context.WithTimeout(context.WithValue(mctx, outcomeKey{}, out), timeout)
 		defer cancel()
@@ -108,6 +116,8 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			return
 		}
 		if herr != nil && !errors.Is(herr, ErrPending) {
+			sp.RecordError(herr)
+			sp.SetStatus(codes.Error, herr.Error())
 			logger.ErrorContext(hctx, "stage failed", slog.String("migration", cmd.GetMigrationId()),
 				slog.String("stage", cmd.GetStage().String()), slog.Any("error", herr))
 		}
@@ -121,6 +131,11 @@ func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.
 			logger.WarnContext(mctx, "ack command", slog.Any("error", err))
 		}
 	})
+}
+
+// spanName names the span of cmd's handling: "COPY_DATA START".
+func spanName(cmd *eventspb.StageCommand) string {
+	return strings.TrimPrefix(cmd.GetStage().String(), "STAGE_KIND_") + " " + strings.TrimPrefix(cmd.GetAction().String(), "STAGE_ACTION_")
 }
 
 // Report publishes the end of cmd's stage: success with a nil err, else

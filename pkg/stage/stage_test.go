@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -36,7 +37,7 @@ func consume(t *testing.T, bus *natsbus.Conn, h stage.Handler) (stop func()) {
 	run, cancel := context.WithCancel(context.Background())
 	ctx, done := context.WithTimeout(context.Background(), 10*time.Second)
 	defer done()
-	cc, err := stage.Consume(ctx, run, bus.JS, telemetry.Propagator(), logger, durable,
+	cc, err := stage.Consume(ctx, run, bus.JS, telemetry.Propagator(), noop.NewTracerProvider().Tracer(""), logger, durable,
 		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET}, 30*time.Second, h)
 	require.NoError(t, err)
 	stopped := false

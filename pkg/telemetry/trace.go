@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -24,12 +25,19 @@ func OTLPEnabled() bool {
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
 }
 
-// NewResource describes this process to traces and metrics.
-// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override and extend it.
-func NewResource(ctx context.Context, serviceName, version string) (*resource.Resource, error) {
-	res, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithHost(),
-		resource.WithAttributes(semconv.ServiceName(serviceName), semconv.ServiceVersion(version)),
-		resource.WithFromEnv())
+// NewResource describes one zdm service (service, such as "coordinator")
+// or, with service "", the whole process to traces and metrics. Its
+// service.name is "zdm-<service>" ("zdm" for the process), so Jaeger
+// shows each service apart even when one process runs them all;
+// OTEL_SERVICE_NAME replaces the "zdm" part, and OTEL_RESOURCE_ATTRIBUTES
+// adds attributes.
+func NewResource(ctx context.Context, service, version string) (*resource.Resource, error) {
+	name := cmp.Or(os.Getenv("OTEL_SERVICE_NAME"), "zdm")
+	if service != "" {
+		name += "-" + service
+	}
+	res, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithHost(), resource.WithFromEnv(),
+		resource.WithAttributes(semconv.ServiceName(name), semconv.ServiceVersion(version)))
 	if err != nil {
 		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}

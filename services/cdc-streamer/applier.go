@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/registry"
 	"github.com/zdm-io/zdm/pkg/stage"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -65,6 +68,7 @@ type appliers struct {
 	id          string
 	js          jetstream.JetStream
 	prop        propagation.TextMapPropagator
+	tracer      trace.Tracer
 	log         *slog.Logger
 	reg         *registry.Registry
 	migrations  *natsbus.Table[*zdmpb.Migration]
@@ -147,8 +151,13 @@ var errEnded = errors.New("migration no longer syncing")
 
 // apply runs one migration's applier until its migration stops applying,
 // its lease is lost or ctx ends.
-func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint64) error {
+func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint64) (err error) {
 	id := m.GetMigrationId()
+	// One span for the applier's whole run, from the start of sync (or
+	// this replica taking the lease) to the drain: what it publishes is
+	// in the migration's trace.
+	ctx, sp := telemetry.StartMigrationSpan(ctx, a.tracer, m, "apply changes", attribute.String("zdm.applier_id", a.id))
+	defer func() { telemetry.End(sp, err) }()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// Keep the lease.
@@ -252,20 +261,37 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		}
 		var evs []*eventspb.ChangeEvent
 		var last uint64
+		var sampled []trace.Link // gateway spans of sampled changes (see traceEvery)
 		for msg := range batch.Messages() {
 			var b eventspb.ChangeBatch
-			if _, err := natsbus.Decode(ctx, a.prop, msg, &b); err != nil {
+			mctx, err := natsbus.Decode(ctx, a.prop, msg, &b)
+			if err != nil {
 				return fmt.Errorf("malformed change on %s: %w", msg.Subject(), err)
 			}
 			md, err := msg.Metadata()
 			if err != nil {
 				return err
 			}
+			if sc := trace.SpanContextFromContext(mctx); sc.IsValid() && sc.SpanID() != sp.SpanContext().SpanID() {
+				sampled = append(sampled, trace.Link{SpanContext: sc})
+			}
 			evs, last = append(evs, b.GetChanges()...), md.Sequence.Stream
 		}
 		n := len(evs)
 		if last > pos.GetStreamSequence() {
-			rows, err := rp.applyAll(ctx, evs, a.retry(ctx, cur))
+			actx := ctx
+			var bsp trace.Span
+			if len(sampled) > 0 {
+				// A child of the gateway's span, so the trace shows the
+				// change's path; linked to the applier's run.
+				links := append(sampled[1:], trace.Link{SpanContext: sp.SpanContext()})
+				actx, bsp = a.tracer.Start(trace.ContextWithSpanContext(ctx, sampled[0].SpanContext), "apply sampled changes",
+					trace.WithLinks(links...), trace.WithAttributes(attribute.Int("zdm.changes", n), attribute.Int64("zdm.stream_sequence", int64(last))))
+			}
+			rows, err := rp.applyAll(actx, evs, a.retry(ctx, cur))
+			if bsp != nil {
+				telemetry.End(bsp, err)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					break

@@ -13,7 +13,9 @@ import (
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,6 +25,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -41,6 +44,7 @@ type capture struct {
 	viewAddr    string // the target view's address, if served
 	js          jetstream.JetStream
 	prop        propagation.TextMapPropagator
+	tracer      trace.Tracer // spans of sampled changes (see traceEvery)
 	log         *slog.Logger
 	src         *sourceClient
 	locks       *keyLocks
@@ -68,9 +72,9 @@ type capture struct {
 	switched string // migration switched over: calls go to its target
 }
 
-func newCapture(ctx context.Context, id, addr string, js jetstream.JetStream, prop propagation.TextMapPropagator, log *slog.Logger,
+func newCapture(ctx context.Context, id, addr string, js jetstream.JetStream, prop propagation.TextMapPropagator, tracer trace.Tracer, log *slog.Logger,
 	src *sourceClient, gateways, switchovers jetstream.KeyValue) *capture {
-	c := &capture{ctx: ctx, id: id, addr: addr, js: js, prop: prop, log: log, src: src, locks: newKeyLocks(),
+	c := &capture{ctx: ctx, id: id, addr: addr, js: js, prop: prop, tracer: tracer, log: log, src: src, locks: newKeyLocks(),
 		gateways: gateways, switchovers: switchovers, inflight: map[uint64]struct{}{}, schemas: map[string]*schemapb.FieldSchema{},
 		queues: map[string]*queue{}, view: view{upstream: src.current()}}
 	c.changed = sync.NewCond(&c.mu)
@@ -342,8 +346,15 @@ func (c *capture) record(ctx context.Context, evs []*eventspb.ChangeEvent) error
 // queue holds the changes of one subject waiting to be published.
 type queue struct {
 	waiting []*pending
-	busy    bool // a caller is publishing them
+	busy    bool      // a caller is publishing them
+	traced  time.Time // when a batch of the subject last had a span
 }
+
+// traceEvery is how often a batch of changes of one collection gets a
+// span in its migration's trace, carried on the message to the applier's
+// span: a sample that shows the path of a change without a span per
+// write.
+const traceEvery = time.Second
 
 type pending struct {
 	evs  []*eventspb.ChangeEvent
@@ -387,10 +398,17 @@ func (c *capture) drain(ctx context.Context, subject string, q *queue) {
 			}
 			done, q.waiting = append(done, p), q.waiting[1:]
 		}
+		pctx, sp := c.sample(ctx, q, batch)
 		c.mu.Unlock()
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		pctx, cancel := context.WithTimeout(pctx, 10*time.Second)
 		ack, err := natsbus.Publish(pctx, c.js, c.prop, subject, batch.GetChanges()[0].GetEventId(), batch)
 		cancel()
+		if sp != nil {
+			if err == nil {
+				sp.SetAttributes(attribute.Int64("zdm.stream_sequence", int64(ack.Sequence)))
+			}
+			telemetry.End(sp, err)
+		}
 		c.mu.Lock()
 		if err == nil {
 			c.streamSeq = max(c.streamSeq, ack.Sequence)
@@ -403,6 +421,19 @@ func (c *capture) drain(ctx context.Context, subject string, q *queue) {
 			p.done <- err
 		}
 	}
+}
+
+// sample starts a span for batch, in its migration's trace, if q's last
+// one is traceEvery old; nil if not. c.mu is held.
+func (c *capture) sample(ctx context.Context, q *queue, batch *eventspb.ChangeBatch) (context.Context, trace.Span) {
+	first, m := batch.GetChanges()[0], c.view.active
+	if first.GetMigrationId() != m.GetMigrationId() || time.Since(q.traced) < traceEvery {
+		return ctx, nil
+	}
+	q.traced = time.Now()
+	return telemetry.StartMigrationSpan(ctx, c.tracer, m, "capture changes", telemetry.DatabaseKey.String(first.GetDatabase()),
+		telemetry.CollectionKey.String(first.GetCollection()), attribute.Int("zdm.changes", len(batch.GetChanges())),
+		attribute.String("zdm.gateway_id", c.id))
 }
 
 // streamFull recognises JetStream's refusal of a message by a stream

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -152,7 +153,7 @@ func (s *Streamer) Start(ctx context.Context) error {
 	}
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = stop
-	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, log: s.deps.Logger, reg: s.deps.Registry,
+	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, tracer: s.tracer(), log: s.deps.Logger, reg: s.deps.Registry,
 		migrations: migrations, positions: positions, leases: leases, gateways: gateways, switchovers: switchovers,
 		running: map[string]context.CancelFunc{}}
 	if s.cfg.Apply {
@@ -178,7 +179,7 @@ func (s *Streamer) Start(ctx context.Context) error {
 		}
 	}
 	src := newSourceClient(s.deps.Registry, s.cfg.GatewayCluster)
-	c := newCapture(run, s.id, lis.Addr().String(), bus.JS, s.deps.Propagator, s.deps.Logger, src, gateways, switchovers)
+	c := newCapture(run, s.id, lis.Addr().String(), bus.JS, s.deps.Propagator, s.tracer(), s.deps.Logger, src, gateways, switchovers)
 	viewSrc := newSourceClient(s.deps.Registry, "")
 	p := newPolicy(s.cfg.GatewayCluster, func(v view) {
 		c.follow(v)
@@ -266,4 +267,8 @@ func (s *Streamer) GetGatewayStatus(context.Context, *streamerpb.GetGatewayStatu
 	}
 	resp.LastSequence, resp.UpstreamClusterId, resp.HoldingAttempt = c.seq, c.src.current(), c.hold.attempt
 	return resp, nil
+}
+
+func (s *Streamer) tracer() trace.Tracer {
+	return s.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/cdc-streamer")
 }

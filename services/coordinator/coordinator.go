@@ -109,6 +109,8 @@ type Coordinator struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 	cc   jetstream.ConsumeContext
+
+	traces sync.Map // migration ID -> telemetry.Traced (see traced)
 }
 
 var _ service.Service = (*Coordinator)(nil)

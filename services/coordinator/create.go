@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/auth"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -69,6 +71,8 @@ func (c *Coordinator) create(ctx context.Context, id string, typ zdmpb.Migration
 	if _, err := c.lock(ctx, "target", tgtID, id); err != nil {
 		return nil, errors.Join(err, c.unlock(context.WithoutCancel(ctx), srcID, id))
 	}
+	ctx, sp := c.tracer().Start(ctx, "create migration", trace.WithAttributes(telemetry.MigrationKey.String(id)))
+	defer sp.End()
 	now := c.now()
 	m := &zdmpb.Migration{
 		MigrationId:     id,
@@ -82,6 +86,7 @@ func (c *Coordinator) create(ctx context.Context, id string, typ zdmpb.Migration
 		CreateTime:      timestamppb.New(now),
 		UpdateTime:      timestamppb.New(now),
 	}
+	telemetry.RecordRoot(ctx, m)
 	if _, err := c.store.migrations.Create(ctx, id, m); err != nil {
 		uctx := context.WithoutCancel(ctx)
 		return nil, errors.Join(err, c.unlock(uctx, srcID, id), c.unlock(uctx, tgtID, id))

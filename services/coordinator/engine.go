@@ -9,11 +9,13 @@ import (
 	"fmt"
 	"log/slog"
 
+	"go.opentelemetry.io/otel/attribute"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/auth"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -33,10 +35,14 @@ func (c *Coordinator) transition(ctx context.Context, id string, ev Event) (*zdm
 		return nil, err
 	}
 	m = withRevision(m, rev)
+	ctx, sp := telemetry.StartMigrationSpan(ctx, c.tracer(), m, "transition to "+stateName(m.GetState()),
+		attribute.String("zdm.from_state", stateName(from)), attribute.String("zdm.trigger", ev.Trigger.String()))
 	c.deps.Logger.InfoContext(ctx, "migration transition", slog.String("migration", id),
 		slog.String("from", stateName(from)), slog.String("to", stateName(m.GetState())),
 		slog.String("trigger", ev.Trigger.String()), slog.String("actor", ev.Actor), slog.String("reason", ev.Reason))
-	if err := c.effects(ctx, m); err != nil {
+	err = c.effects(ctx, m)
+	telemetry.End(sp, err)
+	if err != nil {
 		// The state is written; reconcile re-sends effects after a restart
 		// and the next transition retries them.
 		return m, fmt.Errorf("migration %q is %s, but its side effects failed: %w", id, stateName(m.GetState()), err)
@@ -191,7 +197,10 @@ func (c *Coordinator) reconcile(ctx context.Context) error {
 			}
 			continue
 		}
-		errs = append(errs, c.effects(ctx, withRevision(e.Val, e.Rev)))
+		mctx, sp := telemetry.StartMigrationSpan(ctx, c.tracer(), e.Val, "reconcile after restart")
+		err := c.effects(mctx, withRevision(e.Val, e.Rev))
+		telemetry.End(sp, err)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -20,6 +19,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/auth"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -125,9 +125,27 @@ func apply[T migrationEvent](c *Coordinator, ctx context.Context, msg jetstream.
 	if err != nil {
 		return ctx, fmt.Errorf("%w: %w", errMalformed, err)
 	}
-	ctx, sp := c.tracer().Start(ctx, span, trace.WithAttributes(attribute.String("zdm.migration_id", ev.GetMigrationId())))
+	ctx, sp := telemetry.StartMigrationSpan(ctx, c.tracer(), c.traced(ctx, ev.GetMigrationId()), span)
 	defer sp.End()
-	return ctx, on(ctx, ev)
+	err = on(ctx, ev)
+	telemetry.End(sp, err)
+	return ctx, err
+}
+
+// traced returns what migration id's record says of its trace, from a
+// cache: the trace is fixed at creation, and events about a migration
+// come often.
+func (c *Coordinator) traced(ctx context.Context, id string) telemetry.Traced {
+	if t, ok := c.traces.Load(id); ok {
+		return t.(telemetry.Traced)
+	}
+	m, _, err := c.store.migrations.Get(ctx, id)
+	if err != nil {
+		return &zdmpb.Migration{MigrationId: id}
+	}
+	t := &zdmpb.Migration{MigrationId: id, TraceId: m.GetTraceId(), TraceSpanId: m.GetTraceSpanId()}
+	c.traces.Store(id, t)
+	return t
 }
 
 // onStageCompleted turns a stage's end into the transition it means.

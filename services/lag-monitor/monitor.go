@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -99,7 +101,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n := &notifier{cfg: m.cfg, log: m.deps.Logger, migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: sendTimeout,
+	n := &notifier{cfg: m.cfg, log: m.deps.Logger, tracer: m.tracer(), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: sendTimeout,
 		publish: func(ctx context.Context, subject, id string, ev proto.Message) error {
 			_, err := natsbus.Publish(ctx, bus.JS, m.deps.Propagator, subject, id, ev)
 			return err
@@ -107,7 +109,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	m.wg.Go(func() { m.lag.run(run) })
 	m.wg.Go(func() { n.run(run) })
-	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.deps.Logger, "lag-monitor",
+	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.tracer(), m.deps.Logger, "lag-monitor",
 		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_VERIFY}, time.Hour, m.verify)
 	if err != nil {
 		stop()
@@ -203,6 +205,7 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 			}
 		}
 		stage.Repaired(ctx, ranges, rows)
+		trace.SpanFromContext(ctx).SetAttributes(attribute.Int64("zdm.repaired_ranges", ranges), attribute.Int64("zdm.repaired_rows", rows))
 		if ranges > 0 {
 			m.deps.Logger.InfoContext(ctx, "repaired ranges the change stream missed", "migration", cmd.GetMigrationId(), "ranges", ranges, "rows", rows)
 			if reports, err = compareAll(ctx, src, tgt, nil, 0, nil); err != nil {
@@ -438,4 +441,8 @@ func orOpen(s string) string {
 // Stages implements service.Staged: the lag monitor verifies.
 func (m *Monitor) Stages() []zdmpb.StageKind {
 	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_VERIFY}
+}
+
+func (m *Monitor) tracer() trace.Tracer {
+	return m.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/lag-monitor")
 }

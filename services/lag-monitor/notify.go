@@ -22,11 +22,15 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/stage"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -135,6 +139,7 @@ func retryAfter(base time.Duration, n int32) time.Duration {
 type notifier struct {
 	cfg        Config
 	log        *slog.Logger
+	tracer     trace.Tracer
 	migrations *natsbus.Table[*zdmpb.Migration]
 	notices    jetstream.KeyValue
 	publish    func(ctx context.Context, subject, id string, m proto.Message) error
@@ -249,6 +254,9 @@ func (n *notifier) deliver(ctx context.Context, m *zdmpb.Migration, notice, chan
 	if err != nil {
 		return nil // another monitor claimed it
 	}
+	ctx, sp := telemetry.StartMigrationSpan(ctx, n.tracer, m, "notify "+notice,
+		attribute.String("zdm.channel", channel), attribute.Int("zdm.attempt", int(rec.GetAttempts())))
+	defer sp.End()
 	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
 	body := message(m, notice)
 	if channel == "email" {
@@ -259,6 +267,8 @@ func (n *notifier) deliver(ctx context.Context, m *zdmpb.Migration, notice, chan
 	cancel()
 	rec.Delivered, rec.LastError, rec.Time = err == nil, "", timestamppb.New(n.now())
 	if err != nil {
+		sp.RecordError(err)
+		sp.SetStatus(codes.Error, err.Error())
 		rec.LastError, rec.GaveUp = err.Error(), rec.GetAttempts() >= maxAttempts
 		n.log.Warn("notification not delivered", slog.String("migration", m.GetMigrationId()), slog.String("notice", notice),
 			slog.String("channel", channel), slog.Int("attempt", int(rec.GetAttempts())), slog.Any("error", err))

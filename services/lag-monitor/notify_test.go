@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -100,7 +101,7 @@ func TestNotifications(t *testing.T) {
 	var mu sync.Mutex
 	var reports int
 	start := func() context.CancelFunc {
-		n := &notifier{cfg: Config{SMTPAddr: smtpAddr, SMTPFrom: "zdm@example.com", WebhookSecret: "s3cret"}, log: slog.Default(),
+		n := &notifier{cfg: Config{SMTPAddr: smtpAddr, SMTPFrom: "zdm@example.com", WebhookSecret: "s3cret"}, log: slog.Default(), tracer: noop.NewTracerProvider().Tracer(""),
 			migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: 200 * time.Millisecond,
 			publish: func(context.Context, string, string, proto.Message) error {
 				mu.Lock()
@@ -173,7 +174,7 @@ func TestNotificationEmailSTARTTLS(t *testing.T) {
 	require.NoError(t, err)
 
 	cfg := Config{SMTPAddr: box.Addr, SMTPFrom: "zdm@example.com", SMTPUser: "zdm", SMTPPassword: "hunter2", SMTPStartTLS: true}
-	n := &notifier{cfg: cfg, log: slog.Default(), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now,
+	n := &notifier{cfg: cfg, log: slog.Default(), tracer: noop.NewTracerProvider().Tracer(""), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now,
 		retryBase: time.Hour, publish: func(context.Context, string, string, proto.Message) error { return nil }}
 	// The system's CAs do not know the server's certificate.
 	require.NoError(t, n.scan(ctx))

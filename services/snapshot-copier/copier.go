@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -125,7 +126,7 @@ func (c *Copier) Start(ctx context.Context) error {
 			c.deps.Logger.Error("copy controls stopped: pause and throttle no longer apply", "error", err)
 		}
 	}()
-	cc, err := stage.Consume(ctx, wctx, c.deps.Bus.JS, c.deps.Propagator, c.deps.Logger, "snapshot-copier",
+	cc, err := stage.Consume(ctx, wctx, c.deps.Bus.JS, c.deps.Propagator, c.tracer(), c.deps.Logger, "snapshot-copier",
 		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA, zdmpb.StageKind_STAGE_KIND_UNSPECIFIED},
 		30*time.Minute, c.command)
 	if err != nil {
@@ -135,7 +136,7 @@ func (c *Copier) Start(ctx context.Context) error {
 	}
 	c.cc = cc
 	for i := range c.cfg.Workers {
-		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator,
+		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator, Tracer: c.tracer(),
 			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, Registry: c.deps.Registry, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20,
 			Controls: c.controls, Status: c.status}
 		c.wg.Add(1)
@@ -261,4 +262,8 @@ func (c *Copier) announcePlan(ctx context.Context, cmd *eventspb.StageCommand, u
 // copies the data.
 func (c *Copier) Stages() []zdmpb.StageKind {
 	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA}
+}
+
+func (c *Copier) tracer() trace.Tracer {
+	return c.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/snapshot-copier")
 }

@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/registry"
 	"github.com/zdm-io/zdm/pkg/stage"
+	"github.com/zdm-io/zdm/pkg/telemetry"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -36,7 +40,10 @@ type Worker struct {
 	ID         string
 	JS         jetstream.JetStream
 	Propagator propagation.TextMapPropagator
-	Logger     *slog.Logger
+	// Tracer makes a span of each unit copied, in its migration's trace;
+	// nil makes none.
+	Tracer trace.Tracer
+	Logger *slog.Logger
 	// Replicas of the checkpoint bucket.
 	Replicas int
 	// AckWait is how long a unit held by a copier that stopped answering
@@ -114,9 +121,29 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	log := w.Logger.With(slog.String("unit", u.GetUnitId()), slog.String("collection", u.GetDatabase()+"."+u.GetCollection()))
+	if errors.Is(w.Controls.Check(ctx, u.GetMigrationId()), errPaused) {
+		// Before its span: a paused migration's units come back every few
+		// seconds, and each would be a span of no work.
+		log.DebugContext(ctx, "migration paused; unit left on the queue")
+		_ = msg.NakWithDelay(pausedRetry)
+		return
+	}
+	tracer := w.Tracer
+	if tracer == nil {
+		tracer = noop.NewTracerProvider().Tracer("")
+	}
+	ctx, sp := tracer.Start(ctx, "copy unit", trace.WithAttributes(telemetry.MigrationKey.String(u.GetMigrationId()),
+		telemetry.DatabaseKey.String(u.GetDatabase()), telemetry.CollectionKey.String(u.GetCollection()),
+		attribute.String("zdm.unit_id", u.GetUnitId()), attribute.String("zdm.copier_id", w.ID)))
 	w.Status.begin(w.ID, &u)
 	err = w.copyUnit(ctx, msg, &u)
 	w.Status.end(w.ID, err == nil)
+	if errors.Is(err, errPaused) || errors.Is(err, errEnded) {
+		sp.SetAttributes(attribute.String("zdm.outcome", err.Error())) // not a failure
+		sp.End()
+	} else {
+		telemetry.End(sp, err)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return // stopping: the unit is redelivered to another copier

@@ -500,6 +500,16 @@ type Migration struct {
 	// Every notification sent or tried, one entry per notice and recipient,
 	// oldest first.
 	Notifications []*NotificationDelivery `protobuf:"bytes,24,rep,name=notifications,proto3" json:"notifications,omitempty"`
+	// The migration's trace (W3C trace ID, 32 hex digits): every span of
+	// the migration, in every service, is in this one trace, so Jaeger
+	// shows the whole migration at <jaeger>/trace/<trace_id>. A caller that
+	// sends a trace context with CreateMigration gets the migration in its
+	// own trace. Empty for a migration created before zdm recorded traces.
+	TraceId string `protobuf:"bytes,25,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// The span that created the migration (16 hex digits), parent of the
+	// spans that start outside any other step of the migration: an API call
+	// on it, a sweep, a notification.
+	TraceSpanId   string `protobuf:"bytes,26,opt,name=trace_span_id,json=traceSpanId,proto3" json:"trace_span_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -700,6 +710,20 @@ func (x *Migration) GetNotifications() []*NotificationDelivery {
 		return x.Notifications
 	}
 	return nil
+}
+
+func (x *Migration) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
+}
+
+func (x *Migration) GetTraceSpanId() string {
+	if x != nil {
+		return x.TraceSpanId
+	}
+	return ""
 }
 
 // SwitchoverAttempt is one Switchover of a migration.
@@ -2750,7 +2774,7 @@ var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\t\n" +
+	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\t\n" +
 	"\tMigration\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12,\n" +
@@ -2781,7 +2805,9 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
 	"switchover\x18\x17 \x01(\v2\x19.zdm.v1.SwitchoverAttemptR\n" +
 	"switchover\x12B\n" +
-	"\rnotifications\x18\x18 \x03(\v2\x1c.zdm.v1.NotificationDeliveryR\rnotifications\"\xcd\x02\n" +
+	"\rnotifications\x18\x18 \x03(\v2\x1c.zdm.v1.NotificationDeliveryR\rnotifications\x12\x19\n" +
+	"\btrace_id\x18\x19 \x01(\tR\atraceId\x12\"\n" +
+	"\rtrace_span_id\x18\x1a \x01(\tR\vtraceSpanId\"\xcd\x02\n" +
 	"\x11SwitchoverAttempt\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12A\n" +
 	"\x0fmax_write_pause\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rmaxWritePause\x129\n" +

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -78,15 +80,33 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	var api, undo []step
 	defer func() { shutdown(ctx, cfg.ShutdownTimeout, append(api, reversed(undo)...), logger) }()
 
-	res, err := telemetry.NewResource(ctx, "zdm", Version)
+	res, err := telemetry.NewResource(ctx, "", Version)
 	if err != nil {
 		return err
 	}
-	tp, err := telemetry.NewTracerProvider(ctx, res)
-	if err != nil {
-		return err
+	// A tracer provider per service, so each is a service of its own in
+	// Jaeger; the API's spans belong to the coordinator when it runs here.
+	tracers := map[string]trace.TracerProvider{}
+	var exports []func(context.Context) error
+	undo = append(undo, step{"trace export", 1, func(ctx context.Context) error {
+		var errs []error
+		for _, shutdown := range exports {
+			errs = append(errs, shutdown(ctx))
+		}
+		return errors.Join(errs...)
+	}})
+	for _, t := range cfg.Targets {
+		tres, err := telemetry.NewResource(ctx, t, Version)
+		if err != nil {
+			return err
+		}
+		tp, err := telemetry.NewTracerProvider(ctx, tres)
+		if err != nil {
+			return err
+		}
+		exports, tracers[t] = append(exports, tp.Shutdown), tp
 	}
-	undo = append(undo, step{"trace export", 1, tp.Shutdown})
+	apiTracer := cmp.Or(tracers[coordinator.Name], tracers[cfg.Targets[0]])
 	metricsReg := telemetry.NewRegistry()
 	mp, err := telemetry.NewMeterProvider(metricsReg, res)
 	if err != nil {
@@ -138,10 +158,10 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 		metricsLis.Close()
 		return err
 	}
-	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: tp, MeterProvider: mp, Propagator: prop}, opts...)
+	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: apiTracer, MeterProvider: mp, Propagator: prop}, opts...)
 	metrics := &http.Server{Handler: metricsHandler(metricsReg), ReadHeaderTimeout: 10 * time.Second}
 
-	services, err := newServices(cfg, service.Deps{Bus: bus, TracerProvider: tp, Propagator: prop, Metrics: metricsReg, Registry: reg}, logger)
+	services, err := newServices(cfg, service.Deps{Bus: bus, Propagator: prop, Metrics: metricsReg, Registry: reg}, tracers, logger)
 	if err != nil {
 		grpcLis.Close()
 		metricsLis.Close()
@@ -311,11 +331,11 @@ func connectBus(cfg Config, logger *slog.Logger) (*natsbus.Conn, *natsbus.Embedd
 	return bus, embedded, nil
 }
 
-func newServices(cfg Config, deps service.Deps, logger *slog.Logger) ([]service.Service, error) {
+func newServices(cfg Config, deps service.Deps, tracers map[string]trace.TracerProvider, logger *slog.Logger) ([]service.Service, error) {
 	var out []service.Service
 	for _, t := range cfg.Targets {
 		d := deps
-		d.Logger = logger.With(slog.String("service", t))
+		d.Logger, d.TracerProvider = logger.With(slog.String("service", t)), tracers[t]
 		switch t {
 		case copier.Name:
 			c, err := copier.New(cfg.Copier, d)

@@ -393,6 +393,9 @@ func printMigration(out io.Writer, m *zdmpb.Migration) error {
 		last := h[len(h)-1]
 		fmt.Fprintf(w, "last\t%s %s\n", last.GetTime().AsTime().Local().Format(time.TimeOnly), last.GetReason())
 	}
+	if id := m.GetTraceId(); id != "" {
+		fmt.Fprintf(w, "trace\t%s (in Jaeger: /trace/%s)\n", id, id)
+	}
 	return w.Flush()
 }
 
