@@ -21,6 +21,8 @@ GOTESTSUM_VERSION          := v1.13.0
 MODULES := $(shell sed -n 's/^\t\.\/\(.*\)$$/\1/p' go.work)
 PKGS    := $(addprefix ./,$(addsuffix /...,$(MODULES)))
 
+KEEP ?= 0
+
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/zdm-io/zdm/cmd/zdm/internal/app.Version=$(VERSION)
 
@@ -145,6 +147,14 @@ jaeger: $(JAEGER) ## Start Jaeger in the background: spans over OTLP on 127.0.0.
 .PHONY: jaeger-down
 jaeger-down: ## Stop the Jaeger that make jaeger started (its spans are lost).
 	deploy/jaeger/jaeger.sh down
+
+.PHONY: demo
+demo: build $(JAEGER) ## Two local Milvus, 105k rows, a zero-downtime migration to switchover on screen (KEEP=1 leaves it running).
+	KEEP=$(KEEP) JAEGER=$(JAEGER) deploy/demo/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Stop what make demo KEEP=1 left running.
+	deploy/demo/demo.sh down
 
 .PHONY: run
 run: build ## Build and run bin/zdm with its defaults (API on 127.0.0.1:7400).

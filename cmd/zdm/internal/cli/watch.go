@@ -114,6 +114,10 @@ func summary(m *zdmpb.Migration) string {
 		copied, total, rate = copied+p.GetRowsCopied(), total+p.GetRowsTotal(), rate+p.GetRowsPerSecond()
 		eta = max(eta, p.GetEta().AsDuration())
 	}
+	if rate > 0 && copied < total {
+		// Collections not started yet have no ETA of their own.
+		eta = max(eta, time.Duration(float64(total-copied)/rate*float64(time.Second)))
+	}
 	parts := []string{state(m)}
 	if total > 0 {
 		parts = append(parts, fmt.Sprintf("%d/%d rows (%.0f%%)", copied, total, 100*float64(copied)/float64(total)))
