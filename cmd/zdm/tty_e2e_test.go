@@ -2,6 +2,8 @@ package main_test
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
@@ -112,4 +114,15 @@ func TestE2EWatchInTerminal(t *testing.T) {
 	t.Logf("at the end:\n%s", end)
 	require.Contains(t, end, "COMPLETED")
 	require.Equal(t, "0", term.scrolled())
+
+	// What the migration moved, in the metrics.
+	resp, err := http.Get("http://" + p.addrs.Metrics + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^zdm_copy_rows_total\{migration="tty"\} 3000$`, string(body))
+	require.Regexp(t, `(?m)^zdm_copy_bytes_total\{migration="tty"\} [1-9]\d*$`, string(body))
+	require.Regexp(t, `(?m)^zdm_gateway_changes_captured_total\{migration="tty"\} 1$`, string(body))
+	require.Regexp(t, `(?m)^zdm_applier_changes_applied_total\{migration="tty"\} 1$`, string(body))
 }

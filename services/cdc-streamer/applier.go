@@ -69,6 +69,7 @@ type appliers struct {
 	js          jetstream.JetStream
 	prop        propagation.TextMapPropagator
 	tracer      trace.Tracer
+	metrics     *streamMetrics
 	log         *slog.Logger
 	reg         *registry.Registry
 	migrations  *natsbus.Table[*zdmpb.Migration]
@@ -158,6 +159,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 	// in the migration's trace.
 	ctx, sp := telemetry.StartMigrationSpan(ctx, a.tracer, m, "apply changes", attribute.String("zdm.applier_id", a.id))
 	defer func() { telemetry.End(sp, err) }()
+	defer a.metrics.backlog.DeleteLabelValues(id) // another replica, or none, has it now
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// Keep the lease.
@@ -300,6 +302,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 			}
 			pos.StreamSequence = last
 			pos.ChangesApplied += int64(n)
+			a.metrics.applied.WithLabelValues(id).Add(float64(n))
 			pos.RowsApplied += rows
 		}
 		if ctx.Err() != nil {
@@ -310,6 +313,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		var backlog uint64
 		if err == nil {
 			backlog = info.NumPending
+			a.metrics.backlog.WithLabelValues(id).Set(float64(backlog))
 		}
 		gws, err := natsbus.Gateways(ctx, a.gateways)
 		if err != nil {

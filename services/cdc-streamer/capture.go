@@ -13,6 +13,7 @@ import (
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 	"github.com/milvus-io/milvus-proto/go-api/v2/schemapb"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -44,7 +45,8 @@ type capture struct {
 	viewAddr    string // the target view's address, if served
 	js          jetstream.JetStream
 	prop        propagation.TextMapPropagator
-	tracer      trace.Tracer // spans of sampled changes (see traceEvery)
+	tracer      trace.Tracer           // spans of sampled changes (see traceEvery)
+	captured    *prometheus.CounterVec // changes published, by migration; may be nil
 	log         *slog.Logger
 	src         *sourceClient
 	locks       *keyLocks
@@ -412,6 +414,9 @@ func (c *capture) drain(ctx context.Context, subject string, q *queue) {
 		c.mu.Lock()
 		if err == nil {
 			c.streamSeq = max(c.streamSeq, ack.Sequence)
+			if c.captured != nil {
+				c.captured.WithLabelValues(batch.GetChanges()[0].GetMigrationId()).Add(float64(len(batch.GetChanges())))
+			}
 		} else if partial {
 			// The call whose first changes failed publishes no more.
 			done, q.waiting = append(done, q.waiting[0]), q.waiting[1:]

@@ -84,6 +84,7 @@ type Streamer struct {
 	id      string
 	gateway *gateway
 	view    *gateway // the target view, when served
+	metrics *streamMetrics
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -98,7 +99,11 @@ func New(cfg Config, deps service.Deps) (*Streamer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Streamer{cfg: cfg, deps: deps, id: "gw-" + rand.Text()[:10]}, nil
+	metrics, err := newStreamMetrics(deps.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	return &Streamer{cfg: cfg, deps: deps, id: "gw-" + rand.Text()[:10], metrics: metrics}, nil
 }
 
 // Name implements service.Service.
@@ -153,7 +158,7 @@ func (s *Streamer) Start(ctx context.Context) error {
 	}
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stop = stop
-	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, tracer: s.tracer(), log: s.deps.Logger, reg: s.deps.Registry,
+	ap := &appliers{id: s.id, js: bus.JS, prop: s.deps.Propagator, tracer: s.tracer(), metrics: s.metrics, log: s.deps.Logger, reg: s.deps.Registry,
 		migrations: migrations, positions: positions, leases: leases, gateways: gateways, switchovers: switchovers,
 		running: map[string]context.CancelFunc{}}
 	if s.cfg.Apply {
@@ -180,6 +185,7 @@ func (s *Streamer) Start(ctx context.Context) error {
 	}
 	src := newSourceClient(s.deps.Registry, s.cfg.GatewayCluster)
 	c := newCapture(run, s.id, lis.Addr().String(), bus.JS, s.deps.Propagator, s.tracer(), s.deps.Logger, src, gateways, switchovers)
+	c.captured = s.metrics.captured
 	viewSrc := newSourceClient(s.deps.Registry, "")
 	p := newPolicy(s.cfg.GatewayCluster, func(v view) {
 		c.follow(v)

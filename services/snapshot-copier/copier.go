@@ -86,6 +86,7 @@ type Copier struct {
 	cc       jetstream.ConsumeContext
 	controls *Controls
 	status   *Status
+	metrics  *copyMetrics
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -97,7 +98,11 @@ func New(cfg Config, deps service.Deps) (*Copier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Copier{cfg: cfg, deps: deps, status: NewStatus()}, nil
+	metrics, err := newCopyMetrics(deps.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	return &Copier{cfg: cfg, deps: deps, status: NewStatus(), metrics: metrics}, nil
 }
 
 // Name implements service.Service.
@@ -138,7 +143,7 @@ func (c *Copier) Start(ctx context.Context) error {
 	for i := range c.cfg.Workers {
 		w := &Worker{ID: fmt.Sprintf("%s/%d", c.cfg.ID, i), JS: c.deps.Bus.JS, Propagator: c.deps.Propagator, Tracer: c.tracer(),
 			Logger: c.deps.Logger, Replicas: c.deps.Bus.Replicas, Registry: c.deps.Registry, AckWait: c.cfg.UnitAckWait, BatchBytes: c.cfg.BatchMiB << 20,
-			Controls: c.controls, Status: c.status}
+			Controls: c.controls, Status: c.status, metrics: c.metrics}
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()

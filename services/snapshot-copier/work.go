@@ -59,6 +59,8 @@ type Worker struct {
 	Status *Status
 	// Registry resolves the units' cluster IDs.
 	Registry *registry.Registry
+	// metrics counts the rows copied; nil counts nothing.
+	metrics *copyMetrics
 
 	checkpoints *natsbus.Table[*eventspb.WorkUnitCheckpoint]
 	mu          sync.Mutex
@@ -206,7 +208,10 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		pace := func(rows, bytes int64) error {
 			return w.Controls.Wait(ctx, u.GetMigrationId(), rows, bytes, alive)
 		}
+		var saved CopyStats // of this attempt, counted in the metrics
 		save := func(last milvusx.Key, s CopyStats) error {
+			w.metrics.add(u.GetMigrationId(), s.Rows-saved.Rows, s.Bytes-saved.Bytes)
+			saved = s
 			cp.LastKey, cp.Rows, cp.Bytes = keyToPB(&last), base.Rows+s.Rows, base.Bytes+s.Bytes
 			cp.Time, cp.CopierId = timestamppb.Now(), w.ID
 			if rev, err = w.putCheckpoint(ctx, cp, rev); err != nil {
