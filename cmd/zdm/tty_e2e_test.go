@@ -98,9 +98,9 @@ func TestE2EWatchInTerminal(t *testing.T) {
 	require.Regexp(t, `shop\.items\s+\S*[█░]+\S*\s+copying\s+\d+/3000 rows`, copying)
 
 	// Sync: a write through the gateway, then the lag and its sparkline.
-	syncing := term.waitFor(2*time.Minute, "READY_TO_FINALIZE", "lag ")
+	term.waitFor(2*time.Minute, "READY_TO_FINALIZE", "lag ")
 	insertItems(t, ctx, sourceClient(t, ctx, gw), "", 9000, 9000)
-	syncing = term.waitFor(time.Minute, "READY_TO_FINALIZE", "lag ", "▁")
+	syncing := term.waitFor(time.Minute, "READY_TO_FINALIZE", "lag ", "▁")
 	t.Logf("ready to finalise:\n%s", syncing)
 	require.Contains(t, syncing, "COPYING -> SYNCING")
 	require.Equal(t, strings.SplitN(copying, "\n", 2)[0][:len("migration tty")], strings.SplitN(syncing, "\n", 2)[0][:len("migration tty")],
