@@ -206,7 +206,13 @@ func collectionProgress(rec *coordpb.CopyRecord, cc *coordpb.CollectionCopy, now
 		return p
 	}
 	if s := cc.GetSamples(); len(s) > 0 {
-		first := s[0]
+		// From the last sample before the copy of the collection began:
+		// time it waited for a copier is not its rate.
+		i := 0
+		for i+1 < len(s) && s[i+1].GetRows() == s[0].GetRows() {
+			i++
+		}
+		first := s[i]
 		if dt := now.Sub(first.GetTime().AsTime()).Seconds(); dt >= 1 {
 			p.RowsPerSecond = float64(rows-first.GetRows()) / dt
 			p.BytesPerSecond = float64(bytes-first.GetBytes()) / dt

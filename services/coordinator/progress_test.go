@@ -62,3 +62,24 @@ func TestCopyProgress(t *testing.T) {
 	require.Zero(t, p.GetEta().AsDuration())
 	require.NotNil(t, p.GetEta())
 }
+
+// TestCopyProgressAfterWaiting: a collection whose units waited for a
+// copier shows the rate since its copy began, not averaged over the wait.
+func TestCopyProgressAfterWaiting(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cc := &coordpb.CollectionCopy{UnitsTotal: 2, RowsTotal: 2000, Done: &coordpb.CopyCount{Database: "db", Collection: "c"}}
+	rec := &coordpb.CopyRecord{Collections: []*coordpb.CollectionCopy{cc}, Running: map[string]*coordpb.CopyCount{}}
+	at := func(sec int, running int64) *zdmpb.CollectionProgress {
+		now := t0.Add(time.Duration(sec) * time.Second)
+		rec.Running["u"] = &coordpb.CopyCount{Database: "db", Collection: "c", Rows: running}
+		sample(rec, now)
+		return collectionProgress(rec, cc, now)
+	}
+	for s := 0; s <= 10; s += 5 {
+		at(s, 0) // waiting
+	}
+	at(15, 500)
+	p := at(17, 700)
+	require.InDelta(t, 100, p.GetRowsPerSecond(), 0.01, "700 rows in the 7 s since the last idle sample")
+	require.Equal(t, 13*time.Second, p.GetEta().AsDuration())
+}

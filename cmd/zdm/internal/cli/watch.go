@@ -32,6 +32,7 @@ func (c *client) watch(ctx context.Context, id string) error {
 // json).
 func (c *client) printUpdate() func(*zdmpb.Migration) error {
 	seen, last := 0, ""
+	var rate rateWindow
 	return func(m *zdmpb.Migration) error {
 		if c.output == "json" {
 			return c.json(m)
@@ -41,7 +42,7 @@ func (c *client) printUpdate() func(*zdmpb.Migration) error {
 				trim(h.GetFromState().String(), "MIGRATION_STATE_"), trim(h.GetToState().String(), "MIGRATION_STATE_"), h.GetReason())
 		}
 		seen = len(m.GetHistory())
-		if line := summary(m); line != last {
+		if line := summary(m, rate.add(time.Now(), copied(m))); line != last {
 			fmt.Fprintf(c.out, "%s  %s\n", time.Now().Format(time.TimeOnly), line)
 			last = line
 		}
@@ -104,19 +105,57 @@ func (c *client) follow(ctx context.Context, id string, show func(*zdmpb.Migrati
 	}
 }
 
-// summary is one line of where m is: state, progress over all
-// collections, rate, ETA and lag.
-func summary(m *zdmpb.Migration) string {
-	var copied, total int64
-	var rate float64
-	var eta time.Duration
+// copied is the rows copied of every collection of m.
+func copied(m *zdmpb.Migration) int64 {
+	var n int64
 	for _, p := range m.GetCollections() {
-		copied, total, rate = copied+p.GetRowsCopied(), total+p.GetRowsTotal(), rate+p.GetRowsPerSecond()
-		eta = max(eta, p.GetEta().AsDuration())
+		n += p.GetRowsCopied()
+	}
+	return n
+}
+
+// rateWindow is the copy's rate over all collections as the watcher saw
+// the rows grow in the last rateSpan: collections start and finish one
+// after another, so the sum of their own rates jumps as they do.
+type rateWindow struct {
+	samples []rateSample
+}
+
+type rateSample struct {
+	at   time.Time
+	rows int64
+}
+
+const rateSpan = 10 * time.Second
+
+// add records rows at now and returns the rate in rows/s (0 until a
+// second of samples).
+func (w *rateWindow) add(now time.Time, rows int64) float64 {
+	w.samples = append(w.samples, rateSample{now, rows})
+	for len(w.samples) > 2 && now.Sub(w.samples[1].at) >= rateSpan {
+		w.samples = w.samples[1:]
+	}
+	first := w.samples[0]
+	if dt := now.Sub(first.at).Seconds(); dt >= 1 && rows > first.rows {
+		return float64(rows-first.rows) / dt
+	}
+	return 0
+}
+
+// summary is one line of where m is: state, progress over all
+// collections, rate (rows/s over all of them) and ETA, and lag.
+func summary(m *zdmpb.Migration, rate float64) string {
+	var total int64
+	var eta time.Duration
+	copied := copied(m)
+	for _, p := range m.GetCollections() {
+		total += p.GetRowsTotal()
 	}
 	if rate > 0 && copied < total {
-		// Collections not started yet have no ETA of their own.
-		eta = max(eta, time.Duration(float64(total-copied)/rate*float64(time.Second)))
+		eta = time.Duration(float64(total-copied) / rate * float64(time.Second))
+	}
+	if m.GetState() != zdmpb.MigrationState_MIGRATION_STATE_COPYING {
+		rate, eta = 0, 0
 	}
 	parts := []string{state(m)}
 	if total > 0 {

@@ -1,0 +1,34 @@
+package cli
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
+)
+
+// TestSummaryRate: the piped summary's rate and ETA come from the rows
+// the watcher saw grow over the last ten seconds, over all collections,
+// so a collection that starts or finishes does not make them jump.
+func TestSummaryRate(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var w rateWindow
+	require.Zero(t, w.add(t0, 0), "no rate from one sample")
+	require.InDelta(t, 1000, w.add(t0.Add(2*time.Second), 2000), 0.01)
+	for s := 4; s <= 30; s += 2 {
+		w.add(t0.Add(time.Duration(s)*time.Second), int64(s)*1000)
+	}
+	require.InDelta(t, 1000, w.add(t0.Add(32*time.Second), 32_000), 0.01)
+	require.LessOrEqual(t, len(w.samples), 7, "samples older than the span are dropped")
+
+	m := &zdmpb.Migration{State: zdmpb.MigrationState_MIGRATION_STATE_COPYING, Collections: []*zdmpb.CollectionProgress{
+		{RowsCopied: 30_000, RowsTotal: 30_000, RowsPerSecond: 0}, // done
+		{RowsCopied: 2_000, RowsTotal: 50_000, RowsPerSecond: 13}, // just started
+		{RowsCopied: 0, RowsTotal: 20_000},                        // waiting
+	}}
+	require.Equal(t, "COPYING  32000/100000 rows (32%)  1000 rows/s  ETA 1m8s", summary(m, 1000))
+	m.State = zdmpb.MigrationState_MIGRATION_STATE_SYNCING
+	require.Equal(t, "SYNCING  32000/100000 rows (32%)", summary(m, 1000), "no copy rate once the copy is over")
+}
