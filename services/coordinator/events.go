@@ -64,13 +64,13 @@ func (c *Coordinator) handleEvent(ctx context.Context, msg jetstream.Msg) {
 	case natsbus.EventStage:
 		ctx, err = apply(c, ctx, msg, "coordinator.stage_completed", &eventspb.StageCompleted{}, c.onStageCompleted)
 	case natsbus.EventLag:
-		ctx, err = apply(c, ctx, msg, "coordinator.lag_report", &eventspb.LagReport{}, c.onLagReport)
+		ctx, err = apply(c, ctx, msg, "", &eventspb.LagReport{}, c.onLagReport)
 	case natsbus.EventPlan:
 		ctx, err = apply(c, ctx, msg, "coordinator.copy_planned", &eventspb.CopyPlanned{}, c.onCopyPlanned)
 	case natsbus.EventUnit:
 		ctx, err = apply(c, ctx, msg, "coordinator.unit_done", &eventspb.WorkUnitDone{}, c.onUnitDone)
 	case natsbus.EventProgress:
-		ctx, err = apply(c, ctx, msg, "coordinator.progress", &eventspb.Progress{}, c.onProgress)
+		ctx, err = apply(c, ctx, msg, "", &eventspb.Progress{}, c.onProgress)
 	case natsbus.EventFailed:
 		ctx, err = apply(c, ctx, msg, "coordinator.work_failed", &eventspb.WorkFailed{}, c.onWorkFailed)
 	case natsbus.EventGateway:
@@ -117,16 +117,20 @@ type migrationEvent interface {
 	GetMigrationId() string
 }
 
-// apply decodes msg into ev and hands it to on, in a span that continues
-// the publisher's trace.
+// apply decodes msg into ev and hands it to on, in a span named span in
+// the migration's trace. Span "" makes none: lag reports (every second
+// of a sync) and copy progress (every batch) would bury a migration's
+// trace; a transition they cause has its own span.
 func apply[T migrationEvent](c *Coordinator, ctx context.Context, msg jetstream.Msg, span string, ev T,
 	on func(context.Context, T) error) (context.Context, error) {
 	ctx, err := natsbus.Decode(ctx, c.deps.Propagator, msg, ev)
 	if err != nil {
 		return ctx, fmt.Errorf("%w: %w", errMalformed, err)
 	}
+	if span == "" {
+		return ctx, on(ctx, ev)
+	}
 	ctx, sp := telemetry.StartMigrationSpan(ctx, c.tracer(), c.traced(ctx, ev.GetMigrationId()), span)
-	defer sp.End()
 	err = on(ctx, ev)
 	telemetry.End(sp, err)
 	return ctx, err
