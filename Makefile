@@ -149,7 +149,7 @@ jaeger-down: ## Stop the Jaeger that make jaeger started (its spans are lost).
 	deploy/jaeger/jaeger.sh down
 
 .PHONY: demo
-demo: build $(JAEGER) ## Two local Milvus, 105k rows, a zero-downtime migration to switchover on screen (KEEP=1 leaves it running).
+demo: build ## Two local Milvus, 105k rows, a zero-downtime migration to switchover on screen (KEEP=1 leaves it running).
 	KEEP=$(KEEP) JAEGER=$(JAEGER) deploy/demo/demo.sh
 
 .PHONY: demo-down

@@ -155,6 +155,8 @@ func run(ctx context.Context) error {
 	step("Where to look next")
 	if o.ui != "" {
 		showTrace(ctx, o.ui, m.GetTraceId())
+	} else {
+		fmt.Printf("   the migration's trace %s was not sent: make jaeger-bin builds Jaeger (once), and the next make demo sends it\n", m.GetTraceId())
 	}
 	showMetrics(ctx)
 	fmt.Println("   docs/operations.md: the CLI, every metric, tracing, running zdm in production")
