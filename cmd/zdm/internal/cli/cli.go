@@ -48,12 +48,23 @@ func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
 
+// helpError is a command's help, asked for with -h: printed on stdout,
+// exit 0.
+type helpError struct{ text string }
+
+func (e *helpError) Error() string { return e.text }
+
 // Run runs the client command args and returns the exit code; output goes
 // to stdout, errors (one line each) to stderr.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c := &client{out: stdout}
 	err := c.run(ctx, args)
 	if err == nil {
+		return ExitOK
+	}
+	var help *helpError
+	if errors.As(err, &help) {
+		fmt.Fprint(stdout, help.text)
 		return ExitOK
 	}
 	var u *usageError
@@ -140,7 +151,13 @@ func (c *client) parse(fs *flag.FlagSet, args []string, want int, names string) 
 		}
 		pos = append(pos, a)
 	}
-	if err := ff.Parse(fs, rest, ff.WithEnvVarPrefix("ZDM")); err != nil {
+	if err := ff.Parse(fs, rest, ff.WithEnvVarPrefix("ZDM")); errors.Is(err, flag.ErrHelp) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "usage: %s (%s); flags may also come from ZDM_<FLAG>\n\n", fs.Name(), names)
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		return nil, &helpError{b.String()}
+	} else if err != nil {
 		return nil, usagef("%s: %v", fs.Name(), err)
 	}
 	if len(pos) != want {

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,4 +33,18 @@ func TestSummaryRate(t *testing.T) {
 	require.Equal(t, "COPYING  32000/100000 rows (32%)  1000 rows/s  ETA 1m8s", summary(m, 1000))
 	m.State = zdmpb.MigrationState_MIGRATION_STATE_SYNCING
 	require.Equal(t, "SYNCING  32000/100000 rows (32%)", summary(m, 1000), "no copy rate once the copy is over")
+}
+
+// TestHelp: -h prints a command's usage and flags on stdout and exits 0;
+// a bad command line exits 2 with one line on stderr.
+func TestHelp(t *testing.T) {
+	var out, errOut strings.Builder
+	require.Equal(t, ExitOK, Run(context.Background(), []string{"migrate", "create", "-h"}, &out, &errOut))
+	require.Contains(t, out.String(), "usage: zdm migrate create")
+	require.Contains(t, out.String(), "-work-unit-rows")
+	require.Empty(t, errOut.String())
+	out.Reset()
+	require.Equal(t, ExitUsage, Run(context.Background(), []string{"migrate", "create", "--frobnicate"}, &out, &errOut))
+	require.Equal(t, 1, strings.Count(errOut.String(), "\n"), errOut.String())
+	require.Empty(t, out.String())
 }
