@@ -115,8 +115,12 @@ bench: ## Benchmarks; each figure is also given as a ratio to its baseline from 
 	  END {if (base > 0) printf "publish_fsync_always_vs_1s_ratio=%.2f\n", cur/base}' .bin/bench.txt
 
 .PHONY: bench-copy
-bench-copy: build testenv-up ## Copy benchmark on the primary rig tier: ceiling, zdm's copy, a naive copy (name=value lines).
+bench-copy: build testenv-up ## Copy benchmark on the primary rig tier: ceiling, zdm's copy, a naive copy, the shared-machine limit (name=value lines).
 	$(WITH_TESTENV) go run ./cmd/zdm/tools/benchcopy -zdm bin/zdm $(BENCH_COPY_FLAGS)
+
+.PHONY: bench-copy-scale
+bench-copy-scale: build testenv-up ## Copy 100k, 400k and 1.6M rows of 128-dim vectors: rate and copier memory at each size.
+	$(WITH_TESTENV) go run ./cmd/zdm/tools/benchcopy -zdm bin/zdm -dim 128 -scale 100000,400000,1600000 $(BENCH_COPY_FLAGS)
 
 .PHONY: bench-cdc
 bench-cdc: build testenv-up ## Gateway benchmark on the primary rig tier: added latency, throughput, CPU (name=value lines).

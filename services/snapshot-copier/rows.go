@@ -181,6 +181,28 @@ type sizedPage struct {
 	size int // bytes of the page's fields
 }
 
+// ReadRange reads the rows of r from src page by page as CopyRange does,
+// and drops them: what a copy costs the source, measured alone
+// (make bench-copy). It returns the rows read.
+func ReadRange(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, batchBytes int) (int64, error) {
+	if batchBytes <= 0 {
+		batchBytes = DefaultBatchBytes
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make(chan sizedPage)
+	read := make(chan error, 1)
+	go func() {
+		defer close(pages)
+		read <- readPages(ctx, src, t, r, nil, batchBytes, pages)
+	}()
+	var rows int64
+	for p := range pages {
+		rows += int64(len(p.Keys))
+	}
+	return rows, <-read
+}
+
 // readPages sends the pages of r above after to out, sizing each from
 // the bytes per row of the one before, until the range ends.
 func readPages(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, after *milvusx.Key, batchBytes int, out chan<- sizedPage) error {

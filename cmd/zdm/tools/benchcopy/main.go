@@ -1,13 +1,27 @@
-// Command benchcopy measures zdm's snapshot copy against the target's
-// ingest ceiling and a naive copy, on the test rig's primary tier (make
-// bench-copy). It prints one name=value line per figure.
+// Command benchcopy measures zdm's snapshot copy on the test rig's
+// primary tier (make bench-copy) against the target's ingest ceiling, a
+// naive copy and the limit of the machine that source, target and copier
+// share. It prints one name=value line per figure (figures.go).
 //
 // In one run (each measurement repeated, -repeat, and the median
 // reported) it (a) inserts pre-generated rows straight into the target
-// with the copier's batch size and concurrency: the ceiling; (b) runs an
-// OFFLINE migration with bin/zdm, the copier in a process of its own, and
-// times the copy stage; (c) copies with the single-threaded SDK query
-// iterator and insert loop a user would write by hand.
+// with the copier's batch size and concurrency: the ceiling, and the CPU
+// the target spends per row inserted; (r) reads the source collection
+// with the copier's read path and drops the rows: the CPU the source
+// spends per row served; (b) runs an OFFLINE migration with bin/zdm, the
+// copier in a process of its own, and times the copy stage, with the CPU
+// of target, source and copier per row; (c) copies with the
+// single-threaded SDK query iterator and insert loop a user would write
+// by hand. CPU is read from /proc for each server's process group.
+//
+// The shared limit is cores x 10^6 / (source + target CPU us per row):
+// the rows per second the machine could copy if the servers did nothing
+// but serve the copy.
+//
+// With -scale 100000,400000,1600000 it copies collections of those sizes
+// (-dim 128 in make bench-copy-scale) and prints the rate and the
+// copier's peak memory at each size, and how much the rate drops from the
+// smallest to the largest.
 package main
 
 import (
@@ -19,8 +33,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,10 +54,12 @@ import (
 )
 
 const (
-	dim        = 768
 	database   = "bench"
 	collection = "docs"
 )
+
+// dim is the vectors' dimension (-dim).
+var dim = 768
 
 func main() {
 	ctx := context.Background()
@@ -58,10 +76,11 @@ func run(ctx context.Context) error {
 	workers := flag.Int("workers", 2, "copier workers, and ceiling insert concurrency")
 	zdmBin := flag.String("zdm", "bin/zdm", "zdm binary")
 	repeat := flag.Int("repeat", 3, "runs of each measurement; each figure is their median (peak RSS: their maximum)")
+	flag.IntVar(&dim, "dim", 768, "dimension of the vectors")
+	scale := flag.String("scale", "", "comma-separated collection sizes: measure how the copy scales instead")
+	srcPidfile := flag.String("source-pidfile", ".testenv/pids/milvus-source.pid", "pid file of the source Milvus (its process group is counted)")
+	tgtPidfile := flag.String("target-pidfile", ".testenv/pids/milvus-target.pid", "pid file of the target Milvus")
 	flag.Parse()
-	// Rows per batch as the copier cuts them: its batches are sized by
-	// the bytes of the rows' fields.
-	batchRows := ptr((*batchMiB << 20) / rowBytes())
 	src, tgt := os.Getenv("ZDM_TEST_MILVUS_SOURCE"), os.Getenv("ZDM_TEST_MILVUS_TARGET")
 	if src == "" || tgt == "" {
 		return errors.New("ZDM_TEST_MILVUS_SOURCE/TARGET unset: run make testenv-up and source .testenv/env")
@@ -71,29 +90,49 @@ func run(ctx context.Context) error {
 			return err
 		}
 	}
+	srcPgid, err := readPid(*srcPidfile)
+	if err != nil {
+		return err
+	}
+	tgtPgid, err := readPid(*tgtPidfile)
+	if err != nil {
+		return err
+	}
+	r := rig{src: src, tgt: tgt, srcPgid: srcPgid, tgtPgid: tgtPgid, bin: *zdmBin, workers: *workers, batchMiB: *batchMiB}
+	// Rows per batch as the copier cuts them: its batches are sized by
+	// the bytes of the rows' fields.
+	r.batchRows = (*batchMiB << 20) / rowBytes()
+	defer func() { _ = dropDatabase(ctx, src) }() // best effort on the way out
+	defer func() { _ = dropDatabase(ctx, tgt) }() // best effort on the way out
+	if *scale != "" {
+		return r.scale(ctx, *scale)
+	}
 
 	// Each figure is the median of several runs: on a small shared
 	// machine one run of anything varies by a third.
-	var ceilings, naives, copies []float64
-	var rss float64
+	var ceilings, ceilingCPU, reads, naives []float64
+	var runs []copyRun
 	// (a) The ceiling: straight inserts into the target.
 	for range *repeat {
-		ceiling, err := timedLoad(ctx, tgt, *rows, *batchRows, *workers)
+		l, err := r.load(ctx, tgt, *rows)
 		if err != nil {
 			return fmt.Errorf("ceiling: %w", err)
 		}
 		if err := dropDatabase(ctx, tgt); err != nil {
 			return err
 		}
-		ceilings = append(ceilings, ceiling)
+		ceilings, ceilingCPU = append(ceilings, l.rate), append(ceilingCPU, l.cpuPerRow)
 	}
 	// The source data, loaded so it can be queried.
-	if _, err := timedLoad(ctx, src, *rows, *batchRows, *workers); err != nil {
+	if _, err := r.load(ctx, src, *rows); err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
-	defer func() { _ = dropDatabase(ctx, src) }() // best effort on the way out
-	defer func() { _ = dropDatabase(ctx, tgt) }() // best effort on the way out
 	for range *repeat {
+		// (r) What serving the copy's reads costs the source.
+		us, err := r.readPass(ctx)
+		if err != nil {
+			return fmt.Errorf("read pass: %w", err)
+		}
 		// (c) The naive copy, into an empty target.
 		naive, err := naiveCopy(ctx, src, tgt, *naiveRows)
 		if err != nil {
@@ -103,28 +142,86 @@ func run(ctx context.Context) error {
 			return err
 		}
 		// (b) zdm's copy.
-		copyRate, peak, err := zdmCopy(ctx, *zdmBin, src, tgt, *workers, *batchMiB)
+		c, err := r.zdmCopy(ctx)
 		if err != nil {
 			return fmt.Errorf("zdm copy: %w", err)
 		}
 		if err := dropDatabase(ctx, tgt); err != nil {
 			return err
 		}
-		naives, copies, rss = append(naives, naive), append(copies, copyRate), max(rss, peak)
+		reads, naives, runs = append(reads, us), append(naives, naive), append(runs, c)
 	}
-	fmt.Fprintf(os.Stderr, "benchcopy: runs: ceiling %.0f, copy %.0f, naive %.0f rows/s\n", ceilings, copies, naives)
-	ceiling, naive, copyRate := median(ceilings), median(naives), median(copies)
-
-	fmt.Printf("rows=%d\n", *rows)
-	fmt.Printf("runs=%d\n", *repeat)
-	fmt.Printf("ceiling_rows_per_s=%.0f\n", ceiling)
-	fmt.Printf("copy_rows_per_s=%.0f\n", copyRate)
-	fmt.Printf("naive_rows_per_s=%.0f\n", naive)
-	fmt.Printf("ratio_to_ceiling=%.2f\n", copyRate/ceiling)
-	fmt.Printf("speedup_vs_naive=%.2f\n", copyRate/naive)
-	fmt.Printf("copier_peak_rss_mib=%.0f\n", rss)
-	return nil
+	copies, tgtCPU, srcCPU, copierCPU, rss := []float64{}, []float64{}, []float64{}, []float64{}, 0.0
+	for _, c := range runs {
+		copies, tgtCPU, srcCPU, copierCPU = append(copies, c.rate), append(tgtCPU, c.targetCPU), append(srcCPU, c.sourceCPU), append(copierCPU, c.copierCPU)
+		rss = max(rss, c.peakRSS)
+	}
+	fmt.Fprintf(os.Stderr, "benchcopy: runs: ceiling %.0f rows/s %.0f us/row; read %.0f us/row; copy %.0f rows/s, target %.0f us/row, source %.0f us/row; naive %.0f rows/s\n",
+		ceilings, ceilingCPU, reads, copies, tgtCPU, srcCPU, naives)
+	cores := float64(runtime.NumCPU())
+	v := map[string]float64{"rows": float64(*rows), "runs": float64(*repeat), "cores": cores,
+		"ceiling_rows_per_s": median(ceilings), "copy_rows_per_s": median(copies), "naive_rows_per_s": median(naives),
+		"copier_peak_rss_mib": rss, "target_write_cpu_us_per_row": median(ceilingCPU), "source_read_cpu_us_per_row": median(reads),
+		"copy_target_cpu_us_per_row": median(tgtCPU), "copy_source_cpu_us_per_row": median(srcCPU), "copier_cpu_us_per_row": median(copierCPU)}
+	v["ratio_to_ceiling"] = v["copy_rows_per_s"] / v["ceiling_rows_per_s"]
+	v["speedup_vs_naive"] = v["copy_rows_per_s"] / v["naive_rows_per_s"]
+	v["shared_limit_rows_per_s"] = cores * 1e6 / (v["source_read_cpu_us_per_row"] + v["target_write_cpu_us_per_row"])
+	v["ratio_to_shared_limit"] = v["copy_rows_per_s"] / v["shared_limit_rows_per_s"]
+	v["target_cpu_per_row_vs_ceiling"] = v["copy_target_cpu_us_per_row"] / v["target_write_cpu_us_per_row"]
+	return report(os.Stdout, copyFigures, v)
 }
+
+// scale copies collections of each size in sizes (comma-separated) and
+// reports the rate and the copier's peak memory at each.
+func (r rig) scale(ctx context.Context, sizes string) error {
+	var ns []int
+	for f := range strings.SplitSeq(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("-scale %q: want sizes such as 100000,400000", sizes)
+		}
+		ns = append(ns, n)
+	}
+	v := map[string]float64{}
+	for _, n := range ns {
+		if _, err := r.load(ctx, r.src, n); err != nil {
+			return fmt.Errorf("source of %d rows: %w", n, err)
+		}
+		c, err := r.zdmCopy(ctx)
+		if err != nil {
+			return fmt.Errorf("copy of %d rows: %w", n, err)
+		}
+		fmt.Fprintf(os.Stderr, "benchcopy: %d rows: %.0f rows/s, copier peak %.0f MiB\n", n, c.rate, c.peakRSS)
+		v["rows_per_s_"+strconv.Itoa(n)], v["copier_peak_rss_mib_"+strconv.Itoa(n)] = c.rate, c.peakRSS
+		for _, addr := range []string{r.src, r.tgt} {
+			if err := dropDatabase(ctx, addr); err != nil {
+				return err
+			}
+		}
+	}
+	v["rate_drop_largest_vs_smallest"] = 1 - v["rows_per_s_"+strconv.Itoa(ns[len(ns)-1])]/v["rows_per_s_"+strconv.Itoa(ns[0])]
+	return report(os.Stdout, scaleFigures(ns), v)
+}
+
+// rig is the two servers, their process groups, and how zdm copies.
+type rig struct {
+	src, tgt         string
+	srcPgid, tgtPgid int
+	bin              string
+	workers          int
+	batchMiB         int
+	batchRows        int
+}
+
+func readPid(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("%w (is the rig up? make testenv-up)", err)
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+func groupCPU(pgid int) float64 { return benchproc.CPUSeconds(benchproc.GroupPids(pgid)) }
 
 func median(xs []float64) float64 {
 	s := slices.Sorted(slices.Values(xs))
@@ -157,7 +254,7 @@ func schema() *entity.Schema {
 		WithField(entity.NewField().WithName("title").WithDataType(entity.FieldTypeVarChar).WithMaxLength(128)).
 		WithField(entity.NewField().WithName("year").WithDataType(entity.FieldTypeInt32)).
 		WithField(entity.NewField().WithName("score").WithDataType(entity.FieldTypeFloat)).
-		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(dim))
+		WithField(entity.NewField().WithName("vec").WithDataType(entity.FieldTypeFloatVector).WithDim(int64(dim)))
 }
 
 // rowBytes is the size of one row's fields as the copier measures a page.
@@ -168,8 +265,6 @@ func rowBytes() int {
 	}
 	return size / 100
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // batch builds rows [from, from+n) deterministically.
 func batch(from, n int) []entity.Column {
@@ -211,62 +306,98 @@ func createCollection(ctx context.Context, addr string) (client.Client, error) {
 	return c, nil
 }
 
-// timedLoad creates the collection and inserts pre-generated rows with
-// workers concurrent inserters; it returns rows per second of the inserts
-// alone, then indexes and loads the collection.
-func timedLoad(ctx context.Context, addr string, rows, batchRows, workers int) (float64, error) {
+// loaded is what inserting a collection took.
+type loaded struct {
+	rate      float64 // rows/s of the inserts alone
+	cpuPerRow float64 // CPU us the server spent per row, during the inserts
+}
+
+// load creates the collection on addr and inserts pre-generated rows with
+// r.workers concurrent inserters in r.batchRows batches; it times the
+// inserts and the server's CPU over them, then flushes, indexes and loads
+// the collection.
+func (r rig) load(ctx context.Context, addr string, rows int) (loaded, error) {
 	c, err := createCollection(ctx, addr)
 	if err != nil {
-		return 0, err
+		return loaded{}, err
 	}
 	defer c.Close()
 	var batches [][]entity.Column
-	for from := 1; from <= rows; from += batchRows {
-		batches = append(batches, batch(from, min(batchRows, rows-from+1)))
+	for from := 1; from <= rows; from += r.batchRows {
+		batches = append(batches, batch(from, min(r.batchRows, rows-from+1)))
+	}
+	pgid := r.tgtPgid
+	if addr == r.src {
+		pgid = r.srcPgid
 	}
 	work := make(chan []entity.Column)
-	errc := make(chan error, workers)
+	errc := make(chan error, r.workers)
 	var wg sync.WaitGroup
-	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	cpu0, start := groupCPU(pgid), time.Now()
+	for range r.workers {
+		wg.Go(func() {
 			for b := range work {
 				if _, err := c.Insert(ctx, collection, "", b...); err != nil {
 					errc <- err
 					return
 				}
 			}
-		}()
+		})
 	}
 	for _, b := range batches {
 		work <- b
 	}
 	close(work)
 	wg.Wait()
-	elapsed := time.Since(start)
+	l := loaded{rate: float64(rows) / time.Since(start).Seconds(), cpuPerRow: (groupCPU(pgid) - cpu0) * 1e6 / float64(rows)}
 	select {
 	case err := <-errc:
-		return 0, err
+		return loaded{}, err
 	default:
 	}
 	// Seal and persist the rows now, so the server's background flush does
 	// not run into the next measurement.
 	if err := c.Flush(ctx, collection, false); err != nil {
-		return 0, err
+		return loaded{}, err
 	}
 	idx, err := entity.NewIndexFlat(entity.L2)
 	if err != nil {
-		return 0, err
+		return loaded{}, err
 	}
 	if err := c.CreateIndex(ctx, collection, "vec", idx, false); err != nil {
-		return 0, err
+		return loaded{}, err
 	}
 	if err := c.LoadCollection(ctx, collection, false); err != nil {
+		return loaded{}, err
+	}
+	return l, nil
+}
+
+// readPass reads the source collection with the copier's read path (pages
+// of the copier's batch size, by primary key, at one read timestamp) and
+// drops the rows; it returns the CPU us the source spent per row.
+func (r rig) readPass(ctx context.Context) (float64, error) {
+	c, err := milvusx.Open(ctx, &zdmpb.ClusterConnection{Endpoint: r.src}, database)
+	if err != nil {
 		return 0, err
 	}
-	return float64(rows) / elapsed.Seconds(), nil
+	defer c.Close()
+	t, err := milvusx.DescribeTable(ctx, c.Raw, database, collection)
+	if err != nil {
+		return 0, err
+	}
+	if t.ReadTs, err = milvusx.ReadTimestamp(ctx, c.Raw); err != nil {
+		return 0, err
+	}
+	cpu0 := groupCPU(r.srcPgid)
+	n, err := copier.ReadRange(ctx, c.Raw, t, milvusx.Range{}, r.batchMiB<<20)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, errors.New("the read pass read no rows")
+	}
+	return (groupCPU(r.srcPgid) - cpu0) * 1e6 / float64(n), nil
 }
 
 func dropDatabase(ctx context.Context, addr string) error {
@@ -324,76 +455,100 @@ func naiveCopy(ctx context.Context, src, tgt string, n int) (float64, error) {
 	return rate, t.Flush(ctx, collection, false)
 }
 
+// copyRun is one zdm copy: its rate, and what it cost per row copied.
+type copyRun struct {
+	rate                            float64 // rows/s of the copy stage
+	targetCPU, sourceCPU, copierCPU float64 // CPU us per row copied
+	peakRSS                         float64 // the copier's peak resident MiB
+}
+
 // zdmCopy runs an OFFLINE migration with two zdm processes, the copier in
-// its own, and returns the copy stage's rows per second and the copier's
-// peak resident memory.
-func zdmCopy(ctx context.Context, bin, src, tgt string, workers, batchMiB int) (float64, float64, error) {
+// its own, and measures the copy stage. CPU is counted from the
+// migration's creation to the last time it was seen COPYING, over the
+// rows copied by then: the verification that follows reads both sides
+// and is not the copy's.
+func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 	dir, err := os.MkdirTemp("", "zdm-bench")
 	if err != nil {
-		return 0, 0, err
+		return copyRun{}, err
 	}
 	defer os.RemoveAll(dir)
 	addrs, err := benchproc.FreeAddrs(5)
 	if err != nil {
-		return 0, 0, err
+		return copyRun{}, err
 	}
 	grpcAddr, natsAddr := addrs[0], addrs[1]
-	coord := exec.CommandContext(ctx, bin, "-target", "coordinator,lag-monitor", "-grpc-addr", grpcAddr, "-metrics-addr", addrs[2],
+	coord := exec.CommandContext(ctx, r.bin, "-target", "coordinator,lag-monitor", "-grpc-addr", grpcAddr, "-metrics-addr", addrs[2],
 		"-nats-listen", natsAddr, "-data-dir", filepath.Join(dir, "data"), "-log-level", "warn")
 	coord.Stderr = os.Stderr
 	if err := coord.Start(); err != nil {
-		return 0, 0, err
+		return copyRun{}, err
 	}
 	defer benchproc.Stop(coord)
 	if err := benchproc.WaitListening(grpcAddr); err != nil {
-		return 0, 0, err
+		return copyRun{}, err
 	}
-	copier := exec.CommandContext(ctx, bin, "-target", "snapshot-copier", "-nats-url", "nats://"+natsAddr, "-grpc-addr", addrs[3],
-		"-metrics-addr", addrs[4], "-copier-workers", strconv.Itoa(workers), "-copier-batch-mib", strconv.Itoa(batchMiB), "-log-level", "warn")
-	copier.Stderr = os.Stderr
-	if err := copier.Start(); err != nil {
-		return 0, 0, err
+	cp := exec.CommandContext(ctx, r.bin, "-target", "snapshot-copier", "-nats-url", "nats://"+natsAddr, "-grpc-addr", addrs[3],
+		"-metrics-addr", addrs[4], "-copier-workers", strconv.Itoa(r.workers), "-copier-batch-mib", strconv.Itoa(r.batchMiB), "-log-level", "warn")
+	cp.Stderr = os.Stderr
+	if err := cp.Start(); err != nil {
+		return copyRun{}, err
 	}
-	defer benchproc.Stop(copier)
+	defer benchproc.Stop(cp)
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return 0, 0, err
+		return copyRun{}, err
 	}
 	defer conn.Close()
 	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
-	for id, addr := range map[string]string{"src": src, "tgt": tgt} {
+	for id, addr := range map[string]string{"src": r.src, "tgt": r.tgt} {
 		if _, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{Endpoint: addr}}); err != nil {
-			return 0, 0, err
+			return copyRun{}, err
 		}
 	}
+	cpu := func() [3]float64 {
+		return [3]float64{groupCPU(r.tgtPgid), groupCPU(r.srcPgid), benchproc.CPUSeconds([]int{cp.Process.Pid})}
+	}
+	cpu0 := cpu()
 	if _, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "bench", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 20_000}}); err != nil {
-		return 0, 0, err
+		return copyRun{}, err
 	}
-	var peak float64
+	var run copyRun
+	var lastCPU [3]float64
+	var lastRows int64
 	for {
-		peak = max(peak, benchproc.PeakRSS(copier.Process.Pid))
+		run.peakRSS = max(run.peakRSS, benchproc.PeakRSS(cp.Process.Pid))
+		now := cpu()
 		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: "bench"})
 		if err != nil {
-			return 0, 0, err
+			return copyRun{}, err
 		}
 		m := resp.GetMigration()
+		var rows int64
+		for _, c := range m.GetCollections() {
+			rows += c.GetRowsCopied()
+		}
 		switch m.GetState() {
+		case zdmpb.MigrationState_MIGRATION_STATE_COPYING:
+			lastCPU, lastRows = now, rows
 		case zdmpb.MigrationState_MIGRATION_STATE_COMPLETED:
+			if lastRows == 0 {
+				return copyRun{}, errors.New("the copy was never seen running")
+			}
 			for _, s := range m.GetStages() {
 				if s.GetKind() == zdmpb.StageKind_STAGE_KIND_COPY_DATA {
 					d := s.GetEndTime().AsTime().Sub(s.GetStartTime().AsTime())
-					var rows int64
-					for _, c := range m.GetCollections() {
-						rows += c.GetRowsCopied()
-					}
-					return float64(rows) / d.Seconds(), peak, nil
+					run.rate = float64(rows) / d.Seconds()
+					per := func(i int) float64 { return (lastCPU[i] - cpu0[i]) * 1e6 / float64(lastRows) }
+					run.targetCPU, run.sourceCPU, run.copierCPU = per(0), per(1), per(2)
+					return run, nil
 				}
 			}
-			return 0, 0, errors.New("no copy stage")
+			return copyRun{}, errors.New("no copy stage")
 		case zdmpb.MigrationState_MIGRATION_STATE_FAILED:
-			return 0, 0, fmt.Errorf("migration failed: %s", m.GetError().GetMessage())
+			return copyRun{}, fmt.Errorf("migration failed: %s", m.GetError().GetMessage())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
