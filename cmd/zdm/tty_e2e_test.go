@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -100,7 +101,12 @@ func TestE2EWatchInTerminal(t *testing.T) {
 	// Sync: a write through the gateway, then the lag and its sparkline.
 	term.waitFor(2*time.Minute, "READY_TO_FINALIZE", "lag ")
 	insertItems(t, ctx, sourceClient(t, ctx, gw), "", 9000, 9000)
-	syncing := term.waitFor(time.Minute, "READY_TO_FINALIZE", "lag ", "▁")
+	sparkline := regexp.MustCompile(`(?m)^lag \S+\s+[▁▂▃▄▅▆▇█]{3,}\s*$`)
+	var syncing string
+	ztest.Eventually(t, time.Minute, func() bool {
+		syncing = term.screen()
+		return sparkline.MatchString(syncing)
+	}, "no lag sparkline on the screen:\n%s", lazy(func() string { return syncing }))
 	t.Logf("ready to finalise:\n%s", syncing)
 	require.Contains(t, syncing, "COPYING -> SYNCING")
 	require.Equal(t, strings.SplitN(copying, "\n", 2)[0][:len("migration tty")], strings.SplitN(syncing, "\n", 2)[0][:len("migration tty")],
