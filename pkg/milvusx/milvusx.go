@@ -153,3 +153,28 @@ func EnsureLoaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, name 
 		}
 	}
 }
+
+// LoadLikeSource loads on tgt every user collection that is loaded (or
+// loading) on src, and waits until they are: a migration copies into
+// released collections and loads them once the copy is over, before
+// anything reads the target.
+func LoadLikeSource(ctx context.Context, src, tgt *Client) error {
+	names, err := UserCollections(ctx, src)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	for _, c := range names {
+		db, name, _ := strings.Cut(c, ".")
+		st, err := src.Raw.GetLoadState(ctx, &milvuspb.GetLoadStateRequest{DbName: db, CollectionName: name})
+		if err := Check(st, err); err != nil {
+			return fmt.Errorf("load state of %s on the source: %w", c, err)
+		}
+		if st.GetState() != commonpb.LoadState_LoadStateLoaded && st.GetState() != commonpb.LoadState_LoadStateLoading {
+			continue
+		}
+		if err := EnsureLoaded(ctx, tgt.Raw, db, name); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+	}
+	return nil
+}

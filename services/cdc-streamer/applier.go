@@ -224,6 +224,9 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		}
 	}
 	defer tgt.Close()
+	if err := a.loadTarget(ctx, m, tgt); err != nil || ctx.Err() != nil {
+		return err
+	}
 	rp := newReplayer(tgt.Raw)
 
 	pos, _, err := a.positions.Get(ctx, id)
@@ -404,6 +407,31 @@ func (a *appliers) purgeApplied(ctx context.Context, migration string, applied u
 		return err
 	}
 	return s.Purge(ctx, jetstream.WithPurgeSubject(natsbus.ChangeFilter(migration)), jetstream.WithPurgeSequence(applied+1))
+}
+
+// loadTarget loads the target's collections that are loaded on the source
+// before the first change is applied: the copy left them released, and
+// from now on clients may read the target (its read-only view, then the
+// switchover).
+func (a *appliers) loadTarget(ctx context.Context, m *zdmpb.Migration, tgt *milvusx.Client) error {
+	conn, err := a.reg.Resolve(ctx, m.GetSourceClusterId())
+	if err != nil {
+		return err
+	}
+	for {
+		src, err := milvusx.Open(ctx, conn, "")
+		if err == nil {
+			err = milvusx.LoadLikeSource(ctx, src, tgt)
+			src.Close()
+		}
+		if err == nil {
+			return nil
+		}
+		a.log.Warn("applier: load the target's collections; will retry", slog.String("migration", m.GetMigrationId()), slog.Any("error", err))
+		if err := stage.Sleep(ctx, 2*time.Second); err != nil {
+			return nil // stopping, or the migration ended
+		}
+	}
 }
 
 // reportDrained ends the FINALIZE stage of a migration that stopped

@@ -166,6 +166,11 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
+	// The copy leaves the target's collections released; verifying reads
+	// them (normally the applier has loaded them already).
+	if err := milvusx.LoadLikeSource(ctx, src, tgt); err != nil {
+		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+	}
 	if mig.GetSwitchover().GetSwitchTime() != nil {
 		return m.verifySwitched(ctx, mig, src, tgt)
 	}

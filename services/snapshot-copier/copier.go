@@ -196,7 +196,7 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (event
 	defer tgt.Close()
 	switch cmd.GetStage() {
 	case zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET:
-		if _, err := PrepareTarget(ctx, src, tgt, PrepareOptions{Logger: c.deps.Logger}); err != nil {
+		if _, err := PrepareTarget(ctx, src, tgt, PrepareOptions{DeferLoad: true, Logger: c.deps.Logger}); err != nil {
 			return eventspb.StageError_STAGE_ERROR_PREPARE_FAILED, err
 		}
 		return 0, nil

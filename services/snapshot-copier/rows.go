@@ -78,6 +78,10 @@ type CopyStats struct {
 type CopyOptions struct {
 	// Resume, when set, is the last key of a previous copy's checkpoint.
 	Resume *milvusx.Key
+	// Fresh says that nothing of the range can be on the target yet (no
+	// copy of it ever started), so the target is not asked what it holds:
+	// asking loads the collection there, which makes every insert dearer.
+	Fresh bool
 	// BatchBytes caps each page; 0 means DefaultBatchBytes.
 	BatchBytes int
 	// Pace, if set, is called before each page is written with its rows
@@ -121,9 +125,13 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 		read <- stage.OnSource(readPages(ctx, src, t, r, resume, batchBytes, pages))
 	}()
 	var stats CopyStats
-	upsert, through, err := written(ctx, tgt, t, r, resume)
-	if err != nil {
-		return stats, stage.OnTarget(err)
+	var upsert bool
+	var through *milvusx.Key
+	if !opts.Fresh {
+		var err error
+		if upsert, through, err = written(ctx, tgt, t, r, resume); err != nil {
+			return stats, stage.OnTarget(err)
+		}
 	}
 	for p := range pages {
 		if opts.Pace != nil {

@@ -26,7 +26,13 @@ type PrepareOptions struct {
 	// created on the target without auto-ID, so the copy can write the
 	// source's keys; see docs/operations.md.
 	ExplicitAutoID bool
-	Logger         *slog.Logger
+	// DeferLoad leaves the target's collections released: inserts into a
+	// loaded collection cost the target about half as much CPU again (its
+	// query node takes in every row), so a migration copies into released
+	// collections and loads those the source has loaded once the copy is
+	// over (milvusx.LoadLikeSource).
+	DeferLoad bool
+	Logger    *slog.Logger
 }
 
 // PrepareReport says what PrepareTarget did.
@@ -129,6 +135,9 @@ func (p *preparer) collection(ctx context.Context, db, name string) error {
 	}
 	if err := p.aliases(ctx, db, name, desc.GetAliases()); err != nil {
 		return err
+	}
+	if p.opts.DeferLoad {
+		return nil
 	}
 	return p.load(ctx, db, name)
 }

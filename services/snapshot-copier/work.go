@@ -187,6 +187,17 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		if err := w.Controls.Check(ctx, u.GetMigrationId()); err != nil {
 			return err
 		}
+		// A unit with no checkpoint has written nothing. Say that it
+		// starts before its first write, so that one that dies after it
+		// is checked against the target when it resumes; until then the
+		// target is not asked (see CopyOptions.Fresh).
+		fresh := rev == 0
+		if fresh {
+			cp.Time, cp.CopierId = timestamppb.Now(), w.ID
+			if rev, err = w.putCheckpoint(ctx, cp, 0); err != nil {
+				return err
+			}
+		}
 		src, err := w.client(ctx, u.GetSourceClusterId())
 		if err != nil {
 			return stage.OnSource(err)
@@ -225,7 +236,7 @@ func (w *Worker) copyUnit(ctx context.Context, msg jetstream.Msg, u *eventspb.Wo
 		if batch == 0 {
 			batch = w.BatchBytes
 		}
-		opts := CopyOptions{Resume: keyFromPB(cp.GetLastKey()), BatchBytes: batch, Pace: pace, Checkpoint: save}
+		opts := CopyOptions{Resume: keyFromPB(cp.GetLastKey()), Fresh: fresh, BatchBytes: batch, Pace: pace, Checkpoint: save}
 		if _, err := CopyRange(ctx, src.Raw, tgt.Raw, t, rangeFromPB(u.GetRange()), opts); err != nil {
 			return err
 		}

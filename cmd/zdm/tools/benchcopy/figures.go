@@ -36,7 +36,7 @@ func report(w io.Writer, names []string, values map[string]float64) error {
 	for _, n := range names {
 		v := values[n]
 		switch {
-		case v == float64(int64(v)) && (v >= 100 || v <= -100 || v == 0):
+		case v == float64(int64(v)):
 			fmt.Fprintf(w, "%s=%d\n", n, int64(v))
 		case v >= 100:
 			fmt.Fprintf(w, "%s=%.0f\n", n, v)

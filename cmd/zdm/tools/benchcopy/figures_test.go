@@ -30,6 +30,6 @@ func TestReportNeedsEveryFigure(t *testing.T) {
 	var b strings.Builder
 	require.ErrorContains(t, report(&b, []string{"a", "b"}, map[string]float64{"a": 1}), "figure b was not measured")
 	require.Empty(t, b.String())
-	require.NoError(t, report(&b, []string{"rows", "ratio", "rate"}, map[string]float64{"rows": 200000, "ratio": 0.8512, "rate": 5123.4}))
-	require.Equal(t, "rows=200000\nratio=0.85\nrate=5123\n", b.String())
+	require.NoError(t, report(&b, []string{"rows", "runs", "ratio", "rate"}, map[string]float64{"rows": 200000, "runs": 3, "ratio": 0.8512, "rate": 5123.4}))
+	require.Equal(t, "rows=200000\nruns=3\nratio=0.85\nrate=5123\n", b.String())
 }

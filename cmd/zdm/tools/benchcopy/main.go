@@ -43,7 +43,9 @@ import (
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"google.golang.org/protobuf/proto"
 
@@ -309,7 +311,23 @@ func createCollection(ctx context.Context, addr string) (client.Client, error) {
 // loaded is what inserting a collection took.
 type loaded struct {
 	rate      float64 // rows/s of the inserts alone
-	cpuPerRow float64 // CPU us the server spent per row, during the inserts
+	cpuPerRow float64 // CPU us the server spent per row, up to idle after a flush
+}
+
+// settle waits until the server of process group pgid is idle again
+// (under a twentieth of a core over a second; at most a minute), so that
+// the work a write causes after it is acknowledged (sealing segments,
+// flushing them to storage) is counted with it.
+func settle(pgid int) {
+	prev := groupCPU(pgid)
+	for range 60 {
+		time.Sleep(time.Second)
+		cur := groupCPU(pgid)
+		if cur-prev < 0.05 {
+			return
+		}
+		prev = cur
+	}
 }
 
 // load creates the collection on addr and inserts pre-generated rows with
@@ -349,17 +367,19 @@ func (r rig) load(ctx context.Context, addr string, rows int) (loaded, error) {
 	}
 	close(work)
 	wg.Wait()
-	l := loaded{rate: float64(rows) / time.Since(start).Seconds(), cpuPerRow: (groupCPU(pgid) - cpu0) * 1e6 / float64(rows)}
+	l := loaded{rate: float64(rows) / time.Since(start).Seconds()}
 	select {
 	case err := <-errc:
 		return loaded{}, err
 	default:
 	}
-	// Seal and persist the rows now, so the server's background flush does
-	// not run into the next measurement.
+	// Seal and persist the rows, and count what that costs the server
+	// too: a write's work goes on after it is acknowledged.
 	if err := c.Flush(ctx, collection, false); err != nil {
 		return loaded{}, err
 	}
+	settle(pgid)
+	l.cpuPerRow = (groupCPU(pgid) - cpu0) * 1e6 / float64(rows)
 	idx, err := entity.NewIndexFlat(entity.L2)
 	if err != nil {
 		return loaded{}, err
@@ -462,11 +482,13 @@ type copyRun struct {
 	peakRSS                         float64 // the copier's peak resident MiB
 }
 
-// zdmCopy runs an OFFLINE migration with two zdm processes, the copier in
-// its own, and measures the copy stage. CPU is counted from the
-// migration's creation to the last time it was seen COPYING, over the
-// rows copied by then: the verification that follows reads both sides
-// and is not the copy's.
+// zdmCopy runs an OFFLINE migration with zdm processes of its own (the
+// coordinator, the lag monitor, the copier) and measures the copy stage.
+// The lag monitor is killed once the copy runs, so the verification that
+// would follow (it reads both sides) does not start: the migration stays
+// VERIFYING. CPU is counted from the migration's creation: the source's
+// and the copier's to the end of the copy, the target's until it is idle
+// after a flush, as the ceiling's is.
 func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 	dir, err := os.MkdirTemp("", "zdm-bench")
 	if err != nil {
@@ -478,7 +500,7 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 		return copyRun{}, err
 	}
 	grpcAddr, natsAddr := addrs[0], addrs[1]
-	coord := exec.CommandContext(ctx, r.bin, "-target", "coordinator,lag-monitor", "-grpc-addr", grpcAddr, "-metrics-addr", addrs[2],
+	coord := exec.CommandContext(ctx, r.bin, "-target", "coordinator", "-grpc-addr", grpcAddr, "-metrics-addr", addrs[2],
 		"-nats-listen", natsAddr, "-data-dir", filepath.Join(dir, "data"), "-log-level", "warn")
 	coord.Stderr = os.Stderr
 	if err := coord.Start(); err != nil {
@@ -495,6 +517,17 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 		return copyRun{}, err
 	}
 	defer benchproc.Stop(cp)
+	more, err := benchproc.FreeAddrs(2)
+	if err != nil {
+		return copyRun{}, err
+	}
+	monitor := exec.CommandContext(ctx, r.bin, "-target", "lag-monitor", "-nats-url", "nats://"+natsAddr, "-grpc-addr", more[0],
+		"-metrics-addr", more[1], "-log-level", "error")
+	monitor.Stderr = os.Stderr
+	if err := monitor.Start(); err != nil {
+		return copyRun{}, err
+	}
+	defer benchproc.Stop(monitor)
 
 	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -511,13 +544,22 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 		return [3]float64{groupCPU(r.tgtPgid), groupCPU(r.srcPgid), benchproc.CPUSeconds([]int{cp.Process.Pid})}
 	}
 	cpu0 := cpu()
-	if _, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "bench", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
-		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 20_000}}); err != nil {
-		return copyRun{}, err
+	// The copier announces its stages once it runs; until then the
+	// migration is refused as not served.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "bench", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+			SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 20_000}})
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
+			return copyRun{}, err
+		}
 	}
 	var run copyRun
 	var lastCPU [3]float64
 	var lastRows int64
+	monitorKilled := false
 	for {
 		run.peakRSS = max(run.peakRSS, benchproc.PeakRSS(cp.Process.Pid))
 		now := cpu()
@@ -532,8 +574,12 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 		}
 		switch m.GetState() {
 		case zdmpb.MigrationState_MIGRATION_STATE_COPYING:
+			if !monitorKilled {
+				_ = monitor.Process.Kill() // Stop waits for it
+				monitorKilled = true
+			}
 			lastCPU, lastRows = now, rows
-		case zdmpb.MigrationState_MIGRATION_STATE_COMPLETED:
+		case zdmpb.MigrationState_MIGRATION_STATE_VERIFYING, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED:
 			if lastRows == 0 {
 				return copyRun{}, errors.New("the copy was never seen running")
 			}
@@ -541,8 +587,13 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 				if s.GetKind() == zdmpb.StageKind_STAGE_KIND_COPY_DATA {
 					d := s.GetEndTime().AsTime().Sub(s.GetStartTime().AsTime())
 					run.rate = float64(rows) / d.Seconds()
-					per := func(i int) float64 { return (lastCPU[i] - cpu0[i]) * 1e6 / float64(lastRows) }
-					run.targetCPU, run.sourceCPU, run.copierCPU = per(0), per(1), per(2)
+					per := func(cpu, rows float64) float64 { return cpu * 1e6 / rows }
+					run.sourceCPU, run.copierCPU = per(lastCPU[1]-cpu0[1], float64(lastRows)), per(lastCPU[2]-cpu0[2], float64(lastRows))
+					if err := flush(ctx, r.tgt); err != nil {
+						return copyRun{}, err
+					}
+					settle(r.tgtPgid)
+					run.targetCPU = per(groupCPU(r.tgtPgid)-cpu0[0], float64(rows))
 					return run, nil
 				}
 			}
@@ -552,4 +603,14 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// flush seals and persists the benchmark collection on addr.
+func flush(ctx context.Context, addr string) error {
+	c, err := connect(ctx, addr, database)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Flush(ctx, collection, false)
 }
