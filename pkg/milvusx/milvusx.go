@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -155,13 +156,19 @@ func EnsureLoaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, name 
 }
 
 // LoadLikeSource loads on tgt every user collection that is loaded (or
-// loading) on src, and waits until they are: a migration copies into
-// released collections and loads them once the copy is over, before
-// anything reads the target.
+// loading) on src and exists on tgt, and waits until they are: a
+// migration copies into released collections and loads them once the copy
+// is over, before anything reads the target. A collection the target does
+// not have yet (created on the source since the copy was planned) comes
+// with the captured DDL that creates and loads it.
 func LoadLikeSource(ctx context.Context, src, tgt *Client) error {
 	names, err := UserCollections(ctx, src)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
+	}
+	have, err := UserCollections(ctx, tgt)
+	if err != nil {
+		return fmt.Errorf("target: %w", err)
 	}
 	for _, c := range names {
 		db, name, _ := strings.Cut(c, ".")
@@ -170,6 +177,9 @@ func LoadLikeSource(ctx context.Context, src, tgt *Client) error {
 			return fmt.Errorf("load state of %s on the source: %w", c, err)
 		}
 		if st.GetState() != commonpb.LoadState_LoadStateLoaded && st.GetState() != commonpb.LoadState_LoadStateLoading {
+			continue
+		}
+		if !slices.Contains(have, c) {
 			continue
 		}
 		if err := EnsureLoaded(ctx, tgt.Raw, db, name); err != nil {
