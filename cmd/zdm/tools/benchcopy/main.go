@@ -189,11 +189,16 @@ func (r rig) scale(ctx context.Context, sizes string) error {
 		if _, err := r.load(ctx, r.src, n); err != nil {
 			return fmt.Errorf("source of %d rows: %w", n, err)
 		}
+		read, err := r.readPass(ctx)
+		if err != nil {
+			return fmt.Errorf("read pass of %d rows: %w", n, err)
+		}
 		c, err := r.zdmCopy(ctx)
 		if err != nil {
 			return fmt.Errorf("copy of %d rows: %w", n, err)
 		}
-		fmt.Fprintf(os.Stderr, "benchcopy: %d rows: %.0f rows/s, copier peak %.0f MiB\n", n, c.rate, c.peakRSS)
+		fmt.Fprintf(os.Stderr, "benchcopy: %d rows: %.0f rows/s, copier peak %.0f MiB; source CPU per row: %.1f us in the read pass, %.1f in the copy; target %.1f\n",
+			n, c.rate, c.peakRSS, read, c.sourceCPU, c.targetCPU)
 		v["rows_per_s_"+strconv.Itoa(n)], v["copier_peak_rss_mib_"+strconv.Itoa(n)] = c.rate, c.peakRSS
 		for _, addr := range []string{r.src, r.tgt} {
 			if err := dropDatabase(ctx, addr); err != nil {
