@@ -215,13 +215,11 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		return err
 	}
 	var tgt *milvusx.Client
-	for tgt == nil {
-		if tgt, err = milvusx.Open(ctx, conn, ""); err != nil {
-			a.log.Warn("applier: target does not answer; will retry", slog.String("migration", id), slog.Any("error", err))
-			if err := stage.Sleep(ctx, 2*time.Second); err != nil {
-				return nil
-			}
-		}
+	if !a.untilDone(ctx, id, "target does not answer", func() (err error) {
+		tgt, err = milvusx.Open(ctx, conn, "")
+		return err
+	}) {
+		return nil
 	}
 	defer tgt.Close()
 	if err := a.loadTarget(ctx, m, tgt); err != nil || ctx.Err() != nil {
@@ -418,18 +416,29 @@ func (a *appliers) loadTarget(ctx context.Context, m *zdmpb.Migration, tgt *milv
 	if err != nil {
 		return err
 	}
-	for {
+	a.untilDone(ctx, m.GetMigrationId(), "load the target's collections", func() error {
 		src, err := milvusx.Open(ctx, conn, "")
-		if err == nil {
-			err = milvusx.LoadLikeSource(ctx, src, tgt)
-			src.Close()
+		if err != nil {
+			return err
 		}
+		defer src.Close()
+		return milvusx.LoadLikeSource(ctx, src, tgt)
+	})
+	return nil // done, or stopping (the caller sees ctx)
+}
+
+// untilDone calls f every two seconds until it succeeds, logging each
+// failure as what, and reports whether it did: false when ctx ended first
+// (stopping, or the migration ended).
+func (a *appliers) untilDone(ctx context.Context, migration, what string, f func() error) bool {
+	for {
+		err := f()
 		if err == nil {
-			return nil
+			return true
 		}
-		a.log.Warn("applier: load the target's collections; will retry", slog.String("migration", m.GetMigrationId()), slog.Any("error", err))
-		if err := stage.Sleep(ctx, 2*time.Second); err != nil {
-			return nil // stopping, or the migration ended
+		a.log.Warn("applier: "+what+"; will retry", slog.String("migration", migration), slog.Any("error", err))
+		if stage.Sleep(ctx, 2*time.Second) != nil {
+			return false
 		}
 	}
 }

@@ -112,18 +112,10 @@ type CopyOptions struct {
 // two pages (one being written, the next being read or waiting for it)
 // are in memory.
 func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, opts CopyOptions) (CopyStats, error) {
-	resume, batchBytes := opts.Resume, opts.BatchBytes
-	if batchBytes <= 0 {
-		batchBytes = DefaultBatchBytes
-	}
+	resume := opts.Resume
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pages := make(chan sizedPage)
-	read := make(chan error, 1)
-	go func() {
-		defer close(pages)
-		read <- stage.OnSource(readPages(ctx, src, t, r, resume, batchBytes, pages))
-	}()
+	pages, read := readAhead(ctx, src, t, r, resume, opts.BatchBytes)
 	var stats CopyStats
 	var upsert bool
 	var through *milvusx.Key
@@ -156,7 +148,23 @@ func CopyRange(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t mil
 			}
 		}
 	}
-	return stats, <-read
+	return stats, stage.OnSource(<-read)
+}
+
+// readAhead reads the pages of r above after (nil: from the start) on a
+// goroutine of its own, one page ahead of whoever takes them, with pages
+// of batchBytes (0: DefaultBatchBytes). pages closes at the end, then read
+// has the reader's result; cancel ctx to stop it early.
+func readAhead(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, after *milvusx.Key, batchBytes int) (pages <-chan sizedPage, read <-chan error) {
+	if batchBytes <= 0 {
+		batchBytes = DefaultBatchBytes
+	}
+	out, done := make(chan sizedPage), make(chan error, 1)
+	go func() {
+		defer close(out)
+		done <- readPages(ctx, src, t, r, after, batchBytes, out)
+	}()
+	return out, done
 }
 
 // written reports whether the target holds rows of r above resume (nil:
@@ -193,17 +201,7 @@ type sizedPage struct {
 // and drops them: what a copy costs the source, measured alone
 // (make bench-copy). It returns the rows read.
 func ReadRange(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.Table, r milvusx.Range, batchBytes int) (int64, error) {
-	if batchBytes <= 0 {
-		batchBytes = DefaultBatchBytes
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pages := make(chan sizedPage)
-	read := make(chan error, 1)
-	go func() {
-		defer close(pages)
-		read <- readPages(ctx, src, t, r, nil, batchBytes, pages)
-	}()
+	pages, read := readAhead(ctx, src, t, r, nil, batchBytes)
 	var rows int64
 	for p := range pages {
 		rows += int64(len(p.Keys))

@@ -51,17 +51,14 @@ func (c *client) cluster(ctx context.Context, sub string, args []string) error {
 			return err
 		}
 		return c.call(ctx, func(ctx context.Context) error {
-			resp := &zdmpb.ListClustersResponse{}
-			for token := ""; ; {
+			clusters, err := allPages(func(token string) ([]*zdmpb.Cluster, string, error) {
 				page, err := zdmpb.NewClusterServiceClient(c.conn).ListClusters(ctx, &zdmpb.ListClustersRequest{PageToken: token})
-				if err != nil {
-					return err
-				}
-				resp.Clusters = append(resp.Clusters, page.GetClusters()...)
-				if token = page.GetNextPageToken(); token == "" {
-					break
-				}
+				return page.GetClusters(), page.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
+			resp := &zdmpb.ListClustersResponse{Clusters: clusters}
 			if c.output == "json" {
 				return c.json(resp)
 			}
@@ -205,17 +202,15 @@ func (c *client) migrate(ctx context.Context, sub string, args []string) error {
 			req.States = []zdmpb.MigrationState{zdmpb.MigrationState(v)}
 		}
 		return c.call(ctx, func(ctx context.Context) error {
-			resp := &zdmpb.ListMigrationsResponse{}
-			for {
+			migrations, err := allPages(func(token string) ([]*zdmpb.Migration, string, error) {
+				req.PageToken = token
 				page, err := mig().ListMigrations(ctx, req)
-				if err != nil {
-					return err
-				}
-				resp.Migrations = append(resp.Migrations, page.GetMigrations()...)
-				if req.PageToken = page.GetNextPageToken(); req.PageToken == "" {
-					break
-				}
+				return page.GetMigrations(), page.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
+			resp := &zdmpb.ListMigrationsResponse{Migrations: migrations}
 			if c.output == "json" {
 				return c.json(resp)
 			}
@@ -415,4 +410,20 @@ func progressLine(p *zdmpb.CollectionProgress) string {
 		s += "  lag " + l.AsDuration().Round(time.Millisecond).String()
 	}
 	return s
+}
+
+// allPages calls page with each page token in turn, from the first page,
+// and returns every item of every page.
+func allPages[T any](page func(token string) (items []T, next string, err error)) ([]T, error) {
+	var all []T
+	for token := ""; ; {
+		items, next, err := page(token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if token = next; token == "" {
+			return all, nil
+		}
+	}
 }

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/zdm-io/zdm/pkg/stage"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
@@ -467,7 +468,7 @@ func waitServing(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not serving on %s after 30s: %v", apiAddr, err)
 		}
-		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+		if err := stage.Sleep(ctx, 200*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -593,7 +594,7 @@ func create(ctx context.Context, mig zdmpb.MigrationServiceClient) error {
 		if err == nil || status.Code(err) != codes.FailedPrecondition || time.Now().After(deadline) {
 			return err
 		}
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+		if err := stage.Sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -604,7 +605,7 @@ func create(ctx context.Context, mig zdmpb.MigrationServiceClient) error {
 // the migration has switched over.
 func switchWhenReady(ctx context.Context, mig zdmpb.MigrationServiceClient) error {
 	for attempts := 0; ; {
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+		if err := stage.Sleep(ctx, 500*time.Millisecond); err != nil {
 			return err
 		}
 		resp, err := mig.GetMigration(ctx, &zdmpb.GetMigrationRequest{MigrationId: migration})
@@ -629,15 +630,6 @@ func switchWhenReady(ctx context.Context, mig zdmpb.MigrationServiceClient) erro
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
-}
-
 // showTrace prints the migration's trace as Jaeger has it: its spans by
 // service and the migration's transitions in order.
 func showTrace(ctx context.Context, ui, id string) {
@@ -656,7 +648,7 @@ func showTrace(ctx context.Context, ui, id string) {
 	}
 	// Spans are exported every half second; the last ones come after
 	// the migration ends.
-	if err := sleep(ctx, 2*time.Second); err != nil {
+	if err := stage.Sleep(ctx, 2*time.Second); err != nil {
 		return
 	}
 	if err := getJSON(ctx, "http://"+ui+"/api/traces/"+id, &tr); err != nil || len(tr.Data) == 0 {
