@@ -23,8 +23,10 @@ up)
   if running; then
     echo "jaeger: already running (pid $(cat "$dir/pid"))"
   else
-    # Jaeger's own telemetry off: it would trace itself into itself.
-    OTEL_SDK_DISABLED=true setsid "$bin" --config "$repo/deploy/jaeger/config.yaml" >"$dir/log" 2>&1 </dev/null &
+    # Jaeger's own telemetry off: it would trace itself into itself. Not
+    # under setsid, which forks when it runs as a group leader, and then
+    # $! would not be Jaeger's pid.
+    OTEL_SDK_DISABLED=true "$bin" --config "$repo/deploy/jaeger/config.yaml" >"$dir/log" 2>&1 </dev/null &
     echo $! >"$dir/pid"
     for _ in $(seq 1 150); do answers && break; sleep 0.2; done
     answers || { echo "jaeger: did not start; see $dir/log" >&2; exit 1; }
@@ -35,7 +37,11 @@ up)
   ;;
 down)
   if running; then
-    kill "$(cat "$dir/pid")"
+    pid=$(cat "$dir/pid")
+    kill "$pid"
+    # It takes a few seconds to shut down; the ports are free once it has.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
     echo "jaeger: stopped"
   fi
   rm -f "$dir/pid"
