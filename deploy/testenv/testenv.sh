@@ -144,14 +144,36 @@ $(tail -n 20 "$dir/logs/pip-$name.log")"
   echo "$*" >"$v/.installed"
 }
 
+# startup_report NAME LOG: what a failed start left to look at, for the
+# error message (a test's rig lives in a directory deleted when it fails):
+# the processes of NAME's group, which of its ports listen, the last lines
+# of LOG and, for the standalone tier, of Milvus's own logs.
+startup_report() {
+  local name=$1 logf=$2 p open="" closed="" f
+  for p in $(ports_of "$name"); do
+    if port_open "$p"; then open+=" $p"; else closed+=" $p"; fi
+  done
+  echo "ports listening:${open:- none}; not listening:${closed:- none}"
+  echo "processes: $(ps -o pid=,stat=,etimes=,args= -s "$(cat "$(pidfile "$name")")" 2>/dev/null | cut -c1-120 | tr '\n' ';')"
+  echo "disk free: $(df -Pm "$dir" | awk 'NR == 2 {print $4}') MiB"
+  echo "last lines of $logf:"
+  tail -n 10 "$logf" | cut -c1-300
+  f="$dir/data/$name/logs/milvus-stderr.log"
+  [[ ! -s $f ]] || { echo "last lines of $f:"; tail -n 20 "$f"; }
+  f="$dir/data/$name/logs/milvus-stdout.log"
+  [[ ! -s $f ]] || {
+    echo "last errors of $f:"; grep -E '\[(ERROR|FATAL)\]|panic' "$f" | tail -n 10 | cut -c1-400
+    echo "last lines of $f:"; tail -n 5 "$f" | cut -c1-400
+  }
+}
+
 # wait_ready NAME PORT LOG [PATTERN]: waits until PORT accepts connections
 # and, when given, PATTERN appears in LOG; fails early when the process dies.
 wait_ready() {
   local name=$1 port=$2 logf=$3 pattern=${4:-} t0=$SECONDS
   while ! port_open "$port" || { [[ -n $pattern ]] && ! grep -q "$pattern" "$logf"; }; do
-    alive "$name" || die "$name exited during start-up; last lines of $logf:
-$(tail -n 20 "$logf")"
-    ((SECONDS - t0 < start_timeout)) || die "$name not listening on $port after ${start_timeout}s; see $logf"
+    alive "$name" || die "$name exited during start-up; $(startup_report "$name" "$logf")"
+    ((SECONDS - t0 < start_timeout)) || die "$name not ready on $port after ${start_timeout}s; $(startup_report "$name" "$logf")"
     sleep 0.5
   done
   log "$name ready on $host:$port in $((SECONDS - t0))s"
