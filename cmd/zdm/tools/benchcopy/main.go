@@ -316,35 +316,89 @@ func createCollection(ctx context.Context, addr string) (client.Client, error) {
 // loaded is what inserting a collection took.
 type loaded struct {
 	rate      float64 // rows/s of the inserts alone
-	cpuPerRow float64 // CPU us the server spent per row, up to idle after a flush
+	cpuPerRow float64 // CPU us the server spent per row, until the collection was at rest
 }
 
-// settle waits until the server of process group pgid is idle again
-// (under a twentieth of a core over a second; at most a minute), so that
-// the work a write causes after it is acknowledged (sealing segments,
-// flushing them to storage) is counted with it.
+// settle waits until the server of process group pgid has been idle
+// (under a twentieth of a core) for ten seconds in a row, or for at most
+// two minutes, so that the work a write causes after it is acknowledged
+// is counted with it.
 func settle(pgid int) {
-	prev := groupCPU(pgid)
-	for range 60 {
+	prev, quiet := groupCPU(pgid), 0
+	for range 120 {
 		time.Sleep(time.Second)
 		cur := groupCPU(pgid)
 		if cur-prev < 0.05 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		if quiet == 10 {
 			return
 		}
 		prev = cur
 	}
 }
 
-// load creates the collection on addr and inserts pre-generated rows with
-// r.workers concurrent inserters in r.batchRows batches; it times the
-// inserts and the server's CPU over them, then flushes, indexes and loads
-// the collection.
+// rest brings the benchmark collection on addr to rest after its writes:
+// flushed, compacted, every segment indexed, and the server idle. A
+// server keeps compacting and indexing what it was sent for a while after
+// the last write; counted with the writes, that is part of what ingest
+// costs, and left running, it would be counted with whatever comes next
+// (on the source: with the copy's reads, which it also slows).
+func rest(ctx context.Context, addr string, pgid int) error {
+	c, err := connect(ctx, addr, database)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Flush(ctx, collection, false); err != nil {
+		return err
+	}
+	id, err := c.ManualCompaction(ctx, collection, 0)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		state, err := c.GetCompactionState(ctx, id)
+		if err != nil {
+			return err
+		}
+		total, indexed, err := c.GetIndexBuildProgress(ctx, collection, "vec")
+		if err != nil {
+			return err
+		}
+		if state == entity.CompactionStateCompleted && indexed >= total {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: compaction or indexing not done after 10 minutes (%d of %d rows indexed)", addr, indexed, total)
+		}
+		time.Sleep(time.Second)
+	}
+	settle(pgid)
+	return nil
+}
+
+// load creates the collection on addr with its index, as zdm's copy
+// creates the target's, and inserts pre-generated rows with r.workers
+// concurrent inserters in r.batchRows batches. It times the inserts and
+// counts the server's CPU over them and until the collection is at rest
+// (see rest). The source's collection is then loaded for querying.
 func (r rig) load(ctx context.Context, addr string, rows int) (loaded, error) {
 	c, err := createCollection(ctx, addr)
 	if err != nil {
 		return loaded{}, err
 	}
 	defer c.Close()
+	idx, err := entity.NewIndexFlat(entity.L2)
+	if err != nil {
+		return loaded{}, err
+	}
+	if err := c.CreateIndex(ctx, collection, "vec", idx, false); err != nil {
+		return loaded{}, err
+	}
 	var batches [][]entity.Column
 	for from := 1; from <= rows; from += r.batchRows {
 		batches = append(batches, batch(from, min(r.batchRows, rows-from+1)))
@@ -378,23 +432,18 @@ func (r rig) load(ctx context.Context, addr string, rows int) (loaded, error) {
 		return loaded{}, err
 	default:
 	}
-	// Seal and persist the rows, and count what that costs the server
-	// too: a write's work goes on after it is acknowledged.
-	if err := c.Flush(ctx, collection, false); err != nil {
+	// A write's work goes on after it is acknowledged: count it too.
+	if err := rest(ctx, addr, pgid); err != nil {
 		return loaded{}, err
 	}
-	settle(pgid)
 	l.cpuPerRow = (groupCPU(pgid) - cpu0) * 1e6 / float64(rows)
-	idx, err := entity.NewIndexFlat(entity.L2)
-	if err != nil {
-		return loaded{}, err
-	}
-	if err := c.CreateIndex(ctx, collection, "vec", idx, false); err != nil {
-		return loaded{}, err
+	if addr != r.src {
+		return l, nil
 	}
 	if err := c.LoadCollection(ctx, collection, false); err != nil {
 		return loaded{}, err
 	}
+	settle(pgid)
 	return l, nil
 }
 
@@ -492,9 +541,13 @@ type copyRun struct {
 // The lag monitor is killed once the copy runs, so the verification that
 // would follow (it reads both sides) does not start: the migration stays
 // VERIFYING. CPU is counted from the migration's creation: the source's
-// and the copier's to the end of the copy, the target's until it is idle
-// after a flush, as the ceiling's is.
+// and the copier's to the end of the copy, the target's until the
+// collection is at rest (see rest), as the ceiling's is.
 func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
+	// Whatever an earlier step left the servers doing (dropping the last
+	// run's collections, a load) is not this copy's.
+	settle(r.srcPgid)
+	settle(r.tgtPgid)
 	dir, err := os.MkdirTemp("", "zdm-bench")
 	if err != nil {
 		return copyRun{}, err
@@ -594,10 +647,9 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 					run.rate = float64(rows) / d.Seconds()
 					per := func(cpu, rows float64) float64 { return cpu * 1e6 / rows }
 					run.sourceCPU, run.copierCPU = per(lastCPU[1]-cpu0[1], float64(lastRows)), per(lastCPU[2]-cpu0[2], float64(lastRows))
-					if err := flush(ctx, r.tgt); err != nil {
+					if err := rest(ctx, r.tgt, r.tgtPgid); err != nil {
 						return copyRun{}, err
 					}
-					settle(r.tgtPgid)
 					run.targetCPU = per(groupCPU(r.tgtPgid)-cpu0[0], float64(rows))
 					return run, nil
 				}
@@ -608,14 +660,4 @@ func (r rig) zdmCopy(ctx context.Context) (copyRun, error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// flush seals and persists the benchmark collection on addr.
-func flush(ctx context.Context, addr string) error {
-	c, err := connect(ctx, addr, database)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return c.Flush(ctx, collection, false)
 }
