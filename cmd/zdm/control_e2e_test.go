@@ -85,7 +85,7 @@ func TestE2EPauseThrottleResume(t *testing.T) {
 	}, "the paused copy goes on: the copier still holds a unit, or the rows copied still change (%s)",
 		lazy(func() string { return fmt.Sprint(items(before).GetRowsCopied()) }))
 	var after *zdmpb.Migration
-	consistently(t, 3*time.Second, func() bool {
+	ztest.Consistently(t, 3*time.Second, func() bool {
 		after = getMigration(t, ctx, mig, "ctl")
 		return items(after).GetRowsCopied() == items(before).GetRowsCopied()
 	}, "rows were copied while paused: %s, then %s", lazy(func() string { return fmt.Sprint(items(before).GetRowsCopied()) }),
@@ -169,7 +169,7 @@ func TestE2ECancelDropsTarget(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, colls)
 	// Nothing comes back: no copier writes into the target afterwards.
-	consistently(t, 3*time.Second, func() bool {
+	ztest.Consistently(t, 3*time.Second, func() bool {
 		colls, err = milvusx.UserCollections(ctx, tc)
 		require.NoError(t, err)
 		return len(colls) == 0

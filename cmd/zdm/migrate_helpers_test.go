@@ -54,20 +54,6 @@ func waitMigration(t *testing.T, ctx context.Context, mig zdmpb.MigrationService
 	return m
 }
 
-// consistently polls cond every 50 ms for d and fails t at once, with msg,
-// when it does not hold: the bounded way to check that something does not
-// happen over a while. Call it from the test's goroutine.
-func consistently(t *testing.T, d time.Duration, cond func() bool, msg string, args ...any) {
-	t.Helper()
-	end := time.Now().Add(d)
-	ztest.Eventually(t, d+time.Minute, func() bool {
-		if !cond() {
-			t.Fatalf(msg, args...)
-		}
-		return !time.Now().Before(end)
-	}, "checking for %s took too long", d)
-}
-
 // lazy prints as what it returns when a message is formatted, so a
 // failure message passed before polling shows what the last poll saw.
 type lazy func() string

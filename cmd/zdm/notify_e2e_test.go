@@ -107,7 +107,19 @@ func TestE2ENotificationsAcrossKill(t *testing.T) {
 		return delivered("COMPLETED", "webhook") && delivered("COMPLETED", "email") &&
 			delivered("LAG_THRESHOLD_REACHED", "webhook") && delivered("LAG_THRESHOLD_REACHED", "email")
 	}, "notices not all delivered after the restart")
-	time.Sleep(2 * time.Second) // a repeat would arrive now
+	// Every delivery is recorded after it was made: a repeat would arrive now.
+	sent := func() [2]int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, tries := range requests {
+			n += tries
+		}
+		return [2]int{n, len(sink.Messages())}
+	}
+	before, after := sent(), sent()
+	ztest.Consistently(t, 2*time.Second, func() bool { after = sent(); return after == before },
+		"sent again (webhook requests, emails): %v, then %v", before, &after)
 
 	mu.Lock()
 	defer mu.Unlock()

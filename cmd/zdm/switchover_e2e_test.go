@@ -279,8 +279,8 @@ func TestE2ESwitchoverPrimaryTier(t *testing.T) {
 	require.Less(t, m.GetSwitchoverWritePause().AsDuration(), time.Second)
 	// Writes go on, now to the target, through the same connections.
 	before := cl.writes.Load()
-	time.Sleep(2 * time.Second)
-	require.Greater(t, cl.writes.Load(), before+50, "writes continue after the switch")
+	ztest.Eventually(t, 2*time.Second, func() bool { return cl.writes.Load() > before+50 },
+		"writes do not continue after the switch: %d then %s", before, lazy(func() string { return fmt.Sprint(cl.writes.Load()) }))
 	for _, ctl := range r.gwCtl {
 		st, err := streamerpb.NewGatewayControlServiceClient(dial(t, ctl)).GetGatewayStatus(ctx, &streamerpb.GetGatewayStatusRequest{})
 		require.NoError(t, err)

@@ -2,7 +2,11 @@ package natsbus
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -172,7 +176,8 @@ var (
 	AppliersBucket = Bucket{Name: "zdm_appliers", Description: "zdm applier leases, by migration", TTL: 6 * time.Second}
 	// SwitchoversBucket holds events.v1.SwitchoverDecision by
 	// SwitchoverKey: created once per attempt by whoever decides first;
-	// every gateway replica follows it.
+	// every gateway replica follows it. Beside each decision, HoldKey
+	// holds the ID of the applier that caught up (see HoldKey).
 	SwitchoversBucket = Bucket{Name: "zdm_switchovers", Description: "zdm switchover decisions, by migration and attempt"}
 	// NoticesBucket holds zdm.v1.NotificationDelivery by NoticeKey: the
 	// lag monitor claims a notice there before sending it and records its
@@ -185,17 +190,61 @@ func SwitchoverKey(migration string, attempt int32) string {
 	return fmt.Sprintf("%s.%d", migration, attempt)
 }
 
+// holdSuffix ends every HoldKey; no SwitchoverKey ends so, as its last
+// token is a number.
+const holdSuffix = ".hold"
+
 // HoldKey is the key in SwitchoversBucket by which the applier tells the
 // gateway replicas of migration's attempt that it has caught up, so they
 // hold writes now.
 func HoldKey(migration string, attempt int32) string {
-	return SwitchoverKey(migration, attempt) + ".hold"
+	return SwitchoverKey(migration, attempt) + holdSuffix
+}
+
+// IsHoldKey tells a HoldKey from a decision's SwitchoverKey.
+func IsHoldKey(key string) bool { return strings.HasSuffix(key, holdSuffix) }
+
+// ParseHoldKey is the inverse of HoldKey. Errors: the key is not a
+// HoldKey, or names no attempt.
+func ParseHoldKey(key string) (migration string, attempt int32, err error) {
+	rest, ok := strings.CutSuffix(key, holdSuffix)
+	i := strings.LastIndexByte(rest, '.')
+	if !ok || i <= 0 {
+		return "", 0, fmt.Errorf("switchover key %q is not <migration>.<attempt>%s", key, holdSuffix)
+	}
+	n, err := strconv.ParseInt(rest[i+1:], 10, 32)
+	if err != nil {
+		return "", 0, fmt.Errorf("switchover key %q: attempt: %w", key, err)
+	}
+	return rest[:i], int32(n), nil
 }
 
 // NoticeKey is the key in NoticesBucket of notice (a token such as
 // COMPLETED) to recipient number i of channel ("email", "webhook").
 func NoticeKey(migration, notice, channel string, i int) string {
 	return fmt.Sprintf("%s.%s.%s.%d", migration, KeyToken(notice), KeyToken(channel), i)
+}
+
+// NoticesTable is kv, the opened NoticesBucket, as a table of
+// zdm.v1.NotificationDelivery.
+func NoticesTable(kv jetstream.KeyValue) *Table[*zdmpb.NotificationDelivery] {
+	return &Table[*zdmpb.NotificationDelivery]{kv: kv, kind: "notice", new: func() *zdmpb.NotificationDelivery { return &zdmpb.NotificationDelivery{} }}
+}
+
+// UnitPlanKey is the key in UnitPlansBucket of a table (collection and
+// partition part; empty for the whole collection) of database db, for
+// migration. The names are hashed, so the key is valid whatever they
+// hold.
+func UnitPlanKey(migration, db, collection, part string) string {
+	h := sha256.Sum256([]byte(db + "\x00" + collection + "\x00" + part))
+	return migration + "." + hex.EncodeToString(h[:6])
+}
+
+// UnitID is the ID of unit i of a table planned under UnitPlanKey: the
+// work unit's message ID and its key in CheckpointsBucket. It is stable,
+// so a unit planned again after a crash is the same unit.
+func UnitID(migration, db, collection, part string, i int) string {
+	return fmt.Sprintf("%s.%d", UnitPlanKey(migration, db, collection, part), i)
 }
 
 // StageKey is the key in StagesBucket of stage served by instance.
@@ -253,13 +302,23 @@ func Gateways(ctx context.Context, kv jetstream.KeyValue) ([]*eventspb.ResolvedT
 	var out []*eventspb.ResolvedTimestamp
 	for k := range lister.Keys() {
 		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired since listed: the replica stopped
+		}
 		if err != nil {
-			continue // expired since listed
+			return nil, fmt.Errorf("gateway %s: %w", k, err)
 		}
 		g := &eventspb.ResolvedTimestamp{}
-		if proto.Unmarshal(e.Value(), g) == nil {
-			out = append(out, g)
+		if err := proto.Unmarshal(e.Value(), g); err != nil {
+			// Not a replica zdm can read (a writer of another version,
+			// or a stray key): which migration it serves is unknown, so
+			// failing here would stall the watermark, drain, arming and
+			// CreateMigration of every migration for as long as the
+			// entry lives. It counts as no replica; its TTL removes it
+			// once its writer stops.
+			continue
 		}
+		out = append(out, g)
 	}
 	return out, nil
 }

@@ -33,7 +33,7 @@ const durable = "test-stage"
 // would, until the returned stop is called or the test ends.
 func consume(t *testing.T, bus *natsbus.Conn, h stage.Handler) (stop func()) {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	logger := ztest.Logger(t, slog.LevelInfo)
 	run, cancel := context.WithCancel(context.Background())
 	ctx, done := context.WithTimeout(context.Background(), 10*time.Second)
 	defer done()
@@ -431,11 +431,4 @@ func TestIntegrationConnect(t *testing.T) {
 	require.Equal(t, eventspb.StageError_STAGE_ERROR_TARGET_UNREACHABLE, code)
 	require.ErrorContains(t, err, "target: ")
 	require.Equal(t, zdmpb.ClusterRole_CLUSTER_ROLE_TARGET, stage.Unreachable(err))
-}
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
 }

@@ -17,7 +17,7 @@ import (
 // zdm's streams and returns a connection. Both are closed when t ends.
 func Bus(t testing.TB) (*natsbus.Conn, *natsbus.Embedded) {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := Logger(t, slog.LevelWarn)
 	e, err := natsbus.StartEmbedded(natsbus.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0"}, logger)
 	if err != nil {
 		t.Fatalf("start embedded NATS: %v", err)
@@ -40,14 +40,6 @@ func Bus(t testing.TB) (*natsbus.Conn, *natsbus.Embedded) {
 		t.Fatalf("create streams: %v", err)
 	}
 	return c, e
-}
-
-// testWriter sends log output to the test log.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
 }
 
 // Registry registers clusters (ID to host:port, no credentials) in the

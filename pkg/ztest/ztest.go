@@ -45,3 +45,23 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Consistently polls cond every 50 ms for period, from the first poll at
+// once to the last at or after period's end, and fails t with msg
+// (formatted with args) as soon as cond does not hold: the bounded way to
+// check that something stays so, or that something does not happen, for a
+// while. Call it from the test's goroutine.
+func Consistently(t testing.TB, period time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	start := time.Now()
+	end := start.Add(period)
+	for {
+		if !cond() {
+			t.Fatalf("after %s of %s: "+msg, append([]any{time.Since(start).Round(time.Millisecond), period}, args...)...)
+		}
+		if !time.Now().Before(end) {
+			return
+		}
+		time.Sleep(min(50*time.Millisecond, time.Until(end)))
+	}
+}

@@ -116,8 +116,15 @@ func (a *appliers) scan(ctx context.Context) error {
 			continue
 		}
 		rev, err := a.leases.Create(ctx, id, []byte(a.id))
-		if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
 			continue // another process applies it
+		}
+		if err != nil {
+			// The next scan tries again; the other migrations go on.
+			if ctx.Err() == nil {
+				a.log.Warn("applier: take the lease; will retry", slog.String("migration", id), slog.Any("error", err))
+			}
+			continue
 		}
 		actx, cancel := context.WithCancel(ctx)
 		a.mu.Lock()
@@ -235,10 +242,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		return err
 	}
 	wm := newWatermark(m.GetSourceClusterId(), id, pos.GetWatermark())
-	cons, err := a.js.OrderedConsumer(ctx, natsbus.ChangesStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{natsbus.ChangeFilter(id)}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq: pos.GetStreamSequence() + 1,
-	})
+	cons, err := natsbus.ChangesReader(id, pos.GetStreamSequence()+1).Create(ctx, a.js)
 	if err != nil {
 		return fmt.Errorf("change stream: %w", err)
 	}
@@ -318,6 +322,9 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		}
 		gws, err := natsbus.Gateways(ctx, a.gateways)
 		if err != nil {
+			// Without the replicas' states neither the watermark nor a
+			// switchover can move: keep applying, try again next read.
+			a.log.Warn("applier: read gateway replicas; will retry", slog.String("migration", id), slog.Any("error", err))
 			continue
 		}
 		for _, ev := range seen.changes(gws) {

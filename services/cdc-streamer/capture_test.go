@@ -16,6 +16,7 @@ import (
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
+	"github.com/zdm-io/zdm/pkg/ztest"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 )
 
@@ -73,8 +74,7 @@ func TestKeyLocks(t *testing.T) {
 		r()
 		close(done)
 	}()
-	time.Sleep(50 * time.Millisecond)
-	require.False(t, got.Load(), "key 2 is held")
+	ztest.Consistently(t, 50*time.Millisecond, func() bool { return !got.Load() }, "lock on key 2 taken while key 2 is held")
 	release()
 	<-done
 	whole := make(chan struct{})

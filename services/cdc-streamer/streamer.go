@@ -92,6 +92,7 @@ type Streamer struct {
 var (
 	_ service.Service = (*Streamer)(nil)
 	_ service.Staged  = (*Streamer)(nil)
+	_ service.Idle    = (*Streamer)(nil)
 )
 
 // New returns a streamer that is not yet started.
@@ -127,6 +128,10 @@ func (s *Streamer) Stages() []zdmpb.StageKind {
 	}
 	return []zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_SYNC_INCREMENTAL, zdmpb.StageKind_STAGE_KIND_FINALIZE}
 }
+
+// Idle implements service.Idle: a streamer that neither applies changes
+// (--apply=false) nor fronts a cluster serves nothing.
+func (s *Streamer) Idle() bool { return !s.cfg.Apply && s.gateway == nil }
 
 // Start starts the applier and opens the gateway, when configured, in
 // front of its cluster. The cluster is resolved from the registry at the

@@ -7,11 +7,11 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
@@ -293,20 +293,32 @@ func (c *capture) watchDecisions(ctx context.Context) {
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			if key, ok := strings.CutSuffix(e.Key(), ".hold"); ok {
-				if i := strings.LastIndexByte(key, '.'); i > 0 {
-					if n, err := strconv.ParseInt(key[i+1:], 10, 32); err == nil {
-						c.signalHold(key[:i], int32(n))
-					}
+			// A malformed entry is no hold and no decision; logged and
+			// passed over, so the ones after it are followed.
+			if natsbus.IsHoldKey(e.Key()) {
+				migration, attempt, err := natsbus.ParseHoldKey(e.Key())
+				if err != nil {
+					c.log.Warn("switchover: malformed hold ignored", slog.Any("error", err))
+					continue
 				}
+				c.signalHold(migration, attempt)
 				continue
 			}
 			d := &eventspb.SwitchoverDecision{}
-			if proto.Unmarshal(e.Value(), d) == nil {
-				c.decide(ctx, d)
+			if err := proto.Unmarshal(e.Value(), d); err != nil {
+				c.log.Warn("switchover: malformed decision ignored", slog.String("key", e.Key()),
+					slog.Uint64("revision", e.Revision()), slog.Any("error", err))
+				continue
 			}
+			c.decide(ctx, d)
 		}
-		_ = w.Stop()
+		// The updates end once the watch's subscription is gone (ctx
+		// ended, or the connection closed), so Stop finds nothing to stop
+		// and says so; any other failure is worth a line.
+		if err := w.Stop(); err != nil && !errors.Is(err, nats.ErrBadSubscription) &&
+			!errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionDraining) {
+			c.log.Warn("switchover: stop watching decisions", slog.Any("error", err))
+		}
 	}
 }
 

@@ -30,20 +30,12 @@ var errRetryLater = errors.New("not yet")
 
 // eventsConsumer is the coordinator's durable consumer of stage events; all
 // coordinator replicas share it, so each event is handled once.
-const eventsConsumer = "coordinator"
+const eventsConsumer = natsbus.EventsDurable
 
 // consumeEvents starts handling stage and lag events from the bus; each
 // handler derives from run.
 func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.ConsumeContext, error) {
-	cons, err := c.deps.Bus.JS.CreateOrUpdateConsumer(ctx, natsbus.EventsStream, jetstream.ConsumerConfig{
-		Durable:   eventsConsumer,
-		AckPolicy: jetstream.AckExplicitPolicy,
-		FilterSubjects: []string{natsbus.EventFilter(natsbus.EventStage), natsbus.EventFilter(natsbus.EventLag), natsbus.EventFilter(natsbus.EventPlan),
-			natsbus.EventFilter(natsbus.EventUnit), natsbus.EventFilter(natsbus.EventProgress), natsbus.EventFilter(natsbus.EventFailed),
-			natsbus.EventFilter(natsbus.EventGateway), natsbus.EventFilter(natsbus.EventNotice)},
-		AckWait:    c.cfg.EventAckWait,
-		MaxDeliver: -1,
-	})
+	cons, err := natsbus.EventsConsumer(c.cfg.EventAckWait).Create(ctx, c.deps.Bus.JS)
 	if err != nil {
 		return nil, fmt.Errorf("events consumer: %w", err)
 	}

@@ -151,7 +151,7 @@ func newUnitHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock, fake *fak
 
 func startHarness(t *testing.T, bus *natsbus.Conn, clock *fakeClock, fake *fakeProber) *harness {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := ztest.Logger(t, slog.LevelWarn)
 	cfg := DefaultConfig()
 	cfg.Now = clock.Now
 	cfg.SweepInterval = time.Hour // tests call sweep themselves
@@ -379,11 +379,4 @@ func (h *harness) commands(id string) []*eventspb.StageCommand {
 		out = append(out, &cmd)
 	}
 	return out
-}
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
 }

@@ -21,13 +21,13 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/zdm-io/zdm/pkg/apierr"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/stage"
 	"github.com/zdm-io/zdm/pkg/telemetry"
@@ -141,7 +141,7 @@ type notifier struct {
 	log        *slog.Logger
 	tracer     trace.Tracer
 	migrations *natsbus.Table[*zdmpb.Migration]
-	notices    jetstream.KeyValue
+	notices    *natsbus.Table[*zdmpb.NotificationDelivery]
 	publish    func(ctx context.Context, subject, id string, m proto.Message) error
 	http       *http.Client
 	now        func() time.Time
@@ -223,18 +223,12 @@ func due(m *zdmpb.Migration, now time.Time) []string {
 // it was delivered, given up, or tried too recently.
 func (n *notifier) deliver(ctx context.Context, m *zdmpb.Migration, notice, channel string, i int, recipient string) error {
 	key := natsbus.NoticeKey(m.GetMigrationId(), notice, channel, i)
-	rec := &zdmpb.NotificationDelivery{Notice: notice, Channel: channel, Recipient: recipient}
-	e, err := n.notices.Get(ctx, key)
-	var rev uint64
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-	case err != nil:
+	rec, rev, err := n.notices.Get(ctx, key)
+	if errors.Is(err, apierr.ErrNotFound) {
+		rec, rev, err = &zdmpb.NotificationDelivery{Notice: notice, Channel: channel, Recipient: recipient}, 0, nil
+	}
+	if err != nil {
 		return err
-	default:
-		if err := proto.Unmarshal(e.Value(), rec); err != nil {
-			return err
-		}
-		rev = e.Revision()
 	}
 	now := n.now()
 	if rec.GetDelivered() || rec.GetGaveUp() || (rec.GetAttempts() > 0 && now.Before(rec.GetTime().AsTime().Add(retryAfter(n.retryBase, rec.GetAttempts())))) {
@@ -242,17 +236,12 @@ func (n *notifier) deliver(ctx context.Context, m *zdmpb.Migration, notice, chan
 	}
 	// Claim the attempt: only the monitor whose write lands sends it.
 	rec.Attempts, rec.Time = rec.GetAttempts()+1, timestamppb.New(now)
-	b, err := proto.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	if rev == 0 {
-		rev, err = n.notices.Create(ctx, key, b)
-	} else {
-		rev, err = n.notices.Update(ctx, key, b, rev)
-	}
-	if err != nil {
+	rev, err = n.notices.Put(ctx, key, rec, rev)
+	if errors.Is(err, apierr.ErrFailedPrecondition) {
 		return nil // another monitor claimed it
+	}
+	if err != nil {
+		return fmt.Errorf("claim notification %s: %w", key, err)
 	}
 	ctx, sp := telemetry.StartMigrationSpan(ctx, n.tracer, m, "notify "+notice,
 		attribute.String("zdm.channel", channel), attribute.Int("zdm.attempt", int(rec.GetAttempts())))
@@ -275,10 +264,7 @@ func (n *notifier) deliver(ctx context.Context, m *zdmpb.Migration, notice, chan
 	} else {
 		n.log.Info("notification delivered", slog.String("migration", m.GetMigrationId()), slog.String("notice", notice), slog.String("channel", channel))
 	}
-	if b, err = proto.Marshal(rec); err != nil {
-		return err
-	}
-	if _, err := n.notices.Update(context.WithoutCancel(ctx), key, b, rev); err != nil {
+	if _, err := n.notices.Put(context.WithoutCancel(ctx), key, rec, rev); err != nil {
 		return fmt.Errorf("record notification %s: %w", key, err)
 	}
 	ev := &eventspb.NotificationReport{EventId: fmt.Sprintf("%s-a%d", key, rec.GetAttempts()), MigrationId: m.GetMigrationId(), Delivery: rec}

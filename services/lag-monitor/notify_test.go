@@ -62,6 +62,17 @@ func (r *receiver) counts(key string) (tries, got int) {
 	return r.tries[key], r.got[key]
 }
 
+// requests returns how many requests r has had, for every notice.
+func (r *receiver) requests() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, tries := range r.tries {
+		n += tries
+	}
+	return n
+}
+
 // TestNotifications: every notice goes once to the emails (one message)
 // and once to each webhook, signed; a webhook that fails twice gets its
 // third try; a monitor that stops and another that starts send nothing
@@ -102,7 +113,7 @@ func TestNotifications(t *testing.T) {
 	var reports int
 	start := func() context.CancelFunc {
 		n := &notifier{cfg: Config{SMTPAddr: smtpAddr, SMTPFrom: "zdm@example.com", WebhookSecret: "s3cret"}, log: slog.Default(), tracer: noop.NewTracerProvider().Tracer(""),
-			migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: 200 * time.Millisecond,
+			migrations: migrations, notices: natsbus.NoticesTable(notices), http: &http.Client{}, now: time.Now, retryBase: 200 * time.Millisecond,
 			publish: func(context.Context, string, string, proto.Message) error {
 				mu.Lock()
 				reports++
@@ -124,9 +135,14 @@ func TestNotifications(t *testing.T) {
 		_, a := flaky.counts("done/COMPLETED")
 		_, b := flaky.counts("done/LAG_THRESHOLD_REACHED")
 		_, c := ok.counts("long/SYNC_EXPIRING")
-		return a == 1 && b == 1 && c == 1 && box.Count("completed") == 1 && box.Count("lag threshold reached") == 1
+		_, d := ok.counts("done/LAG_THRESHOLD_REACHED")
+		return a == 1 && b == 1 && c == 1 && d == 1 && box.Count("completed") == 1 && box.Count("lag threshold reached") == 1
 	}, "notices not all delivered")
-	time.Sleep(time.Second) // a second round would send duplicates now
+	// Everything is delivered: a second round would send duplicates now.
+	sent := func() [3]int { return [3]int{ok.requests(), flaky.requests(), len(box.Messages())} }
+	before, after := sent(), sent()
+	ztest.Consistently(t, time.Second, func() bool { after = sent(); return after == before },
+		"sent again (webhook requests to the healthy and the flaky one, emails): %v, then %v", before, &after)
 	for _, key := range []string{"done/COMPLETED", "done/LAG_THRESHOLD_REACHED"} {
 		tries, got := ok.counts(key)
 		require.Equal(t, [2]int{1, 1}, [2]int{tries, got}, "%s to the healthy webhook", key)
@@ -174,7 +190,7 @@ func TestNotificationEmailSTARTTLS(t *testing.T) {
 	require.NoError(t, err)
 
 	cfg := Config{SMTPAddr: box.Addr, SMTPFrom: "zdm@example.com", SMTPUser: "zdm", SMTPPassword: "hunter2", SMTPStartTLS: true}
-	n := &notifier{cfg: cfg, log: slog.Default(), tracer: noop.NewTracerProvider().Tracer(""), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now,
+	n := &notifier{cfg: cfg, log: slog.Default(), tracer: noop.NewTracerProvider().Tracer(""), migrations: migrations, notices: natsbus.NoticesTable(notices), http: &http.Client{}, now: time.Now,
 		retryBase: time.Hour, publish: func(context.Context, string, string, proto.Message) error { return nil }}
 	// The system's CAs do not know the server's certificate.
 	require.NoError(t, n.scan(ctx))

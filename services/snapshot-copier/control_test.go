@@ -49,7 +49,7 @@ func runControls(t *testing.T, bus *natsbus.Conn, id string) *Controls {
 	c := NewControls()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logger := slog.New(slog.NewTextHandler(ztestWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := ztest.Logger(t, slog.LevelWarn)
 	go func() { done <- c.Run(ctx, bus.JS, 1, id, logger) }()
 	t.Cleanup(func() {
 		cancel()

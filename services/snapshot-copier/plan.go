@@ -2,8 +2,6 @@ package copier
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -94,7 +92,7 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 			for _, part := range parts {
 				pt := t
 				pt.Partition = part
-				plan, err := tablePlan(ctx, plans, tableKey(migration, db, name, part), func() ([]Unit, error) {
+				plan, err := tablePlan(ctx, plans, natsbus.UnitPlanKey(migration, db, name, part), func() ([]Unit, error) {
 					units, err := PlanUnits(ctx, sc.Raw, pt, opts.UnitRows)
 					if err != nil {
 						return nil, explainUnloaded(ctx, sc.Raw, db, name, err)
@@ -106,7 +104,7 @@ func PlanCopy(ctx context.Context, js jetstream.JetStream, prop propagation.Text
 				}
 				for i, u := range plan.GetUnits() {
 					wu := &eventspb.WorkUnit{
-						UnitId: unitID(migration, db, name, part, i), MigrationId: migration,
+						UnitId: natsbus.UnitID(migration, db, name, part, i), MigrationId: migration,
 						Database: db, Collection: name, Partition: part,
 						Range: u.GetRange(), ExpectedRows: u.GetRows(), BatchBytes: opts.BatchBytes, ReadTimestamp: readTs,
 						SourceClusterId: opts.SourceClusterID, TargetClusterId: opts.TargetClusterID,
@@ -131,18 +129,6 @@ func explainUnloaded(ctx context.Context, c milvuspb.MilvusServiceClient, db, na
 	}
 	return fmt.Errorf("source collection %s.%s is not loaded (%s), and Milvus reads only loaded collections: "+
 		"load it on the source (it needs an index) and retry: %w", db, name, st.GetState(), err)
-}
-
-// tableKey names a table of a migration, as a valid KV key whatever the
-// database and collection names hold.
-func tableKey(migration, db, coll, part string) string {
-	h := sha256.Sum256([]byte(db + "\x00" + coll + "\x00" + part))
-	return migration + "." + hex.EncodeToString(h[:6])
-}
-
-// unitID is stable for a migration, table and unit index.
-func unitID(migration, db, coll, part string, i int) string {
-	return fmt.Sprintf("%s.%d", tableKey(migration, db, coll, part), i)
 }
 
 // tablePlan returns the units stored for a table, or plans them and

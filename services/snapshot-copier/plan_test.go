@@ -56,10 +56,10 @@ func TestIntegrationPlanUnits(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, srcC.CreateIndex(ctx, "events", "emb", idx, true))
 			require.NoError(t, srcC.LoadCollection(ctx, "events", true))
-			require.Eventually(t, func() bool {
+			ztest.Eventually(t, 30*time.Second, func() bool {
 				st, err := srcC.GetLoadState(ctx, "events", nil)
 				return err == nil && st == entity.LoadStateLoaded
-			}, 30*time.Second, 100*time.Millisecond)
+			}, "events not loaded on %s", tier.Name)
 			empty, err := milvusx.DescribeTable(ctx, src, dbOf(scope), "events")
 			require.NoError(t, err)
 			units, err = PlanUnits(ctx, src, empty, 700)

@@ -80,7 +80,7 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(11), info.State.Msgs, "planning again publishes no duplicate unit")
 
-	logger := slog.New(slog.NewTextHandler(ztestWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := ztest.Logger(t, slog.LevelWarn)
 	worker := func(id string) *Worker {
 		return &Worker{ID: id, JS: bus.JS, Propagator: prop, Logger: logger, AckWait: 2 * time.Second, Registry: reg}
 	}
@@ -142,13 +142,6 @@ func TestIntegrationWorkersCopyUnits(t *testing.T) {
 type lazy func() string
 
 func (f lazy) String() string { return f() }
-
-type ztestWriter struct{ t *testing.T }
-
-func (w ztestWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
-}
 
 // TestIntegrationPlanRefusesUnloadedSource plans a copy of a collection
 // that is not loaded on standalone Milvus, which cannot read it: planning
