@@ -3,6 +3,7 @@ package main_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,8 +178,15 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 		{&lagpb.VerifyRequest{MigrationId: "off2"}, codes.InvalidArgument},
 		{&lagpb.VerifyRequest{Source: pair.Source, Target: pair.Target, Collections: []string{"items"}}, codes.InvalidArgument},
 		{&lagpb.VerifyRequest{Source: pair.Source, Target: pair.Target, Collections: []string{"shop.nope"}}, codes.NotFound},
+		{&lagpb.VerifyRequest{Source: &zdmpb.ClusterConnection{Endpoint: "127.0.0.1:99999"}, Target: pair.Target}, codes.InvalidArgument},
+		{&lagpb.VerifyRequest{Source: pair.Source, Target: &zdmpb.ClusterConnection{Endpoint: "host:port"}}, codes.InvalidArgument},
 	} {
 		_, err := lag.Verify(ctx, bad.req)
 		require.Equal(t, bad.code, status.Code(err), "%v: %v", bad.req, err)
+	}
+	// GetLag checks its ID as the public API does, before any lookup.
+	for _, id := range []string{"", "has space", "*", strings.Repeat("a", 100_000)} {
+		_, err := lag.GetLag(ctx, &lagpb.GetLagRequest{MigrationId: id})
+		require.Equal(t, codes.InvalidArgument, status.Code(err), "%.20q: %v", id, err)
 	}
 }

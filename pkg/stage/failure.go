@@ -56,6 +56,34 @@ func Unreachable(err error) zdmpb.ClusterRole {
 	return zdmpb.ClusterRole_CLUSTER_ROLE_UNSPECIFIED
 }
 
+// blameTimeout bounds the check Blame makes of each cluster.
+const blameTimeout = 5 * time.Second
+
+// Blame marks err, from work that talks to both clusters, as the source's
+// or the target's when it says a server did not answer: it is the first of
+// src and tgt that does not answer a check now. An error already marked,
+// one that is not a failure to answer, or one after which both clusters
+// answer is returned as it is. The check runs on its own deadline, so an
+// error from a ctx that ran out is still blamed on the cluster behind it.
+func Blame(ctx context.Context, err error, src, tgt *milvusx.Client) error {
+	var ce *ClusterError
+	if err == nil || errors.As(err, &ce) || !milvusx.IsUnreachable(err) {
+		return err
+	}
+	answers := func(c *milvusx.Client) bool {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), blameTimeout)
+		defer cancel()
+		return !milvusx.IsUnreachable(milvusx.CheckMilvus(cctx, c))
+	}
+	switch {
+	case !answers(src):
+		return OnSource(err)
+	case !answers(tgt):
+		return OnTarget(err)
+	}
+	return err
+}
+
 // Backoff is how long the attempt after the given one (1 for the first)
 // waits: 1s, doubling to at most 30s.
 func Backoff(attempt uint64) time.Duration { return Doubling(time.Second, 30*time.Second, attempt) }

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -53,14 +52,7 @@ var ErrPending = errors.New("stage goes on")
 // ending run.
 func Consume(ctx, run context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, tracer trace.Tracer, logger *slog.Logger,
 	durable string, stages []zdmpb.StageKind, timeout time.Duration, h Handler) (jetstream.ConsumeContext, error) {
-	var subjects []string
-	for _, s := range stages {
-		subjects = append(subjects, natsbus.CommandFilter(s))
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, natsbus.CommandsStream, jetstream.ConsumerConfig{
-		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, FilterSubjects: subjects,
-		AckWait: ackWait, MaxDeliver: -1,
-	})
+	cons, err := natsbus.CommandsConsumer(durable, stages, ackWait).Create(ctx, js)
 	if err != nil {
 		return nil, fmt.Errorf("command consumer %s: %w", durable, err)
 	}
@@ -205,7 +197,7 @@ const connectTimeout = 10 * time.Second
 // reg. On failure it returns the code that names it for the stage report;
 // a cluster that does not answer is a ClusterError that Unreachable
 // recognises.
-func Connect(ctx context.Context, reg *registry.Registry, cmd *eventspb.StageCommand) (src, tgt client.Client, code eventspb.StageError, err error) {
+func Connect(ctx context.Context, reg *registry.Registry, cmd *eventspb.StageCommand) (src, tgt *milvusx.Client, code eventspb.StageError, err error) {
 	srcConn, err := reg.Resolve(ctx, cmd.GetSourceClusterId())
 	if err != nil {
 		return nil, nil, eventspb.StageError_STAGE_ERROR_CLUSTER_MISSING, fmt.Errorf("source: %w", err)
@@ -218,15 +210,24 @@ func Connect(ctx context.Context, reg *registry.Registry, cmd *eventspb.StageCom
 		return nil, nil, eventspb.StageError_STAGE_ERROR_SOURCE_UNREACHABLE, OnSource(err)
 	}
 	if tgt, err = ConnectCluster(ctx, tgtConn); err != nil {
-		src.Close()
-		return nil, nil, eventspb.StageError_STAGE_ERROR_TARGET_UNREACHABLE, OnTarget(err)
+		return nil, nil, eventspb.StageError_STAGE_ERROR_TARGET_UNREACHABLE, errors.Join(OnTarget(err), src.Close())
 	}
 	return src, tgt, eventspb.StageError_STAGE_ERROR_UNSPECIFIED, nil
 }
 
 // ConnectCluster connects to conn's default database within connectTimeout.
-func ConnectCluster(ctx context.Context, conn *zdmpb.ClusterConnection) (client.Client, error) {
+func ConnectCluster(ctx context.Context, conn *zdmpb.ClusterConnection) (*milvusx.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
 	defer cancel()
-	return milvusx.Connect(ctx, conn, "")
+	return milvusx.Open(ctx, conn, "")
+}
+
+// CloseClients closes the clients a stage opened. Closing changes no result
+// of the stage's work, so a failure is only logged.
+func CloseClients(ctx context.Context, logger *slog.Logger, clients ...*milvusx.Client) {
+	for _, c := range clients {
+		if err := c.Close(); err != nil {
+			logger.WarnContext(ctx, "close cluster client", slog.Any("error", err))
+		}
+	}
 }

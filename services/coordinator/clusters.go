@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/validate"
 	coordpb "github.com/zdm-io/zdm/proto/zdm/coordinator/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -18,7 +19,7 @@ func (c *Coordinator) RegisterCluster(ctx context.Context, req *zdmpb.RegisterCl
 		return nil, err
 	}
 	conn := req.GetConnection()
-	if err := validateConnection(conn); err != nil {
+	if err := validate.Connection("connection", conn); err != nil {
 		return nil, err
 	}
 	version, err := c.probe(ctx, req.GetClusterId(), conn)

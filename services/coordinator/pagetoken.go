@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"regexp"
 	"strings"
+
+	"github.com/zdm-io/zdm/pkg/validate"
 )
 
 // Page tokens are opaque to callers. Inside, a token is the last key of
@@ -30,10 +32,10 @@ type pageList struct {
 }
 
 var (
-	clusterPages = pageList{name: "clusters", key: idPattern}
+	clusterPages = pageList{name: "clusters", key: regexp.MustCompile(`^` + validate.IDExpr + `$`)}
 	// migrationPages are keyed by listKey: create time in nanoseconds,
 	// 20 digits, then '/' and the ID.
-	migrationPages = pageList{name: "migrations", key: regexp.MustCompile(`^[0-9]{20}/` + idExpr + `$`)}
+	migrationPages = pageList{name: "migrations", key: regexp.MustCompile(`^[0-9]{20}/` + validate.IDExpr + `$`)}
 )
 
 var errBadToken = bad("page_token is not one this server issued: pass next_page_token from the previous reply unchanged, or none to start again")

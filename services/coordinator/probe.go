@@ -38,12 +38,12 @@ var _ Prober = MilvusProber{}
 // Probe implements Prober. A gRPC server that is not Milvus is
 // FailedPrecondition saying so; a server that does not answer is
 // FailedPrecondition naming the cluster.
-func (MilvusProber) Probe(ctx context.Context, id string, conn *zdmpb.ClusterConnection) (string, error) {
+func (MilvusProber) Probe(ctx context.Context, id string, conn *zdmpb.ClusterConnection) (version string, err error) {
 	mc, err := milvusx.Connect(ctx, conn, "")
 	if err != nil {
 		return "", unreachable(id, err)
 	}
-	defer mc.Close()
+	defer func() { err = errors.Join(err, mc.Close()) }()
 	if err := milvusx.CheckMilvus(ctx, mc); errors.Is(err, milvusx.ErrNotMilvus) {
 		return "", fmt.Errorf("%w: cluster %q: endpoint %s answers gRPC but is not a Milvus server; check the host and port", apierr.ErrFailedPrecondition, id, conn.GetEndpoint())
 	} else if err != nil {
@@ -58,12 +58,12 @@ func (MilvusProber) Probe(ctx context.Context, id string, conn *zdmpb.ClusterCon
 
 // TargetIsNew implements Prober: a target holding user collections is
 // FailedPrecondition listing them (the first maxListedCollections).
-func (MilvusProber) TargetIsNew(ctx context.Context, id string, conn *zdmpb.ClusterConnection) error {
+func (MilvusProber) TargetIsNew(ctx context.Context, id string, conn *zdmpb.ClusterConnection) (err error) {
 	mc, err := milvusx.Connect(ctx, conn, "")
 	if err != nil {
 		return fmt.Errorf("target: %w", unreachable(id, err))
 	}
-	defer mc.Close()
+	defer func() { err = errors.Join(err, mc.Close()) }()
 	colls, err := milvusx.UserCollections(ctx, mc)
 	if err != nil {
 		return fmt.Errorf("target: %w", unreachable(id, err))

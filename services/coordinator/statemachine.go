@@ -251,8 +251,10 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 	if to == completed && ev.TargetEndpoint != "" {
 		m.TargetEndpoint = ev.TargetEndpoint
 	}
-	if ev.Trigger == TriggerVerified {
-		// Verification compares every collection: each one is verified.
+	if ev.Trigger == TriggerVerified && !ev.VerifyFailed {
+		// Verification compares every collection: each one is verified. A
+		// verification after a switchover that found differences completes
+		// the migration all the same, and leaves the phases as they were.
 		for _, c := range m.GetCollections() {
 			c.Phase = zdmpb.CollectionPhase_COLLECTION_PHASE_VERIFIED
 		}

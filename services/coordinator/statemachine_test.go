@@ -135,6 +135,27 @@ func TestZeroDowntimeFlowStages(t *testing.T) {
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_UNSPECIFIED, m.GetPausedFromState())
 }
 
+// A verification after a switchover that finds differences completes the
+// migration with its VERIFY stage failed, and verifies no collection.
+func TestFailedVerificationAfterSwitchoverVerifiesNothing(t *testing.T) {
+	m := &zdmpb.Migration{Type: zeroDowntime, State: pending, Stages: NewStages(zeroDowntime),
+		Collections: []*zdmpb.CollectionProgress{{Database: "shop", Collection: "items", Phase: zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED}}}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i, trig := range []Trigger{TriggerStart, TriggerPrepareDone, TriggerCopyDone, TriggerLagReached, TriggerSwitchover, TriggerSwitchedOver} {
+		_, err := Apply(m, Event{Trigger: trig, Time: t0.Add(time.Duration(i) * time.Minute)})
+		require.NoError(t, err, trig.String())
+	}
+	require.Equal(t, verifying, m.GetState())
+	_, err := Apply(m, Event{Trigger: TriggerVerified, Time: t0.Add(time.Hour), Reason: "shop.items: keys [10, 20) differ", VerifyFailed: true})
+	require.NoError(t, err)
+	require.Equal(t, completed, m.GetState())
+	require.Equal(t, zdmpb.CollectionPhase_COLLECTION_PHASE_COPIED, m.GetCollections()[0].GetPhase())
+	verify := m.GetStages()[len(m.GetStages())-1]
+	require.Equal(t, zdmpb.StageKind_STAGE_KIND_VERIFY, verify.GetKind())
+	require.Equal(t, zdmpb.StageState_STAGE_STATE_FAILED, verify.GetState())
+	require.Equal(t, "shop.items: keys [10, 20) differ", verify.GetMessage())
+}
+
 func TestOfflineSkipsSyncAndFailureIsRecorded(t *testing.T) {
 	m := &zdmpb.Migration{Type: offline, State: pending, Stages: NewStages(offline)}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
+	"github.com/zdm-io/zdm/pkg/validate"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
@@ -101,7 +102,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	n := &notifier{cfg: m.cfg, log: m.deps.Logger, tracer: m.tracer(), migrations: migrations, notices: notices, http: &http.Client{}, now: time.Now, retryBase: sendTimeout,
+	n := &notifier{cfg: m.cfg, log: m.deps.Logger, tracer: m.tracer(), migrations: migrations, notices: natsbus.NoticesTable(notices), http: &http.Client{}, now: time.Now, retryBase: sendTimeout,
 		publish: func(ctx context.Context, subject, id string, ev proto.Message) error {
 			_, err := natsbus.Publish(ctx, bus.JS, m.deps.Propagator, subject, id, ev)
 			return err
@@ -122,8 +123,8 @@ func (m *Monitor) Start(ctx context.Context) error {
 
 // GetLag implements lagpb.LagMonitorServiceServer.
 func (m *Monitor) GetLag(ctx context.Context, req *lagpb.GetLagRequest) (*lagpb.GetLagResponse, error) {
-	if req.GetMigrationId() == "" {
-		return nil, fmt.Errorf("%w: migration_id is required", apierr.ErrInvalidArgument)
+	if err := validate.ID("migration_id", "migration", req.GetMigrationId()); err != nil {
+		return nil, err
 	}
 	return m.lag.getLag(ctx, req.GetMigrationId())
 }
@@ -147,21 +148,17 @@ func (m *Monitor) verify(ctx context.Context, cmd *eventspb.StageCommand) (event
 	if !stage.Starts(cmd) {
 		return 0, stage.ErrPending
 	}
-	sc, tc, code, err := stage.Connect(ctx, m.deps.Registry, cmd)
+	src, tgt, code, err := stage.Connect(ctx, m.deps.Registry, cmd)
 	if err != nil {
 		return code, err
 	}
-	// Verifying only reads: a failure to close changes no result.
-	defer sc.Close()
-	defer tc.Close()
-	src, err := milvusx.Wrap(sc)
-	if err != nil {
-		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
-	}
-	tgt, err := milvusx.Wrap(tc)
-	if err != nil {
-		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
-	}
+	defer stage.CloseClients(ctx, m.deps.Logger, src, tgt)
+	code, err = m.compare(ctx, cmd, src, tgt)
+	return code, stage.Blame(ctx, err, src, tgt)
+}
+
+// compare is verify's work once both clusters are connected.
+func (m *Monitor) compare(ctx context.Context, cmd *eventspb.StageCommand, src, tgt *milvusx.Client) (eventspb.StageError, error) {
 	mig, _, err := m.migrations.Get(ctx, cmd.GetMigrationId())
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
@@ -308,7 +305,7 @@ const recordGrace = time.Second
 // migration's target after its switchover, by "database.collection", and
 // how many there are.
 func switchedKeys(ctx context.Context, js jetstream.JetStream, prop propagation.TextMapPropagator, migration string) (map[string]map[milvusx.Key]bool, int, error) {
-	cons, err := js.OrderedConsumer(ctx, natsbus.ChangesStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{natsbus.SwitchedFilter(migration)}})
+	cons, err := natsbus.SwitchedReader(migration).Create(ctx, js)
 	if err != nil {
 		return nil, 0, fmt.Errorf("changes after the switch: %w", err)
 	}
@@ -379,8 +376,11 @@ func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, ra
 
 // Verify implements lagpb.LagMonitorServiceServer.
 func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.VerifyResponse, error) {
-	if req.GetSource() == nil || req.GetTarget() == nil {
-		return nil, fmt.Errorf("%w: source and target connections are required", apierr.ErrInvalidArgument)
+	if err := validate.Connection("source", req.GetSource()); err != nil {
+		return nil, err
+	}
+	if err := validate.Connection("target", req.GetTarget()); err != nil {
+		return nil, err
 	}
 	for _, c := range req.GetCollections() {
 		if db, name, ok := strings.Cut(c, "."); !ok || db == "" || name == "" {
@@ -394,13 +394,12 @@ func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.
 	if err != nil {
 		return nil, fmt.Errorf("%w: source: %w", apierr.ErrFailedPrecondition, err)
 	}
-	// Verifying only reads: a failure to close changes no result.
-	defer src.Close()
+	defer stage.CloseClients(ctx, m.deps.Logger, src)
 	tgt, err := milvusx.Open(ctx, req.GetTarget(), "")
 	if err != nil {
 		return nil, fmt.Errorf("%w: target: %w", apierr.ErrFailedPrecondition, err)
 	}
-	defer tgt.Close()
+	defer stage.CloseClients(ctx, m.deps.Logger, tgt)
 	reports, err := compareAll(ctx, src, tgt, req.GetCollections(), int(req.GetRangeRows()), nil)
 	if errors.Is(err, apierr.ErrNotFound) {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/stage"
@@ -192,8 +193,13 @@ func (c *Copier) command(ctx context.Context, cmd *eventspb.StageCommand) (event
 	if err != nil {
 		return code, err
 	}
-	defer src.Close()
-	defer tgt.Close()
+	defer stage.CloseClients(ctx, c.deps.Logger, src, tgt)
+	code, err = c.start(ctx, cmd, src, tgt)
+	return code, stage.Blame(ctx, err, src, tgt)
+}
+
+// start prepares the target or plans the copy.
+func (c *Copier) start(ctx context.Context, cmd *eventspb.StageCommand, src, tgt *milvusx.Client) (eventspb.StageError, error) {
 	switch cmd.GetStage() {
 	case zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET:
 		if _, err := PrepareTarget(ctx, src, tgt, PrepareOptions{DeferLoad: true, Logger: c.deps.Logger}); err != nil {
@@ -233,11 +239,10 @@ func (c *Copier) cancelMigration(ctx context.Context, cmd *eventspb.StageCommand
 	if err != nil {
 		return code, err
 	}
-	defer src.Close()
-	defer tgt.Close()
+	defer stage.CloseClients(ctx, c.deps.Logger, src, tgt)
 	dropped, err := DropCopied(ctx, src, tgt)
 	if err != nil {
-		return eventspb.StageError_STAGE_ERROR_CANCEL_FAILED, err
+		return eventspb.StageError_STAGE_ERROR_CANCEL_FAILED, stage.Blame(ctx, err, src, tgt)
 	}
 	c.deps.Logger.InfoContext(ctx, "cancelled: dropped what the migration created on the target",
 		"migration", cmd.GetMigrationId(), "collections", dropped)

@@ -25,8 +25,9 @@ import (
 var nullableTiers = []string{"lite3"}
 
 // TestIntegrationNullableAndDefault copies a collection with a nullable
-// field, one with a default value, and rows where they are null: the
-// schema and every row, nulls included, arrive as they were.
+// field, one with a default value, a nullable Array, and rows where they
+// are null or the array is empty: the schema and every row, nulls and
+// empty arrays included, arrive as they were.
 func TestIntegrationNullableAndDefault(t *testing.T) {
 	ztest.Integration(t)
 	for _, tier := range ztest.Tiers(t) {
@@ -45,6 +46,8 @@ func TestIntegrationNullableAndDefault(t *testing.T) {
 				{Name: "label", DataType: schemapb.DataType_VarChar, Nullable: true,
 					TypeParams:   []*commonpb.KeyValuePair{{Key: "max_length", Value: "32"}},
 					DefaultValue: &schemapb.ValueField{Data: &schemapb.ValueField_StringData{StringData: "none"}}},
+				{Name: "tags", DataType: schemapb.DataType_Array, ElementType: schemapb.DataType_Int64, Nullable: true,
+					TypeParams: []*commonpb.KeyValuePair{{Key: "max_capacity", Value: "8"}}},
 				{Name: "vec", DataType: schemapb.DataType_FloatVector, TypeParams: []*commonpb.KeyValuePair{{Key: "dim", Value: "4"}}},
 			}}
 			data, err := proto.Marshal(schema)
@@ -52,12 +55,15 @@ func TestIntegrationNullableAndDefault(t *testing.T) {
 			require.NoError(t, milvusx.CheckStatus(src.CreateCollection(ctx, &milvuspb.CreateCollectionRequest{DbName: db,
 				CollectionName: "nulls", Schema: data, ShardsNum: 1})))
 
-			// Rows 1..300; every third "maybe" and every fifth "label" is
-			// null. Nullable columns carry values for valid rows only.
+			// Rows 1..300; every third "maybe", every fifth "label" and
+			// every seventh "tags" is null, and the "tags" after each null
+			// one is empty. Nullable columns carry values for valid rows
+			// only.
 			const rows = 300
 			var ids, maybes []int64
 			var labels []string
-			var maybeValid, labelValid []bool
+			var maybeValid, labelValid, tagsValid []bool
+			var tags []*schemapb.ScalarField
 			var vecs []float32
 			for id := int64(1); id <= rows; id++ {
 				ids = append(ids, id)
@@ -65,6 +71,14 @@ func TestIntegrationNullableAndDefault(t *testing.T) {
 				maybeValid = append(maybeValid, id%3 != 0)
 				if id%3 != 0 {
 					maybes = append(maybes, id*10)
+				}
+				tagsValid = append(tagsValid, id%7 != 0)
+				switch id % 7 {
+				case 0:
+				case 1:
+					tags = append(tags, &schemapb.ScalarField{Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{}}})
+				default:
+					tags = append(tags, &schemapb.ScalarField{Data: &schemapb.ScalarField_LongData{LongData: &schemapb.LongArray{Data: []int64{id, -id}}}})
 				}
 				labelValid = append(labelValid, id%5 != 0)
 				if id%5 != 0 {
@@ -79,6 +93,9 @@ func TestIntegrationNullableAndDefault(t *testing.T) {
 				long("id", ids, nil), long("maybe", maybes, maybeValid),
 				{FieldName: "label", Type: schemapb.DataType_VarChar, ValidData: labelValid,
 					Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{Data: &schemapb.ScalarField_StringData{StringData: &schemapb.StringArray{Data: labels}}}}},
+				{FieldName: "tags", Type: schemapb.DataType_Array, ValidData: tagsValid,
+					Field: &schemapb.FieldData_Scalars{Scalars: &schemapb.ScalarField{Data: &schemapb.ScalarField_ArrayData{
+						ArrayData: &schemapb.ArrayArray{ElementType: schemapb.DataType_Int64, Data: tags}}}}},
 				{FieldName: "vec", Type: schemapb.DataType_FloatVector,
 					Field: &schemapb.FieldData_Vectors{Vectors: &schemapb.VectorField{Dim: 4, Data: &schemapb.VectorField_FloatVector{FloatVector: &schemapb.FloatArray{Data: vecs}}}}},
 			}})
@@ -110,7 +127,8 @@ func TestIntegrationNullableAndDefault(t *testing.T) {
 				require.NoError(t, milvusx.Check(resp, err), expr)
 				return resp.GetFieldsData()[0].GetScalars().GetLongData().GetData()[0]
 			}
-			for expr, want := range map[string]int64{"maybe is null": rows / 3, `label == "none"`: rows / 5} {
+			for expr, want := range map[string]int64{"maybe is null": rows / 3, `label == "none"`: rows / 5,
+				"tags is null": rows / 7, "tags is not null and array_length(tags) == 0": rows/7 + 1, "array_contains(tags, 299)": 1} {
 				require.Equal(t, want, count(src, expr), "source: %s", expr)
 				require.Equal(t, want, count(tgt, expr), "target: %s", expr)
 			}

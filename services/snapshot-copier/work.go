@@ -26,13 +26,8 @@ import (
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
-const (
-	// workConsumer is the durable consumer every copier process shares, so
-	// each unit goes to one copier at a time.
-	workConsumer = "copiers"
-	// pausedRetry is how soon a unit of a paused migration comes back.
-	pausedRetry = 2 * time.Second
-)
+// pausedRetry is how soon a unit of a paused migration comes back.
+const pausedRetry = 2 * time.Second
 
 // Worker copies work units pulled from the queue. Any number of workers,
 // in any number of processes, share the queue.
@@ -80,9 +75,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.checkpoints = cps
 	w.clients = map[string]*milvusx.Client{}
 	defer w.closeClients()
-	cons, err := w.JS.CreateOrUpdateConsumer(ctx, natsbus.WorkStream, jetstream.ConsumerConfig{
-		Durable: workConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: w.AckWait, MaxDeliver: -1,
-	})
+	// Every copier process shares the consumer, so each unit goes to one
+	// copier at a time.
+	cons, err := natsbus.WorkConsumer(w.AckWait).Create(ctx, w.JS)
 	if err != nil {
 		return fmt.Errorf("work consumer: %w", err)
 	}
@@ -297,10 +292,6 @@ func (w *Worker) client(ctx context.Context, id string) (*milvusx.Client, error)
 	if err != nil {
 		return nil, err
 	}
-	mc, err := milvusx.Wrap(c)
-	if err != nil {
-		return nil, errors.Join(err, c.Close())
-	}
-	w.clients[string(key)] = mc
-	return mc, nil
+	w.clients[string(key)] = c
+	return c, nil
 }

@@ -74,6 +74,14 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// Asked to stop while starting: a step that failed because of it
+		// is not a failure of zdm, which stops as asked (exit status 0).
+		if err != nil && ctx.Err() != nil {
+			logger.Info("zdm stopped while starting", slog.Any("interrupted", err))
+			err = nil
+		}
+	}()
 	// Every step below registers how to undo it. On the way out the API
 	// stops first, then the rest in reverse order of start, each within
 	// its share of the shutdown timeout (see shutdown).
@@ -147,25 +155,20 @@ func Run(ctx context.Context, cfg Config, logOut io.Writer, ready Ready) (err er
 	}
 	metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
-		grpcLis.Close()
-		return fmt.Errorf("metrics on --metrics-addr %s: %w (choose another address)", cfg.MetricsAddr, err)
+		return errors.Join(fmt.Errorf("metrics on --metrics-addr %s: %w (choose another address)", cfg.MetricsAddr, err), grpcLis.Close())
 	}
 	addrs.GRPC, addrs.Metrics = grpcLis.Addr().String(), metricsLis.Addr().String()
 
 	opts, err := apiSecurity(cfg, logger)
 	if err != nil {
-		grpcLis.Close()
-		metricsLis.Close()
-		return err
+		return errors.Join(err, grpcLis.Close(), metricsLis.Close())
 	}
 	srv := grpcserver.New(grpcserver.Deps{Logger: logger, TracerProvider: apiTracer, MeterProvider: mp, Propagator: prop}, opts...)
 	metrics := &http.Server{Handler: metricsHandler(metricsReg), ReadHeaderTimeout: 10 * time.Second}
 
 	services, err := newServices(cfg, service.Deps{Bus: bus, Propagator: prop, Metrics: metricsReg, Registry: reg}, tracers, logger)
 	if err != nil {
-		grpcLis.Close()
-		metricsLis.Close()
-		return err
+		return errors.Join(err, grpcLis.Close(), metricsLis.Close())
 	}
 	for _, s := range services {
 		s.Register(srv.Registrar())

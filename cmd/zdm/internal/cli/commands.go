@@ -378,6 +378,9 @@ func printMigration(out io.Writer, m *zdmpb.Migration) error {
 	if d := m.GetSwitchoverWritePause(); d != nil {
 		fmt.Fprintf(w, "write pause\t%s\n", d.AsDuration().Round(time.Millisecond))
 	}
+	for _, p := range m.GetClusterProblems() {
+		fmt.Fprintf(w, "not answering\t%s\n", problemLine(p))
+	}
 	if e := m.GetError(); e != nil {
 		fmt.Fprintf(w, "error\t%s: %s\n", e.GetCode(), e.GetMessage())
 	}
@@ -410,6 +413,16 @@ func progressLine(p *zdmpb.CollectionProgress) string {
 		s += "  lag " + l.AsDuration().Round(time.Millisecond).String()
 	}
 	return s
+}
+
+// problemLine is a cluster of the migration that does not answer: which
+// one, since when, how often zdm tried, when the migration fails if it
+// stays down, and its last error.
+func problemLine(p *zdmpb.ClusterProblem) string {
+	return fmt.Sprintf("%s %q since %s, %d failed attempts, fails at %s if still down; last error: %s",
+		strings.ToLower(trim(p.GetRole().String(), "CLUSTER_ROLE_")), p.GetClusterId(),
+		p.GetSince().AsTime().Local().Format(time.TimeOnly), p.GetFailedAttempts(),
+		p.GetFailTime().AsTime().Local().Format(time.TimeOnly), p.GetLastError())
 }
 
 // allPages calls page with each page token in turn, from the first page,

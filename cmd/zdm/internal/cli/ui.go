@@ -129,6 +129,9 @@ func (s screen) View() string {
 				trim(e.GetFromState().String(), "MIGRATION_STATE_"), trim(e.GetToState().String(), "MIGRATION_STATE_"), e.GetReason())))
 		}
 	}
+	for _, p := range m.GetClusterProblems() {
+		fmt.Fprintf(&b, "\n%s %s\n", bold.Render("not answering"), problemLine(p))
+	}
 	if e := m.GetError(); e != nil {
 		fmt.Fprintf(&b, "\n%s %s: %s\n", bold.Render("error"), e.GetCode(), e.GetMessage())
 	}

@@ -143,7 +143,8 @@ func (w *rateWindow) add(now time.Time, rows int64) float64 {
 }
 
 // summary is one line of where m is: state, progress over all
-// collections, rate (rows/s over all of them) and ETA, and lag.
+// collections, rate (rows/s over all of them) and ETA, lag, and the
+// clusters that do not answer.
 func summary(m *zdmpb.Migration, rate float64) string {
 	var total int64
 	var eta time.Duration
@@ -169,6 +170,9 @@ func summary(m *zdmpb.Migration, rate float64) string {
 	}
 	if l := m.GetLag().GetLag(); l != nil {
 		parts = append(parts, "lag "+l.AsDuration().Round(100*time.Millisecond).String())
+	}
+	for _, p := range m.GetClusterProblems() {
+		parts = append(parts, "not answering: "+problemLine(p))
 	}
 	return strings.Join(parts, "  ")
 }

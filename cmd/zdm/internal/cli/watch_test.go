@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -47,4 +48,28 @@ func TestHelp(t *testing.T) {
 	require.Equal(t, ExitUsage, Run(context.Background(), []string{"migrate", "create", "--frobnicate"}, &out, &errOut))
 	require.Equal(t, 1, strings.Count(errOut.String(), "\n"), errOut.String())
 	require.Empty(t, out.String())
+}
+
+// TestClusterProblemShown: a cluster that stops answering shows in every
+// view of the migration, with its role, ID, since when, attempts, fail
+// time and last error, and not once it answers again.
+func TestClusterProblemShown(t *testing.T) {
+	since := time.Date(2026, 1, 1, 12, 0, 0, 0, time.Local)
+	m := &zdmpb.Migration{MigrationId: "m1", State: zdmpb.MigrationState_MIGRATION_STATE_COPYING, SourceClusterId: "src", TargetClusterId: "tgt",
+		Collections: []*zdmpb.CollectionProgress{{Database: "shop", Collection: "items", RowsCopied: 127, RowsTotal: 34_498}},
+		ClusterProblems: []*zdmpb.ClusterProblem{{Role: zdmpb.ClusterRole_CLUSTER_ROLE_TARGET, ClusterId: "tgt",
+			Since: timestamppb.New(since), FailTime: timestamppb.New(since.Add(10 * time.Minute)), FailedAttempts: 4,
+			LastError: "connection refused", LastErrorTime: timestamppb.New(since.Add(time.Minute))}}}
+	want := `target "tgt" since 12:00:00, 4 failed attempts, fails at 12:10:00 if still down; last error: connection refused`
+	var printed strings.Builder
+	require.NoError(t, printMigration(&printed, m))
+	require.Contains(t, printed.String(), "not answering  "+want)
+	require.Equal(t, "COPYING  127/34498 rows (0%)  not answering: "+want, summary(m, 0))
+	require.Contains(t, newScreen().with(m).View(), want)
+
+	m.ClusterProblems = nil
+	printed.Reset()
+	require.NoError(t, printMigration(&printed, m))
+	require.NotContains(t, printed.String(), "not answering")
+	require.NotContains(t, newScreen().with(m).View(), "not answering")
 }
