@@ -51,6 +51,10 @@ const (
 	EventsDurable = "coordinator"
 	// WorkDurable is the consumer of WorkStream every copier pulls from.
 	WorkDurable = "copiers"
+	// CopierCommandsDurable is the snapshot copiers' CommandsConsumer.
+	CopierCommandsDurable = "snapshot-copier"
+	// LagMonitorCommandsDurable is the lag monitors' CommandsConsumer.
+	LagMonitorCommandsDurable = "lag-monitor"
 )
 
 // EventsConsumer is the coordinator's consumer of every event kind it

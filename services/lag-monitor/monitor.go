@@ -110,7 +110,7 @@ func (m *Monitor) Start(ctx context.Context) error {
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
 	m.wg.Go(func() { m.lag.run(run) })
 	m.wg.Go(func() { n.run(run) })
-	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.tracer(), m.deps.Logger, "lag-monitor",
+	cc, err := stage.Consume(ctx, run, m.deps.Bus.JS, m.deps.Propagator, m.tracer(), m.deps.Logger, natsbus.LagMonitorCommandsDurable,
 		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_VERIFY}, time.Hour, m.verify)
 	if err != nil {
 		stop()

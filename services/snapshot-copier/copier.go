@@ -132,7 +132,7 @@ func (c *Copier) Start(ctx context.Context) error {
 			c.deps.Logger.Error("copy controls stopped: pause and throttle no longer apply", "error", err)
 		}
 	}()
-	cc, err := stage.Consume(ctx, wctx, c.deps.Bus.JS, c.deps.Propagator, c.tracer(), c.deps.Logger, "snapshot-copier",
+	cc, err := stage.Consume(ctx, wctx, c.deps.Bus.JS, c.deps.Propagator, c.tracer(), c.deps.Logger, natsbus.CopierCommandsDurable,
 		[]zdmpb.StageKind{zdmpb.StageKind_STAGE_KIND_PREPARE_TARGET, zdmpb.StageKind_STAGE_KIND_COPY_DATA, zdmpb.StageKind_STAGE_KIND_UNSPECIFIED},
 		30*time.Minute, c.command)
 	if err != nil {
