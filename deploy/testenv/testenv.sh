@@ -4,6 +4,7 @@
 #   deploy/testenv/testenv.sh up      install (once) and start every tier
 #   deploy/testenv/testenv.sh down    stop every server by its saved pid, delete its data
 #   deploy/testenv/testenv.sh status  show what runs
+#   deploy/testenv/testenv.sh ports   every port each server binds
 #
 # Everything lives under $ZDM_TESTENV_DIR (default .testenv/ in the repo):
 # one Python venv per tier, data/, logs/, pids/, and env, a file of shell
@@ -369,7 +370,11 @@ status)
     fi
   done
   ;;
+ports)
+  # Every port each server binds, one server a line: what down frees.
+  for n in $(names); do echo "$n $(ports_of "$n")"; done
+  ;;
 *)
-  die "unknown command $cmd (want up, down or status)"
+  die "unknown command $cmd (want up, down, status or ports)"
   ;;
 esac
