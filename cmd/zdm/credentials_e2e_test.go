@@ -15,61 +15,116 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/ztest"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
-// TestE2ENoCredentialsAtRest runs a migration between clusters registered
-// with a user and password, with a credentials key, then reads every
-// message of every stream and KV bucket on the bus, and every file the
-// embedded JetStream wrote to disk: the password appears nowhere in plain
-// form.
+// password is the clusters' password in the credentials tests: it must
+// appear nowhere on the bus or on its disk.
+const password = "Pa55-word-that-must-stay-secret"
+
+// startSealed starts zdm with a credentials key and an embedded JetStream
+// that writes to a directory of the test's, and registers "src" and
+// "tgt" with a user and password.
+func startSealed(t *testing.T, ctx context.Context, srcAddr, tgtAddr string, args ...string) (p process, dataDir string, mig zdmpb.MigrationServiceClient) {
+	t.Helper()
+	key := make([]byte, 32)
+	_, err := rand.Read(key)
+	require.NoError(t, err)
+	dataDir = t.TempDir()
+	p = start(t, append([]string{"-credentials-key", base64.StdEncoding.EncodeToString(key), "-data-dir", dataDir, "-nats-listen", "127.0.0.1:0"}, args...)...)
+	conn := dial(t, p.addrs.GRPC)
+	clusters := zdmpb.NewClusterServiceClient(conn)
+	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
+		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{
+			Endpoint: addr, Auth: &zdmpb.ClusterConnection_UserPassword{UserPassword: &zdmpb.UserPassword{Username: "root", Password: password}}}})
+		require.NoError(t, err)
+	}
+	return p, dataDir, zdmpb.NewMigrationServiceClient(conn)
+}
+
+// TestE2ENoCredentialsAtRest runs an OFFLINE migration between clusters
+// registered with a user and password, with a credentials key, then reads
+// every message of every stream and KV bucket on the bus, and every file
+// the embedded JetStream wrote to disk: the password appears nowhere in
+// plain form.
 func TestE2ENoCredentialsAtRest(t *testing.T) {
 	ztest.Integration(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
 	seedShop(t, ctx, srcAddr, 2000)
-
-	key := make([]byte, 32)
-	_, err := rand.Read(key)
-	require.NoError(t, err)
-	dataDir := t.TempDir()
-	p := start(t, "-credentials-key", base64.StdEncoding.EncodeToString(key), "-data-dir", dataDir, "-nats-listen", "127.0.0.1:0")
-	conn := dial(t, p.addrs.GRPC)
-	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
-	const password = "Pa55-word-that-must-stay-secret"
-	for id, addr := range map[string]string{"src": srcAddr, "tgt": tgtAddr} {
-		_, err := clusters.RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{ClusterId: id, Connection: &zdmpb.ClusterConnection{
-			Endpoint: addr, Auth: &zdmpb.ClusterConnection_UserPassword{UserPassword: &zdmpb.UserPassword{Username: "root", Password: password}}}})
-		require.NoError(t, err)
-	}
-	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "secret", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+	p, dataDir, mig := startSealed(t, ctx, srcAddr, tgtAddr)
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "secret", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)
 	m := waitMigration(t, ctx, mig, "secret", 2*time.Minute, terminal, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
+	requireNoPassword(t, ctx, p.addrs.NATS, dataDir)
+}
 
-	nc, err := nats.Connect(p.addrs.NATS)
+// TestE2ENoCredentialsAtRestZeroDowntime does the same for a
+// ZERO_DOWNTIME migration that applications write through the gateway the
+// whole time, finalised by a switchover, so that the change stream and
+// the buckets of the gateways, the applier and the switchover hold data
+// too.
+func TestE2ENoCredentialsAtRestZeroDowntime(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
+	seedShop(t, ctx, srcAddr, 2000)
+	gw := freeAddr(t)
+	p, dataDir, mig := startSealed(t, ctx, srcAddr, tgtAddr, "-gateway-cluster", "src", "-gateway-addr", gw)
+	l := startLoad(t, ctx, gw, "shop", false)
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "secret", Type: zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME,
+		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
+	require.NoError(t, err)
+	m := waitMigration(t, ctx, mig, "secret", 3*time.Minute, func(m *zdmpb.Migration) bool {
+		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE || terminal(m)
+	}, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE, m.GetState(), "error: %v", m.GetError())
+	_, err = mig.Switchover(ctx, &zdmpb.SwitchoverRequest{MigrationId: "secret", MaxWritePause: durationpb.New(10 * time.Second)})
+	require.NoError(t, err)
+	m = waitMigration(t, ctx, mig, "secret", 2*time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v", m.GetError())
+	require.NotNil(t, m.GetSwitchover().GetSwitchTime(), "finalised by a switchover")
+	l.end(t)
+
+	read := requireNoPassword(t, ctx, p.addrs.NATS, dataDir)
+	for _, stream := range []string{natsbus.ChangesStream, "KV_" + natsbus.GatewaysBucket.Name, "KV_" + natsbus.AppliedBucket.Name, "KV_" + natsbus.SwitchoversBucket.Name} {
+		require.Positive(t, read[stream], "stream %s held messages to read", stream)
+	}
+}
+
+// requireNoPassword reads every message of every stream and KV bucket on
+// the bus at natsURL, and every file under dataDir: none may hold the
+// password. It returns how many messages it read in each stream.
+func requireNoPassword(t *testing.T, ctx context.Context, natsURL, dataDir string) map[string]int {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
 	require.NoError(t, err)
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	streams, messages := 0, 0
+	read, messages := map[string]int{}, 0
 	names := js.StreamNames(ctx)
 	for name := range names.Name() {
 		s, err := js.Stream(ctx, name)
 		require.NoError(t, err)
 		info, err := s.Info(ctx)
 		require.NoError(t, err)
-		streams++
+		read[name] += 0
 		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 			msg, err := s.GetMsg(ctx, seq)
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				continue // deleted or superseded
 			}
 			require.NoError(t, err)
+			read[name]++
 			messages++
 			require.False(t, bytes.Contains(msg.Data, []byte(password)), "stream %s message %d (%s) holds the password", name, seq, msg.Subject)
 			for h, vs := range msg.Header {
@@ -80,7 +135,7 @@ func TestE2ENoCredentialsAtRest(t *testing.T) {
 		}
 	}
 	require.NoError(t, names.Err())
-	require.GreaterOrEqual(t, streams, 8, "the four streams and the KV buckets were read")
+	require.GreaterOrEqual(t, len(read), 8, "the four streams and the KV buckets were read")
 	require.Positive(t, messages)
 
 	files := 0
@@ -97,5 +152,6 @@ func TestE2ENoCredentialsAtRest(t *testing.T) {
 		return nil
 	}))
 	require.Positive(t, files)
-	t.Logf("read %d messages in %d streams and %d files: no password in plain form", messages, streams, files)
+	t.Logf("read %d messages in %d streams and %d files: no password in plain form", messages, len(read), files)
+	return read
 }
