@@ -89,7 +89,7 @@ func (l LiveStages) Serves(ctx context.Context, stage zdmpb.StageKind) (bool, er
 	if err != nil {
 		return false, fmt.Errorf("stages served: %w", err)
 	}
-	defer func() { _ = keys.Stop() }()
+	defer func() { _ = keys.Stop() }() // the lister only reads: stopping it has nothing to undo
 	for range keys.Keys() {
 		return true, nil
 	}

@@ -196,7 +196,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 		return fmt.Errorf("watch migration: %w", err)
 	}
 	go func() {
-		defer func() { _ = w.Stop() }()
+		defer func() { _ = w.Stop() }() // the watch only reads: stopping it has nothing to undo
 		for e := range w.Updates() {
 			if e == nil {
 				continue
@@ -228,7 +228,7 @@ func (a *appliers) apply(ctx context.Context, m *zdmpb.Migration, leaseRev uint6
 	}) {
 		return nil
 	}
-	defer tgt.Close()
+	defer stage.CloseClients(ctx, a.log, tgt)
 	if err := a.loadTarget(ctx, m, tgt); err != nil || ctx.Err() != nil {
 		return err
 	}
@@ -428,7 +428,7 @@ func (a *appliers) loadTarget(ctx context.Context, m *zdmpb.Migration, tgt *milv
 		if err != nil {
 			return err
 		}
-		defer src.Close()
+		defer stage.CloseClients(ctx, a.log, src)
 		return milvusx.LoadLikeSource(ctx, src, tgt)
 	})
 	return nil // done, or stopping (the caller sees ctx)

@@ -184,8 +184,7 @@ func (s *Streamer) Start(ctx context.Context) error {
 	var viewLis net.Listener
 	if s.cfg.TargetViewAddr != "" {
 		if viewLis, err = net.Listen("tcp", s.cfg.TargetViewAddr); err != nil {
-			_ = lis.Close()
-			return fail(fmt.Errorf("target view on --gateway-target-view-addr %s: %w", s.cfg.TargetViewAddr, err))
+			return fail(errors.Join(fmt.Errorf("target view on --gateway-target-view-addr %s: %w", s.cfg.TargetViewAddr, err), lis.Close()))
 		}
 	}
 	src := newSourceClient(s.deps.Registry, s.cfg.GatewayCluster)

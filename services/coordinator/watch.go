@@ -38,7 +38,7 @@ func (c *Coordinator) WatchMigration(req *zdmpb.WatchMigrationRequest, stream gr
 	if err != nil {
 		return fmt.Errorf("watch migration %q: %w", id, err)
 	}
-	defer func() { _ = w.Stop() }()
+	defer func() { _ = w.Stop() }() // the watch only reads: stopping it has nothing to undo
 	if from == 0 && IsTerminal(cur.GetState()) {
 		return stream.Send(&zdmpb.WatchMigrationResponse{Migration: withRevision(cur, rev)})
 	}

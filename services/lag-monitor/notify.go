@@ -320,7 +320,9 @@ func (n *notifier) email(ctx context.Context, key string, m *zdmpb.Migration, no
 	} else {
 		c = smtp.NewClient(conn)
 	}
-	defer c.Close()
+	// After Quit the connection is closed already; before it, on an error,
+	// closing is all that is left to do.
+	defer func() { _ = c.Close() }()
 	if n.cfg.SMTPUser != "" {
 		if err := c.Auth(sasl.NewPlainClient("", n.cfg.SMTPUser, n.cfg.SMTPPassword)); err != nil {
 			return err

@@ -74,7 +74,7 @@ func (c *Controls) Run(ctx context.Context, js jetstream.JetStream, replicas int
 	if err != nil {
 		return fmt.Errorf("watch copy controls: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
+	defer func() { _ = w.Stop() }() // the watch only reads: stopping it has nothing to undo
 	renew := time.NewTicker(copierRenew)
 	defer renew.Stop()
 	c.announce(ctx, live, copierID, log)
