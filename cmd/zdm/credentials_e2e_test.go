@@ -87,6 +87,11 @@ func TestE2ENoCredentialsAtRestZeroDowntime(t *testing.T) {
 		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE || terminal(m)
 	}, nil)
 	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_READY_TO_FINALIZE, m.GetState(), "error: %v", m.GetError())
+	// The applier frees the changes it applied: read them while the
+	// writers go on, until some are there to read.
+	js := jetStream(t, p.addrs.NATS)
+	ztest.Eventually(t, time.Minute, func() bool { return scanStream(t, ctx, js, natsbus.ChangesStream) > 0 },
+		"no change on %s to read while writes go on", natsbus.ChangesStream)
 	_, err = mig.Switchover(ctx, &zdmpb.SwitchoverRequest{MigrationId: "secret", MaxWritePause: durationpb.New(10 * time.Second)})
 	require.NoError(t, err)
 	m = waitMigration(t, ctx, mig, "secret", 2*time.Minute, terminal, nil)
@@ -95,9 +100,46 @@ func TestE2ENoCredentialsAtRestZeroDowntime(t *testing.T) {
 	l.end(t)
 
 	read := requireNoPassword(t, ctx, p.addrs.NATS, dataDir)
-	for _, stream := range []string{natsbus.ChangesStream, "KV_" + natsbus.GatewaysBucket.Name, "KV_" + natsbus.AppliedBucket.Name, "KV_" + natsbus.SwitchoversBucket.Name} {
+	for _, stream := range []string{"KV_" + natsbus.GatewaysBucket.Name, "KV_" + natsbus.AppliedBucket.Name, "KV_" + natsbus.SwitchoversBucket.Name} {
 		require.Positive(t, read[stream], "stream %s held messages to read", stream)
 	}
+}
+
+// jetStream connects to the bus at natsURL for the test.
+func jetStream(t *testing.T, natsURL string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return js
+}
+
+// scanStream reads every message the stream name holds now, fails t if
+// one holds the password, and returns how many it read.
+func scanStream(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) int {
+	t.Helper()
+	s, err := js.Stream(ctx, name)
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	read := 0
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		msg, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // deleted or superseded
+		}
+		require.NoError(t, err)
+		read++
+		require.False(t, bytes.Contains(msg.Data, []byte(password)), "stream %s message %d (%s) holds the password", name, seq, msg.Subject)
+		for h, vs := range msg.Header {
+			for _, v := range vs {
+				require.NotContains(t, v, password, "stream %s message %d header %s", name, seq, h)
+			}
+		}
+	}
+	return read
 }
 
 // requireNoPassword reads every message of every stream and KV bucket on
@@ -105,34 +147,12 @@ func TestE2ENoCredentialsAtRestZeroDowntime(t *testing.T) {
 // password. It returns how many messages it read in each stream.
 func requireNoPassword(t *testing.T, ctx context.Context, natsURL, dataDir string) map[string]int {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := jetStream(t, natsURL)
 	read, messages := map[string]int{}, 0
 	names := js.StreamNames(ctx)
 	for name := range names.Name() {
-		s, err := js.Stream(ctx, name)
-		require.NoError(t, err)
-		info, err := s.Info(ctx)
-		require.NoError(t, err)
-		read[name] += 0
-		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-			msg, err := s.GetMsg(ctx, seq)
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue // deleted or superseded
-			}
-			require.NoError(t, err)
-			read[name]++
-			messages++
-			require.False(t, bytes.Contains(msg.Data, []byte(password)), "stream %s message %d (%s) holds the password", name, seq, msg.Subject)
-			for h, vs := range msg.Header {
-				for _, v := range vs {
-					require.NotContains(t, v, password, "stream %s message %d header %s", name, seq, h)
-				}
-			}
-		}
+		read[name] = scanStream(t, ctx, js, name)
+		messages += read[name]
 	}
 	require.NoError(t, names.Err())
 	require.GreaterOrEqual(t, len(read), 8, "the four streams and the KV buckets were read")
