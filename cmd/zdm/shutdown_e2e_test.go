@@ -195,3 +195,48 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 	_, exitErr = q.sigterm(timeout + 3*time.Second)
 	require.NoError(t, exitErr)
 }
+
+// TestE2ESigtermWithTargetDown sends SIGTERM to bin/zdm while its copy
+// retries a target that died: the process still stops within its shutdown
+// timeout and exits 0. Restarted, with the target back, the copy resumes
+// from its checkpoints and the target equals the source. The target is
+// milvus-lite 2.5, which keeps what it acknowledged across a crash.
+func TestE2ESigtermWithTargetDown(t *testing.T) {
+	ztest.Integration(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	srcAddr, tgt := ztest.NewServer(t, "lite2"), ztest.StartServer(t, "lite2")
+	const rows = 12000
+	seedDefault(t, ctx, srcAddr, rows)
+
+	addr, dataDir := freeAddr(t), t.TempDir()
+	const timeout = 5 * time.Second
+	args := []string{"-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0", "-data-dir", dataDir,
+		"-shutdown-timeout", timeout.String(), "-cluster-down-timeout", "5m"}
+	p := startBinary(t, args...)
+	waitHealthy(t, addr, p.logs)
+	conn := dial(t, addr)
+	mig := zdmpb.NewMigrationServiceClient(conn)
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgt.Addr)
+	throttledOffline(t, ctx, mig, "termdown")
+	copyingWithRows(t, ctx, mig, "termdown")
+
+	tgt.Kill()
+	waitMigration(t, ctx, mig, "termdown", time.Minute, func(m *zdmpb.Migration) bool { return len(m.GetClusterProblems()) > 0 }, nil)
+	took, exitErr := p.sigterm(timeout + 3*time.Second)
+	require.NoError(t, exitErr, "exit status after SIGTERM; logs:\n%s", p.logs)
+	require.Less(t, took, timeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
+	t.Logf("stopped %s after SIGTERM with the target down", took.Round(time.Millisecond))
+
+	tgt.Start()
+	q := startBinary(t, args...)
+	waitHealthy(t, addr, q.logs)
+	m := waitMigration(t, ctx, mig, "termdown", 2*time.Minute, terminal, nil)
+	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v; logs:\n%s", m.GetError(), q.logs)
+	report := compareSides(t, ctx, srcAddr, tgt.Addr, "default", "items")
+	require.True(t, report.Match(), report.String())
+	require.Equal(t, int64(rows), report.TargetCount)
+	require.Equal(t, report.TargetCount, report.TargetDistinct, "no row twice")
+	_, exitErr = q.sigterm(timeout + 3*time.Second)
+	require.NoError(t, exitErr)
+}
