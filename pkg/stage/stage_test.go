@@ -168,12 +168,11 @@ func (c *calls) next(t *testing.T, timeout time.Duration) *eventspb.StageCommand
 	}
 }
 
-// TestIntegrationConsumeReportsSuccess: a command on one of the consumed
+// TestConsumeReportsSuccess: a command on one of the consumed
 // stages runs the handler once, with the command as sent, and its success
 // is reported as a StageCompleted; a command for another stage is not
 // handled.
-func TestIntegrationConsumeReportsSuccess(t *testing.T) {
-	ztest.Integration(t)
+func TestConsumeReportsSuccess(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	// Not for this consumer: were it handled, the handler would see it
 	// first, and twice in all.
@@ -207,10 +206,9 @@ func TestIntegrationConsumeReportsSuccess(t *testing.T) {
 	require.NotNil(t, ev.GetTime())
 }
 
-// TestIntegrationConsumeReportsFailure: a handler's error fails the stage
+// TestConsumeReportsFailure: a handler's error fails the stage
 // with its code, STAGE_FAILED when it gives none, and its text.
-func TestIntegrationConsumeReportsFailure(t *testing.T) {
-	ztest.Integration(t)
+func TestConsumeReportsFailure(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	codeOf := map[string]eventspb.StageError{"coded": eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH}
 	consume(t, bus, func(_ context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
@@ -236,11 +234,10 @@ func TestIntegrationConsumeReportsFailure(t *testing.T) {
 	waitAcked(t, bus) // a failed stage is acked, not retried
 }
 
-// TestIntegrationConsumePendingReportsNothing: a handler that returns
+// TestConsumePendingReportsNothing: a handler that returns
 // ErrPending leaves the stage's end to other events: the command is acked
 // and nothing is reported.
-func TestIntegrationConsumePendingReportsNothing(t *testing.T) {
-	ztest.Integration(t)
+func TestConsumePendingReportsNothing(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	c := newCalls()
 	consume(t, bus, func(ctx context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
@@ -256,12 +253,11 @@ func TestIntegrationConsumePendingReportsNothing(t *testing.T) {
 	require.Equal(t, int64(1), c.n.Load())
 }
 
-// TestIntegrationConsumeRetriesUnreachableCluster: a handler that cannot
+// TestConsumeRetriesUnreachableCluster: a handler that cannot
 // reach a cluster fails the attempt, not the stage: a WorkFailed naming
 // the cluster is reported instead of a StageCompleted, and the command is
 // delivered again, here to succeed.
-func TestIntegrationConsumeRetriesUnreachableCluster(t *testing.T) {
-	ztest.Integration(t)
+func TestConsumeRetriesUnreachableCluster(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	c := newCalls()
 	release := make(chan struct{})
@@ -307,10 +303,9 @@ func TestIntegrationConsumeRetriesUnreachableCluster(t *testing.T) {
 	require.Equal(t, int64(2), c.n.Load(), "delivered twice: once, then once again")
 }
 
-// TestIntegrationConsumeStopLeavesCommand: a service that stops while its
+// TestConsumeStopLeavesCommand: a service that stops while its
 // handler runs reports nothing, and the command goes to the next replica.
-func TestIntegrationConsumeStopLeavesCommand(t *testing.T) {
-	ztest.Integration(t)
+func TestConsumeStopLeavesCommand(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	first := newCalls()
 	stop := consume(t, bus, func(ctx context.Context, cmd *eventspb.StageCommand) (eventspb.StageError, error) {
@@ -340,10 +335,9 @@ func TestIntegrationConsumeStopLeavesCommand(t *testing.T) {
 	require.True(t, done[0].GetSuccess())
 }
 
-// TestIntegrationReport: Report publishes one StageCompleted per command,
+// TestReport: Report publishes one StageCompleted per command,
 // however often it is called, and nothing for ErrPending.
-func TestIntegrationReport(t *testing.T) {
-	ztest.Integration(t)
+func TestReport(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -179,10 +179,9 @@ func TestAPIRefusesMalformedInput(t *testing.T) {
 	}
 }
 
-// TestIntegrationRegisterClusterRefusesNonMilvus registers a gRPC server
+// TestRegisterClusterRefusesNonMilvus registers a gRPC server
 // that answers only health checks: the probe finds no Milvus there.
-func TestIntegrationRegisterClusterRefusesNonMilvus(t *testing.T) {
-	ztest.Integration(t)
+func TestRegisterClusterRefusesNonMilvus(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	h := newHarness(t, bus, newClock())
 	ctx := ctxT(t)

@@ -88,11 +88,10 @@ func checkIs(c *Controls, migration string, want error) func() bool {
 	}
 }
 
-// TestIntegrationControlsPauseAndResume: a copier that starts while a
+// TestControlsPauseAndResume: a copier that starts while a
 // migration is paused sees it paused from its first check; resuming and
 // pausing again reach it through the bucket.
-func TestIntegrationControlsPauseAndResume(t *testing.T) {
-	ztest.Integration(t)
+func TestControlsPauseAndResume(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	kv := controlsBucket(t, bus)
 	putControl(t, kv, &eventspb.CopyControl{MigrationId: "m1", Paused: true, MigrationRevision: 5})
@@ -115,10 +114,9 @@ func TestIntegrationControlsPauseAndResume(t *testing.T) {
 	ztest.Eventually(t, 10*time.Second, checkIs(c, "m1", errPaused), "m1 not paused after the pause")
 }
 
-// TestIntegrationControlsEnded: a migration whose control is gone, or
+// TestControlsEnded: a migration whose control is gone, or
 // never was, has ended: its units are dropped.
-func TestIntegrationControlsEnded(t *testing.T) {
-	ztest.Integration(t)
+func TestControlsEnded(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	kv := controlsBucket(t, bus)
 	c := runControls(t, bus, "copier-a")
@@ -135,11 +133,10 @@ func TestIntegrationControlsEnded(t *testing.T) {
 	ztest.Eventually(t, 10*time.Second, checkIs(c, "m1", errEnded), "m1 not ended after its control was purged")
 }
 
-// TestIntegrationControlsThrottle: a throttle sets this copier's limits,
+// TestControlsThrottle: a throttle sets this copier's limits,
 // Wait paces rows to them and reports the copy alive meanwhile, and a
 // pause stops a long wait.
-func TestIntegrationControlsThrottle(t *testing.T) {
-	ztest.Integration(t)
+func TestControlsThrottle(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	kv := controlsBucket(t, bus)
 	c := runControls(t, bus, "copier-a")
@@ -188,10 +185,9 @@ func TestIntegrationControlsThrottle(t *testing.T) {
 	require.Less(t, bursts.Load(), int64(100), "the wait took every row despite the pause")
 }
 
-// TestIntegrationControlsShareThrottle: live copiers share a migration's
+// TestControlsShareThrottle: live copiers share a migration's
 // throttle evenly, and a copier that goes away gives its share back.
-func TestIntegrationControlsShareThrottle(t *testing.T) {
-	ztest.Integration(t)
+func TestControlsShareThrottle(t *testing.T) {
 	bus, _ := ztest.Bus(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
