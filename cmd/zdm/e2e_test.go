@@ -147,6 +147,15 @@ func TestE2EAllInOne(t *testing.T) {
 		ClusterId: "src", Connection: &zdmpb.ClusterConnection{Endpoint: "no-port"},
 	})
 	require.Equal(t, codes.InvalidArgument, status.Code(err), "errors reach callers with their code: %v", err)
+	// zdm's own API answers gRPC but is no Milvus: it is refused, and not
+	// registered.
+	_, err = zdmpb.NewClusterServiceClient(conn).RegisterCluster(ctx, &zdmpb.RegisterClusterRequest{
+		ClusterId: "itself", Connection: &zdmpb.ClusterConnection{Endpoint: p.addrs.GRPC},
+	})
+	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), "answers gRPC but is not a Milvus server")
+	_, err = zdmpb.NewClusterServiceClient(conn).GetCluster(ctx, &zdmpb.GetClusterRequest{ClusterId: "itself"})
+	require.Equal(t, codes.NotFound, status.Code(err), "%v", err)
 	// No gateway stands in front of the source: a ZERO_DOWNTIME migration
 	// is refused at once, saying what is missing, instead of capturing
 	// nothing.
