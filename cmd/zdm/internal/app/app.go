@@ -259,11 +259,18 @@ func reversed(s []step) []step {
 	return out
 }
 
+// leaveBehindAfter is how long shutdown waits, after a step's share has
+// run out, for the step to end before it leaves it behind: a step that
+// heeds its context still needs a moment to return.
+const leaveBehindAfter = 100 * time.Millisecond
+
 // shutdown runs steps in order, all within timeout. Each step gets its
 // weighted share of the time that is left, so one that hangs (a drain that
 // never ends) cannot use up the time of the steps after it, and time a
 // step leaves unused goes to the rest. A step that fails or runs out of
-// time is logged and the next one runs: once asked to stop, zdm stops.
+// time is logged and the next one runs: once asked to stop, zdm stops. A
+// step that does not heed its context (one that cannot be cut short) is
+// left behind at the end of its share, to end with the process.
 func shutdown(ctx context.Context, timeout time.Duration, steps []step, logger *slog.Logger) {
 	base := context.WithoutCancel(ctx)
 	deadline := time.Now().Add(timeout)
@@ -276,7 +283,18 @@ func shutdown(ctx context.Context, timeout time.Duration, steps []step, logger *
 		weights -= st.weight
 		sctx, cancel := context.WithTimeout(base, share)
 		start := time.Now()
-		err := st.stop(sctx)
+		done := make(chan error, 1)
+		go func() { done <- st.stop(sctx) }()
+		var err error
+		select {
+		case err = <-done:
+		case <-sctx.Done():
+			select {
+			case err = <-done: // it heeds its context: it ends just after it
+			case <-time.After(leaveBehindAfter):
+				err = fmt.Errorf("still running at the end of its share: %w", sctx.Err())
+			}
+		}
 		cancel()
 		if err != nil {
 			logger.Warn("shutdown step did not finish cleanly", slog.String("step", st.name),
