@@ -18,7 +18,7 @@ import (
 // is back, the applier applies what waited, lag falls under a second and
 // the target equals the source before any repair: nothing was lost. The
 // servers are milvus-lite 2.5, which keeps what it acknowledged across a
-// crash (see TestE2ETargetDownAndBack).
+// crash (see TestE2EClusterDownAndBack).
 func TestE2EApplierTargetDown(t *testing.T) {
 	ztest.Integration(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
