@@ -180,6 +180,7 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 		{&lagpb.VerifyRequest{Source: pair.Source, Target: pair.Target, Collections: []string{"shop.nope"}}, codes.NotFound},
 		{&lagpb.VerifyRequest{Source: &zdmpb.ClusterConnection{Endpoint: "127.0.0.1:99999"}, Target: pair.Target}, codes.InvalidArgument},
 		{&lagpb.VerifyRequest{Source: pair.Source, Target: &zdmpb.ClusterConnection{Endpoint: "host:port"}}, codes.InvalidArgument},
+		{&lagpb.VerifyRequest{MigrationId: "Has Space", Source: pair.Source, Target: pair.Target}, codes.InvalidArgument},
 	} {
 		_, err := lag.Verify(ctx, bad.req)
 		require.Equal(t, bad.code, status.Code(err), "%v: %v", bad.req, err)

@@ -376,6 +376,11 @@ func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, ra
 
 // Verify implements lagpb.LagMonitorServiceServer.
 func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.VerifyResponse, error) {
+	if id := req.GetMigrationId(); id != "" {
+		if err := validate.ID("migration_id", "migration", id); err != nil {
+			return nil, err
+		}
+	}
 	if err := validate.Connection("source", req.GetSource()); err != nil {
 		return nil, err
 	}
