@@ -100,7 +100,7 @@ func TestE2ENoCredentialsAtRestZeroDowntime(t *testing.T) {
 	l.end(t)
 
 	read := requireNoPassword(t, ctx, p.addrs.NATS, dataDir)
-	for _, stream := range []string{"KV_" + natsbus.GatewaysBucket.Name, "KV_" + natsbus.AppliedBucket.Name, "KV_" + natsbus.SwitchoversBucket.Name} {
+	for _, stream := range []string{natsbus.GatewaysBucket.Stream(), natsbus.AppliedBucket.Stream(), natsbus.SwitchoversBucket.Stream()} {
 		require.Positive(t, read[stream], "stream %s held messages to read", stream)
 	}
 }

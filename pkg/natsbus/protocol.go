@@ -261,6 +261,9 @@ func Buckets() []Bucket {
 		GatewaysBucket, AppliedBucket, AppliersBucket, SwitchoversBucket, NoticesBucket}
 }
 
+// Stream is the name of the JetStream stream that holds the bucket.
+func (b Bucket) Stream() string { return "KV_" + b.Name }
+
 // Open creates the bucket, or updates its configuration, and returns it.
 // It is safe to call from any number of processes at once.
 func (b Bucket) Open(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
