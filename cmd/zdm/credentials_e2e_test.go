@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -103,17 +102,6 @@ func TestE2ENoCredentialsAtRestZeroDowntime(t *testing.T) {
 	for _, stream := range []string{natsbus.GatewaysBucket.Stream(), natsbus.AppliedBucket.Stream(), natsbus.SwitchoversBucket.Stream()} {
 		require.Positive(t, read[stream], "stream %s held messages to read", stream)
 	}
-}
-
-// jetStream connects to the bus at natsURL for the test.
-func jetStream(t *testing.T, natsURL string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	return js
 }
 
 // scanStream reads every message the stream name holds now, fails t if

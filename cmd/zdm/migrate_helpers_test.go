@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -140,4 +141,15 @@ func createWhenServed(t *testing.T, ctx context.Context, mig zdmpb.MigrationServ
 		return status.Code(err) != codes.FailedPrecondition || !(strings.Contains(msg, "no running zdm process") || strings.Contains(msg, "no zdm gateway"))
 	}, "stages not served: %v", lazy(func() string { return fmt.Sprint(err) }))
 	require.NoError(t, err)
+}
+
+// jetStream connects to the bus at natsURL for the test.
+func jetStream(t *testing.T, natsURL string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	return js
 }

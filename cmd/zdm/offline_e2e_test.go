@@ -9,8 +9,6 @@ import (
 
 	"github.com/milvus-io/milvus-sdk-go/v2/client"
 	"github.com/milvus-io/milvus-sdk-go/v2/entity"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -125,13 +123,8 @@ func TestE2EOfflineMigrationFailsOnMismatch(t *testing.T) {
 	conn := dial(t, p.addrs.GRPC)
 	clusters, mig := zdmpb.NewClusterServiceClient(conn), zdmpb.NewMigrationServiceClient(conn)
 	registerPair(t, ctx, clusters, srcAddr, tgtAddr)
-	nc, err := nats.Connect(p.addrs.NATS)
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	announceStages(t, js, zdmpb.StageKind_STAGE_KIND_VERIFY)
-	_, err = mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off2", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
+	announceStages(t, jetStream(t, p.addrs.NATS), zdmpb.StageKind_STAGE_KIND_VERIFY)
+	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "off2", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
 		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 1000}})
 	require.NoError(t, err)
 	waitMigration(t, ctx, mig, "off2", 2*time.Minute, inState(zdmpb.MigrationState_MIGRATION_STATE_VERIFYING), nil)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -97,6 +98,65 @@ func waitHealthy(t *testing.T, addr string, logs *syncBuffer) {
 	}, "zdm not SERVING; logs:\n%s", logs)
 }
 
+// stoppable is bin/zdm on a fixed address and data directory with a short
+// shutdown timeout, clusters "src" and "tgt" registered and a throttled
+// OFFLINE migration copying between them: what the SIGTERM tests stop
+// and start again.
+type stoppable struct {
+	t    *testing.T
+	args []string
+	addr string
+	p    *binaryProcess
+	conn *grpc.ClientConn
+	mig  zdmpb.MigrationServiceClient
+}
+
+// termTimeout is the stoppable process's --shutdown-timeout.
+const termTimeout = 5 * time.Second
+
+func startStoppable(t *testing.T, ctx context.Context, srcAddr, tgtAddr, id string, extra ...string) *stoppable {
+	t.Helper()
+	addr := freeAddr(t)
+	args := append([]string{"-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0", "-data-dir", t.TempDir(),
+		"-shutdown-timeout", termTimeout.String()}, extra...)
+	p := startBinary(t, args...)
+	waitHealthy(t, addr, p.logs)
+	conn := dial(t, addr)
+	s := &stoppable{t: t, args: args, addr: addr, p: p, conn: conn, mig: zdmpb.NewMigrationServiceClient(conn)}
+	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
+	// A throttle keeps the copy running while the process is stopped.
+	throttledOffline(t, ctx, s.mig, id)
+	return s
+}
+
+// sigterm stops the process and requires exit 0 within the shutdown
+// timeout (plus the process's own exit); it returns how long it took.
+func (s *stoppable) sigterm() time.Duration {
+	s.t.Helper()
+	took, exitErr := s.p.sigterm(termTimeout + 3*time.Second)
+	require.NoError(s.t, exitErr, "exit status after SIGTERM; logs:\n%s", s.p.logs)
+	require.Less(s.t, took, termTimeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
+	return took
+}
+
+// restartAndComplete starts the process again on the same data
+// directory: the copy goes on from its checkpoints and completes, the
+// target's collection db.items equals the source's with rows rows, none
+// twice; then it stops the process again.
+func (s *stoppable) restartAndComplete(ctx context.Context, id, srcAddr, tgtAddr, db string, rows int64) {
+	s.t.Helper()
+	s.p = startBinary(s.t, s.args...)
+	waitHealthy(s.t, s.addr, s.p.logs)
+	m := waitMigration(s.t, ctx, s.mig, id, 2*time.Minute, terminal, nil)
+	require.Equal(s.t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v; logs:\n%s", m.GetError(), s.p.logs)
+	report := compareSides(s.t, ctx, srcAddr, tgtAddr, db, "items")
+	require.True(s.t, report.Match(), report.String())
+	require.Equal(s.t, rows, report.TargetCount)
+	require.Equal(s.t, report.TargetCount, report.TargetDistinct, "no row twice")
+	_, exitErr := s.p.sigterm(termTimeout + 3*time.Second)
+	require.NoError(s.t, exitErr)
+}
+
 // TestE2ESigtermDuringCopy sends SIGTERM to bin/zdm while a copy runs, a
 // verification runs and two WatchMigration streams are open: the streams
 // end with UNAVAILABLE, the verification returns,
@@ -110,25 +170,11 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 	srcAddr, tgtAddr := ztest.NewServer(t, "lite3"), ztest.NewServer(t, "lite3")
 	const rows = 12000
 	seedShop(t, ctx, srcAddr, rows)
-
-	addr, dataDir := freeAddr(t), t.TempDir()
-	const timeout = 5 * time.Second
-	args := []string{"-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0", "-data-dir", dataDir,
-		"-shutdown-timeout", timeout.String()}
-	p := startBinary(t, args...)
-	waitHealthy(t, addr, p.logs)
-	conn := dial(t, addr)
-	mig := zdmpb.NewMigrationServiceClient(conn)
-	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgtAddr)
-	// A throttle keeps the copy running while the process is stopped.
-	_, err := mig.CreateMigration(ctx, &zdmpb.CreateMigrationRequest{MigrationId: "term", Type: zdmpb.MigrationType_MIGRATION_TYPE_OFFLINE,
-		SourceClusterId: "src", TargetClusterId: "tgt", Options: &zdmpb.MigrationOptions{WorkUnitRows: 2000,
-			Throttle: &zdmpb.Throttle{MaxRowsPerSecond: 1500}}})
-	require.NoError(t, err)
+	s := startStoppable(t, ctx, srcAddr, tgtAddr, "term")
 
 	ended := make(chan error, 2)
 	for range 2 {
-		w, err := mig.WatchMigration(ctx, &zdmpb.WatchMigrationRequest{MigrationId: "term"})
+		w, err := s.mig.WatchMigration(ctx, &zdmpb.WatchMigrationRequest{MigrationId: "term"})
 		require.NoError(t, err)
 		go func() {
 			for {
@@ -139,26 +185,17 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 			}
 		}()
 	}
-	m := waitMigration(t, ctx, mig, "term", time.Minute, func(m *zdmpb.Migration) bool {
-		copied := int64(0)
-		for _, c := range m.GetCollections() {
-			copied += c.GetRowsCopied()
-		}
-		return m.GetState() == zdmpb.MigrationState_MIGRATION_STATE_COPYING && copied > 0
-	}, nil)
-	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COPYING, m.GetState())
+	copyingWithRows(t, ctx, s.mig, "term")
 
 	// A verification in flight: the source against itself, in small ranges.
 	verified := make(chan error, 1)
 	go func() {
-		_, err := lagpb.NewLagMonitorServiceClient(conn).Verify(ctx, &lagpb.VerifyRequest{MigrationId: "term", RangeRows: 100,
+		_, err := lagpb.NewLagMonitorServiceClient(s.conn).Verify(ctx, &lagpb.VerifyRequest{MigrationId: "term", RangeRows: 100,
 			Source: &zdmpb.ClusterConnection{Endpoint: srcAddr}, Target: &zdmpb.ClusterConnection{Endpoint: srcAddr}})
 		verified <- err
 	}()
 	time.Sleep(200 * time.Millisecond) // not a wait for a condition: lets the call reach the server
-	took, exitErr := p.sigterm(timeout + 3*time.Second)
-	require.NoError(t, exitErr, "exit status after SIGTERM; logs:\n%s", p.logs)
-	require.Less(t, took, timeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
+	took := s.sigterm()
 	t.Logf("stopped %s after SIGTERM", took.Round(time.Millisecond))
 	for range 2 {
 		select {
@@ -179,21 +216,10 @@ func TestE2ESigtermDuringCopy(t *testing.T) {
 	// The API stops first, then the services in reverse order of start,
 	// then the bus, the embedded NATS server and telemetry.
 	require.Equal(t, []string{"gRPC API", "metrics endpoint", "stage announcements", "coordinator", "lag-monitor", "cdc-streamer", "snapshot-copier",
-		"NATS connection drain", "embedded NATS", "metrics provider", "trace export"}, p.stoppedSteps(), "logs:\n%s", p.logs)
-	require.NotContains(t, p.logs.String(), "did not finish cleanly")
+		"NATS connection drain", "embedded NATS", "metrics provider", "trace export"}, s.p.stoppedSteps(), "logs:\n%s", s.p.logs)
+	require.NotContains(t, s.p.logs.String(), "did not finish cleanly")
 
-	// Restarted on the same data directory, the copy goes on from its
-	// checkpoints and completes; the target equals the source.
-	q := startBinary(t, args...)
-	waitHealthy(t, addr, q.logs)
-	m = waitMigration(t, ctx, mig, "term", 2*time.Minute, terminal, nil)
-	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v; logs:\n%s", m.GetError(), q.logs)
-	report := compareSides(t, ctx, srcAddr, tgtAddr, "shop", "items")
-	require.True(t, report.Match(), report.String())
-	require.Equal(t, int64(rows), report.TargetCount)
-	require.Equal(t, report.TargetCount, report.TargetDistinct, "no row twice")
-	_, exitErr = q.sigterm(timeout + 3*time.Second)
-	require.NoError(t, exitErr)
+	s.restartAndComplete(ctx, "term", srcAddr, tgtAddr, "shop", rows)
 }
 
 // TestE2ESigtermWithTargetDown sends SIGTERM to bin/zdm while its copy
@@ -208,35 +234,14 @@ func TestE2ESigtermWithTargetDown(t *testing.T) {
 	srcAddr, tgt := ztest.NewServer(t, "lite2"), ztest.StartServer(t, "lite2")
 	const rows = 12000
 	seedDefault(t, ctx, srcAddr, rows)
-
-	addr, dataDir := freeAddr(t), t.TempDir()
-	const timeout = 5 * time.Second
-	args := []string{"-grpc-addr", addr, "-metrics-addr", "127.0.0.1:0", "-data-dir", dataDir,
-		"-shutdown-timeout", timeout.String(), "-cluster-down-timeout", "5m"}
-	p := startBinary(t, args...)
-	waitHealthy(t, addr, p.logs)
-	conn := dial(t, addr)
-	mig := zdmpb.NewMigrationServiceClient(conn)
-	registerPair(t, ctx, zdmpb.NewClusterServiceClient(conn), srcAddr, tgt.Addr)
-	throttledOffline(t, ctx, mig, "termdown")
-	copyingWithRows(t, ctx, mig, "termdown")
+	s := startStoppable(t, ctx, srcAddr, tgt.Addr, "termdown", "-cluster-down-timeout", "5m")
+	copyingWithRows(t, ctx, s.mig, "termdown")
 
 	tgt.Kill()
-	waitMigration(t, ctx, mig, "termdown", time.Minute, func(m *zdmpb.Migration) bool { return len(m.GetClusterProblems()) > 0 }, nil)
-	took, exitErr := p.sigterm(timeout + 3*time.Second)
-	require.NoError(t, exitErr, "exit status after SIGTERM; logs:\n%s", p.logs)
-	require.Less(t, took, timeout+time.Second, "stopped within --shutdown-timeout (plus the process's own exit)")
+	waitMigration(t, ctx, s.mig, "termdown", time.Minute, func(m *zdmpb.Migration) bool { return len(m.GetClusterProblems()) > 0 }, nil)
+	took := s.sigterm()
 	t.Logf("stopped %s after SIGTERM with the target down", took.Round(time.Millisecond))
 
 	tgt.Start()
-	q := startBinary(t, args...)
-	waitHealthy(t, addr, q.logs)
-	m := waitMigration(t, ctx, mig, "termdown", 2*time.Minute, terminal, nil)
-	require.Equal(t, zdmpb.MigrationState_MIGRATION_STATE_COMPLETED, m.GetState(), "error: %v; logs:\n%s", m.GetError(), q.logs)
-	report := compareSides(t, ctx, srcAddr, tgt.Addr, "default", "items")
-	require.True(t, report.Match(), report.String())
-	require.Equal(t, int64(rows), report.TargetCount)
-	require.Equal(t, report.TargetCount, report.TargetDistinct, "no row twice")
-	_, exitErr = q.sigterm(timeout + 3*time.Second)
-	require.NoError(t, exitErr)
+	s.restartAndComplete(ctx, "termdown", srcAddr, tgt.Addr, "default", rows)
 }

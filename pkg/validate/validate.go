@@ -27,9 +27,6 @@ const (
 
 var idPattern = regexp.MustCompile(`^` + IDExpr + `$`)
 
-// IsID reports whether s is a well-formed ID.
-func IsID(s string) bool { return idPattern.MatchString(s) }
-
 // ID refuses an ID that is missing, too long or malformed. field is the
 // request's field ("migration_id"), kind what it names ("cluster").
 func ID(field, kind, value string) error {
@@ -39,10 +36,18 @@ func ID(field, kind, value string) error {
 	case len(value) > maxIDLen:
 		// Not echoed: it can be as long as a gRPC message.
 		return bad("%s ID (%s) is %d bytes long: want %s", kind, field, len(value), IDForm)
-	case !IsID(value):
+	case !idPattern.MatchString(value):
 		return bad("%s ID %q (%s): want %s", kind, value, field, IDForm)
 	}
 	return nil
+}
+
+// OptionalID is ID for a field that may be left empty.
+func OptionalID(field, kind, value string) error {
+	if value == "" {
+		return nil
+	}
+	return ID(field, kind, value)
 }
 
 // bad is an InvalidArgument error.

@@ -89,3 +89,11 @@ func TestEndpoint(t *testing.T) {
 		require.ErrorContains(t, err, tc.says, "%q", tc.ep)
 	}
 }
+
+func TestOptionalID(t *testing.T) {
+	require.NoError(t, OptionalID("migration_id", "migration", ""), "empty: not given")
+	require.NoError(t, OptionalID("migration_id", "migration", "m-1"))
+	err := OptionalID("migration_id", "migration", "Has Space")
+	require.ErrorIs(t, err, apierr.ErrInvalidArgument)
+	require.ErrorContains(t, err, `migration ID "Has Space" (migration_id)`)
+}

@@ -28,10 +28,6 @@ import (
 // is redelivered later.
 var errRetryLater = errors.New("not yet")
 
-// eventsConsumer is the coordinator's durable consumer of stage events; all
-// coordinator replicas share it, so each event is handled once.
-const eventsConsumer = natsbus.EventsDurable
-
 // consumeEvents starts handling stage and lag events from the bus; each
 // handler derives from run.
 func (c *Coordinator) consumeEvents(ctx, run context.Context) (jetstream.ConsumeContext, error) {

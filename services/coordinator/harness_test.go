@@ -279,7 +279,7 @@ func (h *harness) eventsHandled() {
 	h.t.Helper()
 	var ci *jetstream.ConsumerInfo
 	ztest.Eventually(h.t, 20*time.Second, func() bool {
-		cons, err := h.bus.JS.Consumer(ctxT(h.t), natsbus.EventsStream, eventsConsumer)
+		cons, err := h.bus.JS.Consumer(ctxT(h.t), natsbus.EventsStream, natsbus.EventsDurable)
 		require.NoError(h.t, err)
 		ci, err = cons.Info(ctxT(h.t))
 		require.NoError(h.t, err)

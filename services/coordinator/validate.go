@@ -73,8 +73,8 @@ func checkIDs(req any) error {
 }
 
 func (f idField) check() error {
-	if f.value == "" && f.optional {
-		return nil
+	if f.optional {
+		return validate.OptionalID(f.field, f.kind, f.value)
 	}
 	return validate.ID(f.field, f.kind, f.value)
 }

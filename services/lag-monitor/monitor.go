@@ -22,12 +22,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/zdm-io/zdm/pkg/apierr"
-	"github.com/zdm-io/zdm/pkg/validate"
-
 	"github.com/zdm-io/zdm/pkg/milvusx"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/service"
 	"github.com/zdm-io/zdm/pkg/stage"
+	"github.com/zdm-io/zdm/pkg/validate"
 	"github.com/zdm-io/zdm/pkg/verify"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	lagpb "github.com/zdm-io/zdm/proto/zdm/lag/v1"
@@ -376,10 +375,8 @@ func compareAll(ctx context.Context, src, tgt *milvusx.Client, only []string, ra
 
 // Verify implements lagpb.LagMonitorServiceServer.
 func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.VerifyResponse, error) {
-	if id := req.GetMigrationId(); id != "" {
-		if err := validate.ID("migration_id", "migration", id); err != nil {
-			return nil, err
-		}
+	if err := validate.OptionalID("migration_id", "migration", req.GetMigrationId()); err != nil {
+		return nil, err
 	}
 	if err := validate.Connection("source", req.GetSource()); err != nil {
 		return nil, err
