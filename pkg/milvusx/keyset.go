@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -91,48 +90,71 @@ func DescribeTable(ctx context.Context, c milvuspb.MilvusServiceClient, db, name
 }
 
 // Page is one page of a keyset scan: every row of the table whose key is
-// above the previous page's Last and at most this page's Last.
+// above the previous page's Last and at most this page's Last, each key
+// once.
 type Page struct {
-	// Fields are the rows, in the server's order (not necessarily by key).
+	// Fields are the rows, in the server's order (not necessarily by key);
+	// unset for a page of keys alone (QueryKeys).
 	Fields []*schemapb.FieldData
-	// Keys are the rows' keys, in the same order as Fields.
+	// Keys are the rows' keys, in the same order as Fields (ascending for
+	// QueryKeys), each once.
 	Keys []Key
 	// Last is the largest key of the page; the next page starts above it.
 	Last Key
 	// More is false when the page reached the end of the range.
 	More bool
+	// Duplicates are the page's keys that the table holds more than one
+	// row for, smallest first (racing upserts on Milvus 2.3 leave two
+	// rows for one key); a query returns one row for each.
+	Duplicates []Key
 }
 
-// QueryPage returns the next page of r above after: up to limit rows
-// (more if rows arrive in its key range meanwhile). It reads the page's
-// keys first (see QueryKeys), then every row between the first and the
-// last of them with a query that has no limit: a limited query makes each
-// shard and segment read a whole page of rows for the proxy to keep one,
-// so reading whole rows only once their key range is known reads each
-// row once.
+// QueryPage returns the next page of r above after: about limit rows,
+// each key of the page once (see QueryKeys). It reads the page's keys
+// first, then every row between the first and the last of them with a
+// query that has no limit: a limited query makes each shard and segment
+// read a whole page of rows for the proxy to keep one, so reading whole
+// rows only once their key range is known reads each row once. Rows that
+// query left out (on Milvus 2.3 a range holding a key twice loses as many
+// other keys from the reply) are read again by key; a row that cannot be
+// read at all is an error wrapping ErrIncompleteRead.
 func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
 	kp, err := QueryKeys(ctx, src, t, r, after, limit)
 	if err != nil || len(kp.Keys) == 0 {
-		return Page{}, err
+		return kp, err
 	}
 	data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, &kp.Last), 0, []string{"*"})
 	if err != nil {
 		return Page{}, err
 	}
-	return Page{Fields: data, Keys: keys, Last: kp.Last, More: kp.More}, nil
+	kp.Fields, kp.Keys, err = exactRows(ctx, src, t, kp.Keys, data, keys)
+	return kp, err
 }
 
-// QueryKeys returns the keys of the next page of r above after, up to
-// limit of them, in ascending order. It does not trust the server to
-// return the smallest keys first (milvus-lite 3 returns a limited query's
-// rows from each segment in turn): a full page is accepted only when a
-// second count proves no other key lies at or below its largest key;
-// otherwise the page is narrowed and asked again.
+// QueryKeys returns the keys of the next page of r above after: every
+// key of r in (after, Last], each once, in ascending order, about limit of
+// them. It trusts no single reply to be complete: each page is proven by
+// count(*) over its range (see keyScan), so keys a server leaves out of a
+// limited query (milvus-lite 3 returns rows from each segment in turn;
+// Milvus 2.3 returns fewer keys than the limit when the range holds a key
+// twice) are found, and the end of the range is where count(*) says no
+// row is left. A page that cannot be proven complete is an error wrapping
+// ErrIncompleteRead.
 func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
-	p, err := keyPage(ctx, src, t, r, after, limit)
-	slices.SortFunc(p.Keys, CompareKeys)
-	return p, err
+	for try := 1; ; try++ {
+		s := &keyScan{ctx: ctx, c: src, t: t, r: r, budget: scanBudget}
+		p, err := s.page(after, limit)
+		// Strong reads (no read timestamp) see writes land between the
+		// queries of one page; read it again.
+		if errors.Is(err, ErrIncompleteRead) && t.ReadTs == 0 && try < strongTries {
+			continue
+		}
+		return p, err
+	}
 }
+
+// strongTries is how often a page read without a read timestamp is tried.
+const strongTries = 3
 
 // CompareKeys orders keys, for slices.SortFunc.
 func CompareKeys(a, b Key) int {
@@ -143,42 +165,6 @@ func CompareKeys(a, b Key) int {
 		return 1
 	}
 	return 0
-}
-
-func keyPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
-	pk := []string{t.PK.GetName()}
-	// The completeness check asks for one row more than a page, and
-	// Milvus caps every query at MaxQueryRows.
-	limit = max(min(limit, MaxQueryRows-1), 1)
-	var upTo *Key // inclusive upper bound while narrowing
-	for {
-		data, keys, err := query(ctx, src, t, rangeExpr(t.PK, r, after, upTo), limit, pk)
-		if err != nil {
-			return Page{}, err
-		}
-		if len(keys) == 0 {
-			return Page{}, nil
-		}
-		last := slices.MaxFunc(keys, CompareKeys)
-		if len(keys) < limit {
-			// Everything up to upTo (or the range's end) is here.
-			return Page{Fields: data, Keys: keys, Last: last, More: upTo != nil}, nil
-		}
-		// A full page: it is complete only if no other key is <= last.
-		_, check, err := query(ctx, src, t, rangeExpr(t.PK, r, after, &last), limit+1, pk)
-		if err != nil {
-			return Page{}, err
-		}
-		if len(check) <= len(keys) {
-			return Page{Fields: data, Keys: keys, Last: last, More: true}, nil
-		}
-		// Keys at or below last are missing: narrow to the lower half of
-		// the keys the check found there (more than a page of them, all
-		// <= last) and ask again.
-		slices.SortFunc(check, CompareKeys)
-		mid := check[max(len(check)/2-1, 0)]
-		upTo = &mid
-	}
 }
 
 // query reads the rows matching expr, up to limit of them (0: all).

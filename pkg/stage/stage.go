@@ -141,17 +141,27 @@ func Report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMa
 // outcome is what a handler adds to its stage's report (see Repaired and
 // Verified).
 type outcome struct {
-	ranges, rows int64
+	repairs      []*zdmpb.RangeRepair
+	duplicates   []*zdmpb.DuplicateKeys
 	verification string
 }
 
 type outcomeKey struct{}
 
 // Repaired records, for the report of the stage a Consume handler runs,
-// the key ranges a verification repaired and the rows that took.
-func Repaired(ctx context.Context, ranges, rows int64) {
+// what a verification's repair did to each key range it changed; the
+// report carries it whether the stage succeeds or fails.
+func Repaired(ctx context.Context, repairs []*zdmpb.RangeRepair) {
 	if o, ok := ctx.Value(outcomeKey{}).(*outcome); ok {
-		o.ranges, o.rows = ranges, rows
+		o.repairs = repairs
+	}
+}
+
+// Duplicates records, for the report of the verification a Consume
+// handler runs, the keys the source holds more than once.
+func Duplicates(ctx context.Context, dups []*zdmpb.DuplicateKeys) {
+	if o, ok := ctx.Value(outcomeKey{}).(*outcome); ok {
+		o.duplicates = dups
 	}
 }
 
@@ -169,7 +179,11 @@ func report(ctx context.Context, js jetstream.JetStream, prop propagation.TextMa
 		return nil
 	}
 	ev := &eventspb.StageCompleted{EventId: "done-" + cmd.GetEventId(), MigrationId: cmd.GetMigrationId(), Stage: cmd.GetStage(),
-		Success: err == nil, Time: timestamppb.Now(), RepairedRanges: out.ranges, RepairedRows: out.rows, Verification: out.verification}
+		Success: err == nil, Time: timestamppb.Now(), Verification: out.verification,
+		Repairs: out.repairs, SourceDuplicates: out.duplicates, RepairedRanges: int64(len(out.repairs))}
+	for _, r := range out.repairs {
+		ev.RepairedRows += r.GetRowsUpserted() + r.GetKeysDeleted()
+	}
 	if err != nil {
 		ev.Code, ev.ErrorMessage = code, err.Error()
 		if ev.Code == eventspb.StageError_STAGE_ERROR_UNSPECIFIED {

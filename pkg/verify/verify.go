@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
 
@@ -24,6 +25,13 @@ type Report struct {
 	SourceDistinct, TargetDistinct int64
 	// Mismatches are the key ranges whose rows differ.
 	Mismatches []Mismatch
+	// SourceDuplicates are the keys the source holds more than one row
+	// for (count(*) counts each of them), smallest first; at most
+	// maxSampleKeys are kept, SourceDuplicateKeys counts them all. They
+	// are a finding, not a difference: a query returns one row of such a
+	// key, the target holds one, and nothing repairs them.
+	SourceDuplicates    []string
+	SourceDuplicateKeys int64
 }
 
 // Mismatch is one primary-key range [Start, End) that differs, with up to
@@ -39,15 +47,19 @@ type Mismatch struct {
 	Keys []milvusx.Key
 }
 
-// Match reports whether the two sides hold the same rows.
+// Match reports whether the target holds the source's keys, each once,
+// with the same rows. Keys the source holds twice do not make a
+// difference (see SourceDuplicates); a key the target holds twice does.
 func (r *Report) Match() bool {
-	return r.SourceCount == r.TargetCount && r.SourceDistinct == r.TargetDistinct &&
-		r.SourceCount == r.SourceDistinct && len(r.Mismatches) == 0
+	return r.SourceDistinct == r.TargetDistinct && r.TargetCount == r.TargetDistinct && len(r.Mismatches) == 0
 }
 
 func (r *Report) String() string {
 	s := fmt.Sprintf("%s.%s: count %d/%d, distinct keys %d/%d, %d mismatched ranges",
 		r.Database, r.Collection, r.SourceCount, r.TargetCount, r.SourceDistinct, r.TargetDistinct, len(r.Mismatches))
+	if r.SourceDuplicateKeys > 0 {
+		s += fmt.Sprintf(", %d keys held twice on the source (e.g. %s)", r.SourceDuplicateKeys, strings.Join(r.SourceDuplicates, ", "))
+	}
 	for _, m := range r.Mismatches {
 		s += fmt.Sprintf("; [%s, %s) keys %v", m.Start, m.End, m.SampleKeys)
 	}
@@ -116,19 +128,25 @@ func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st
 	for {
 		// Read the next rangeRows source rows; the range ends where the
 		// following row begins, or is open at the end.
-		srcRows, next, n, err := digests(ctx, src, st, milvusx.Range{Start: start}, rangeRows, except)
+		srcSide, next, err := digests(ctx, src, st, milvusx.Range{Start: start}, rangeRows, except)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		rng := milvusx.Range{Start: start, End: next}
-		tgtRows, _, tn, err := digests(ctx, tgt, tt, rng, 0, except)
+		tgtSide, _, err := digests(ctx, tgt, tt, rng, 0, except)
 		if err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
-		read[0], read[1] = read[0]+n, read[1]+tn
-		r.SourceDistinct += int64(len(srcRows))
-		r.TargetDistinct += int64(len(tgtRows))
-		if m, ok := compare(rng, srcRows, tgtRows); !ok {
+		read[0], read[1] = read[0]+srcSide.rows, read[1]+tgtSide.rows
+		r.SourceDistinct += int64(len(srcSide.digests))
+		r.TargetDistinct += int64(len(tgtSide.digests))
+		for _, k := range srcSide.dups {
+			if len(r.SourceDuplicates) < maxSampleKeys {
+				r.SourceDuplicates = append(r.SourceDuplicates, k.String())
+			}
+			r.SourceDuplicateKeys++
+		}
+		if m, ok := compare(rng, srcSide, tgtSide); !ok {
 			m.Partition, m.Range = st.Partition, rng
 			r.Mismatches = append(r.Mismatches, m)
 		}
@@ -141,20 +159,29 @@ func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st
 
 type digest = [32]byte
 
+// side is what one side holds in a range: a digest of the row a query
+// returns for each key, the keys it holds more than once, and the rows
+// read.
+type side struct {
+	digests map[milvusx.Key]digest
+	dups    []milvusx.Key
+	rows    int64
+}
+
 // digests reads the rows of rng but those of the keys in except, at most
-// limit of them (0: all), and returns their digests by key, the first key
-// past the last one returned (nil when the range is exhausted) and the
-// rows read. Pages come back complete but not sorted, so each page is
-// sorted before the limit is applied.
+// limit of them (0: all), and returns their digests by key and the first
+// key past the last one returned (nil when the range is exhausted). Every
+// page is read whole (see milvusx.QueryPage), so a range is read to its
+// true end or not at all. Pages come back complete but not sorted, so
+// each page is sorted before the limit is applied.
 func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table, rng milvusx.Range, limit int,
-	except map[milvusx.Key]bool) (map[milvusx.Key]digest, *milvusx.Key, int64, error) {
-	out := map[milvusx.Key]digest{}
+	except map[milvusx.Key]bool) (side, *milvusx.Key, error) {
+	out := side{digests: map[milvusx.Key]digest{}}
 	var after *milvusx.Key
-	var n int64
 	for {
 		page, err := milvusx.QueryPage(ctx, c, t, rng, after, pageRows)
 		if err != nil {
-			return nil, nil, 0, err
+			return side{}, nil, err
 		}
 		type row struct {
 			k milvusx.Key
@@ -167,49 +194,68 @@ func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Tabl
 			}
 			d, err := RowDigest(page.Fields, i)
 			if err != nil {
-				return nil, nil, 0, fmt.Errorf("row %s: %w", k, err)
+				return side{}, nil, fmt.Errorf("row %s: %w", k, err)
 			}
 			rows = append(rows, row{k, d})
 		}
 		slices.SortFunc(rows, func(a, b row) int { return milvusx.CompareKeys(a.k, b.k) })
+		dups := map[milvusx.Key]bool{}
+		for _, k := range page.Duplicates {
+			dups[k] = true
+		}
 		for _, r := range rows {
-			if limit > 0 && len(out) == limit {
+			if limit > 0 && len(out.digests) == limit {
 				next := r.k
-				return out, &next, n, nil
+				return out, &next, nil
 			}
-			out[r.k] = r.d
-			n++
+			out.digests[r.k] = r.d
+			out.rows++
+			if dups[r.k] {
+				out.dups = append(out.dups, r.k)
+			}
 		}
 		if !page.More {
-			return out, nil, n, nil
+			return out, nil, nil
 		}
-		if limit > 0 && len(out) == limit {
+		if limit > 0 && len(out.digests) == limit {
 			// The range may end exactly here: find the next key, if any.
 			next, err := milvusx.QueryKeys(ctx, c, t, rng, &page.Last, 1)
 			if err != nil {
-				return nil, nil, 0, err
+				return side{}, nil, err
 			}
 			if len(next.Keys) == 0 {
-				return out, nil, n, nil
+				return out, nil, nil
 			}
-			return out, &next.Keys[0], n, nil
+			return out, &next.Keys[0], nil
 		}
 		last := page.Last
 		after = &last
 	}
 }
 
-func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool) {
+// compare lists the keys that differ between the two sides of rng: a key
+// one side lacks, a key the target holds twice, and a key whose rows
+// differ, unless the source holds it twice (a query may return either of
+// its rows, so only its presence is compared).
+func compare(rng milvusx.Range, src, tgt side) (Mismatch, bool) {
 	var diff []milvusx.Key
-	add := func(k milvusx.Key) { diff = append(diff, k) }
-	for k, d := range src {
-		if td, ok := tgt[k]; !ok || td != d {
-			add(k)
+	srcDup := map[milvusx.Key]bool{}
+	for _, k := range src.dups {
+		srcDup[k] = true
+	}
+	for k, d := range src.digests {
+		if td, ok := tgt.digests[k]; !ok || (td != d && !srcDup[k]) {
+			diff = append(diff, k)
 		}
 	}
-	for k := range tgt {
-		if _, ok := src[k]; !ok {
-			add(k)
+	for k := range tgt.digests {
+		if _, ok := src.digests[k]; !ok {
+			diff = append(diff, k)
+		}
+	}
+	for _, k := range tgt.dups {
+		if !slices.Contains(diff, k) {
+			diff = append(diff, k)
 		}
 	}
 	if len(diff) == 0 {
@@ -217,10 +263,7 @@ func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool
 	}
 	// The smallest keys first, so reports are stable.
 	slices.SortFunc(diff, milvusx.CompareKeys)
-	m := Mismatch{Keys: diff}
-	for _, k := range diff[:min(len(diff), maxSampleKeys)] {
-		m.SampleKeys = append(m.SampleKeys, k.String())
-	}
+	m := Mismatch{Keys: diff, SampleKeys: sample(diff)}
 	if rng.Start != nil {
 		m.Start = rng.Start.String()
 	}
@@ -230,22 +273,17 @@ func compare(rng milvusx.Range, src, tgt map[milvusx.Key]digest) (Mismatch, bool
 	return m, false
 }
 
+// sample returns the first maxSampleKeys keys as text.
+func sample(keys []milvusx.Key) []string {
+	var out []string
+	for _, k := range keys[:min(len(keys), maxSampleKeys)] {
+		out = append(out, k.String())
+	}
+	return out
+}
+
 // Count returns count(*) of the table, read at t.ReadTs (or with Strong
 // consistency).
 func Count(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table) (int64, error) {
-	req := &milvuspb.QueryRequest{DbName: t.Database, CollectionName: t.Collection, OutputFields: []string{"count(*)"}}
-	t.Consistency(req)
-	if t.Partition != "" {
-		req.PartitionNames = []string{t.Partition}
-	}
-	resp, err := c.Query(ctx, req)
-	if err := milvusx.Check(resp, err); err != nil {
-		return 0, fmt.Errorf("count(*) of %s.%s: %w", t.Database, t.Collection, err)
-	}
-	for _, f := range resp.GetFieldsData() {
-		if d := f.GetScalars().GetLongData().GetData(); len(d) == 1 {
-			return d[0], nil
-		}
-	}
-	return 0, fmt.Errorf("count(*) of %s.%s: no count in the reply", t.Database, t.Collection)
+	return milvusx.CountRows(ctx, c, t, "")
 }

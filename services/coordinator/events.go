@@ -182,12 +182,20 @@ func (c *Coordinator) onStageCompleted(ctx context.Context, ev *eventspb.StageCo
 		e.Trigger, e.Reason = TriggerDrained, "remaining changes applied"
 	case stage == zdmpb.StageKind_STAGE_KIND_VERIFY:
 		e.Trigger, e.Reason = TriggerVerified, "source and target verified equal"
-		if n := ev.GetRepairedRanges(); n > 0 {
-			e.Reason = fmt.Sprintf("source and target verified equal after %d key ranges (%d rows) the change stream missed were copied again", n, ev.GetRepairedRows())
-			e.RepairedRanges, e.RepairedRows = n, ev.GetRepairedRows()
+		if len(ev.GetRepairs()) > 0 {
+			e.Reason = "source and target verified equal after a repair of what the change stream missed: " + repairSummary(ev.GetRepairs())
 		}
 	default:
 		return fmt.Errorf("%w: stage %s has no transition", ErrInvalidTransition, stage)
+	}
+	if stage == zdmpb.StageKind_STAGE_KIND_VERIFY {
+		e.Repairs, e.SourceDuplicates = ev.GetRepairs(), ev.GetSourceDuplicates()
+		if !ev.GetSuccess() && len(ev.GetRepairs()) > 0 {
+			e.Reason += "; repaired before it stopped: " + repairSummary(ev.GetRepairs())
+		}
+		if d := ev.GetSourceDuplicates(); len(d) > 0 {
+			e.Reason += "; " + duplicatesSummary(d)
+		}
 	}
 	if stageOf(m.GetState()) != stage && e.Trigger != TriggerCancelled {
 		// The event is about a stage the migration is not in: a late
@@ -288,4 +296,50 @@ func (c *Coordinator) onNotification(ctx context.Context, ev *eventspb.Notificat
 
 func (c *Coordinator) tracer() trace.Tracer {
 	return c.deps.TracerProvider.Tracer("github.com/zdm-io/zdm/services/coordinator")
+}
+
+// repairSummary tells what a repair did, range by range (the first
+// maxSummaryRanges of them).
+func repairSummary(repairs []*zdmpb.RangeRepair) string {
+	var upserted, deleted int64
+	var parts []string
+	for i, r := range repairs {
+		upserted, deleted = upserted+r.GetRowsUpserted(), deleted+r.GetKeysDeleted()
+		if i == maxSummaryRanges {
+			parts = append(parts, fmt.Sprintf("and %d more ranges", len(repairs)-maxSummaryRanges))
+		}
+		if i >= maxSummaryRanges {
+			continue
+		}
+		p := fmt.Sprintf("%s.%s keys [%s, %s): %d rows written", r.GetDatabase(), r.GetCollection(), orOpen(r.GetStartKey()), orOpen(r.GetEndKey()), r.GetRowsUpserted())
+		if k := r.GetSampleUpsertedKeys(); len(k) > 0 {
+			p += " (" + strings.Join(k, ", ") + ")"
+		}
+		p += fmt.Sprintf(", %d keys deleted", r.GetKeysDeleted())
+		if k := r.GetSampleDeletedKeys(); len(k) > 0 {
+			p += " (" + strings.Join(k, ", ") + ")"
+		}
+		parts = append(parts, p)
+	}
+	return fmt.Sprintf("%d key ranges, %d rows written, %d keys deleted: %s", len(repairs), upserted, deleted, strings.Join(parts, "; "))
+}
+
+// duplicatesSummary tells which collections' sources hold keys twice.
+func duplicatesSummary(dups []*zdmpb.DuplicateKeys) string {
+	var parts []string
+	for _, d := range dups {
+		parts = append(parts, fmt.Sprintf("%s.%s holds %d keys more than once (%d extra rows, e.g. %s)",
+			d.GetDatabase(), d.GetCollection(), d.GetKeys(), d.GetExtraRows(), strings.Join(d.GetSampleKeys(), ", ")))
+	}
+	return "the source " + strings.Join(parts, ", ") + "; the target holds one row for each (see docs/operations.md)"
+}
+
+// maxSummaryRanges bounds the ranges a history entry names.
+const maxSummaryRanges = 5
+
+func orOpen(s string) string {
+	if s == "" {
+		return "…"
+	}
+	return s
 }

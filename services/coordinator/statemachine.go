@@ -145,9 +145,12 @@ type Event struct {
 	// TargetEndpoint is recorded when the trigger completes the migration:
 	// where clients connect from now on.
 	TargetEndpoint string
-	// RepairedRanges and RepairedRows are recorded from a verification
-	// that repaired what the change stream missed.
-	RepairedRanges, RepairedRows int64
+	// Repairs are recorded from a verification that repaired what the
+	// change stream missed (succeeded or failed).
+	Repairs []*zdmpb.RangeRepair
+	// SourceDuplicates are recorded from a verification: the keys the
+	// source holds more than once. Nil leaves the record as it was.
+	SourceDuplicates []*zdmpb.DuplicateKeys
 	// MaxWritePause starts a switchover attempt (TriggerSwitchover).
 	MaxWritePause time.Duration
 	// WritePause, GatewayIDs and HeldWrites are recorded from a switchover
@@ -231,8 +234,14 @@ func Apply(m *zdmpb.Migration, ev Event) (zdmpb.MigrationState, error) {
 		}
 		m.Switchover.AbortReason = ev.Reason
 	}
-	if ev.RepairedRanges > 0 {
-		m.RepairedRanges, m.RepairedRows = ev.RepairedRanges, ev.RepairedRows
+	if len(ev.Repairs) > 0 {
+		m.Repairs, m.RepairedRanges, m.RepairedRows = ev.Repairs, int64(len(ev.Repairs)), 0
+		for _, r := range ev.Repairs {
+			m.RepairedRows += r.GetRowsUpserted() + r.GetKeysDeleted()
+		}
+	}
+	if ev.SourceDuplicates != nil {
+		m.SourceDuplicates = ev.SourceDuplicates
 	}
 	if to == failed {
 		m.Error = ev.Error

@@ -174,50 +174,81 @@ func (m *Monitor) compare(ctx context.Context, cmd *eventspb.StageCommand, src, 
 	if err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 	}
+	stage.Duplicates(ctx, duplicates(reports))
 	if cmd.GetType() == zdmpb.MigrationType_MIGRATION_TYPE_ZERO_DOWNTIME {
 		// Writes to the source have stopped: what differs now is a write
 		// that never reached the change stream (it bypassed the gateway,
 		// or its gateway died before publishing it). Copy those ranges
 		// again from the source, then compare everything once more.
-		var ranges, rows int64
-		for _, r := range reports {
-			if r.Match() {
-				continue
-			}
-			t, err := milvusx.DescribeTable(ctx, src.Raw, r.Database, r.Collection)
-			if err != nil {
-				return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
-			}
-			for _, mm := range r.Mismatches {
-				n, err := verify.Repair(ctx, src.Raw, tgt.Raw, t, mm)
-				if err != nil {
-					return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, fmt.Errorf("repair %s.%s: %w", r.Database, r.Collection, err)
-				}
-				ranges, rows = ranges+1, rows+n
-			}
-			if len(r.Mismatches) == 0 {
-				// Counts differ with every range equal: duplicates of a key
-				// on the target. Repair the whole collection.
-				n, err := verify.Repair(ctx, src.Raw, tgt.Raw, t, verify.Mismatch{})
-				if err != nil {
-					return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, fmt.Errorf("repair %s.%s: %w", r.Database, r.Collection, err)
-				}
-				ranges, rows = ranges+1, rows+n
-			}
+		repairs, code, err := m.repair(ctx, src, tgt, reports)
+		stage.Repaired(ctx, repairs)
+		if err != nil {
+			return code, err
 		}
-		stage.Repaired(ctx, ranges, rows)
-		trace.SpanFromContext(ctx).SetAttributes(attribute.Int64("zdm.repaired_ranges", ranges), attribute.Int64("zdm.repaired_rows", rows))
-		if ranges > 0 {
-			m.deps.Logger.InfoContext(ctx, "repaired ranges the change stream missed", "migration", cmd.GetMigrationId(), "ranges", ranges, "rows", rows)
+		if len(repairs) > 0 {
+			var rows int64
+			for _, r := range repairs {
+				rows += r.GetRowsUpserted() + r.GetKeysDeleted()
+			}
+			trace.SpanFromContext(ctx).SetAttributes(attribute.Int("zdm.repaired_ranges", len(repairs)), attribute.Int64("zdm.repaired_rows", rows))
 			if reports, err = compareAll(ctx, src, tgt, nil, 0, nil); err != nil {
 				return eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
 			}
+			stage.Duplicates(ctx, duplicates(reports))
 		}
 	}
 	if err := mismatch(reports); err != nil {
 		return eventspb.StageError_STAGE_ERROR_VERIFICATION_MISMATCH, err
 	}
 	return 0, nil
+}
+
+// repair copies again from the source every mismatched range of reports
+// and returns what it did, range by range. A range it could not read
+// whole, or that would lose more keys than the configured share, stops
+// it: nothing of that range is deleted.
+func (m *Monitor) repair(ctx context.Context, src, tgt *milvusx.Client, reports []*verify.Report) ([]*zdmpb.RangeRepair, eventspb.StageError, error) {
+	var done []*zdmpb.RangeRepair
+	for _, r := range reports {
+		if len(r.Mismatches) == 0 {
+			continue
+		}
+		t, err := milvusx.DescribeTable(ctx, src.Raw, r.Database, r.Collection)
+		if err != nil {
+			return done, eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, err
+		}
+		for _, mm := range r.Mismatches {
+			rr, err := verify.Repair(ctx, src.Raw, tgt.Raw, t, mm, m.cfg.RepairMaxDeleteShare)
+			if rr.Upserted+rr.Deleted > 0 {
+				done = append(done, &zdmpb.RangeRepair{Database: rr.Database, Collection: rr.Collection, Partition: rr.Partition,
+					StartKey: rr.Start, EndKey: rr.End, RowsUpserted: rr.Upserted, KeysDeleted: rr.Deleted,
+					SampleUpsertedKeys: rr.UpsertedSample, SampleDeletedKeys: rr.DeletedSample})
+				m.deps.Logger.InfoContext(ctx, "repaired a range the change stream missed", "collection", r.Database+"."+r.Collection,
+					"partition", rr.Partition, "start", orOpen(rr.Start), "end", orOpen(rr.End), "upserted", rr.Upserted, "deleted", rr.Deleted,
+					"upserted_keys", rr.UpsertedSample, "deleted_keys", rr.DeletedSample)
+			}
+			if errors.Is(err, verify.ErrTooManyDeletes) {
+				return done, eventspb.StageError_STAGE_ERROR_REPAIR_REFUSED, fmt.Errorf("repair %s.%s: %w; raise --repair-max-delete-share to allow it", r.Database, r.Collection, err)
+			}
+			if err != nil {
+				return done, eventspb.StageError_STAGE_ERROR_VERIFY_FAILED, fmt.Errorf("repair %s.%s: %w", r.Database, r.Collection, err)
+			}
+		}
+	}
+	return done, 0, nil
+}
+
+// duplicates lists the collections of reports whose source holds keys
+// more than once.
+func duplicates(reports []*verify.Report) []*zdmpb.DuplicateKeys {
+	var out []*zdmpb.DuplicateKeys
+	for _, r := range reports {
+		if r.SourceDuplicateKeys > 0 {
+			out = append(out, &zdmpb.DuplicateKeys{Database: r.Database, Collection: r.Collection, Keys: r.SourceDuplicateKeys,
+				ExtraRows: r.SourceCount - r.SourceDistinct, SampleKeys: r.SourceDuplicates})
+		}
+	}
+	return out
 }
 
 // mismatch describes the reports that do not match; nil when all do.
@@ -267,6 +298,7 @@ func (m *Monitor) verifySwitched(ctx context.Context, mig *zdmpb.Migration, src,
 	for _, r := range reports {
 		settle(r, except[r.Database+"."+r.Collection])
 	}
+	stage.Duplicates(ctx, duplicates(reports))
 	var rows int64
 	for _, r := range reports {
 		rows += r.SourceCount
@@ -282,7 +314,7 @@ func (m *Monitor) verifySwitched(ctx context.Context, mig *zdmpb.Migration, src,
 
 // settle drops from r the differences in keys written after the switch
 // (written): a range differs only if a key outside them differs. Counts
-// then compare equal unless a side holds a key twice.
+// then compare equal unless the target holds a key twice.
 func settle(r *verify.Report, written map[milvusx.Key]bool) {
 	var left []verify.Mismatch
 	for _, mm := range r.Mismatches {
@@ -291,8 +323,8 @@ func settle(r *verify.Report, written map[milvusx.Key]bool) {
 		}
 	}
 	r.Mismatches = left
-	if len(left) == 0 && r.SourceCount == r.SourceDistinct && r.TargetCount == r.TargetDistinct {
-		r.TargetCount, r.TargetDistinct = r.SourceCount, r.SourceDistinct
+	if len(left) == 0 && r.TargetCount == r.TargetDistinct {
+		r.TargetCount, r.TargetDistinct = r.SourceDistinct, r.SourceDistinct
 	}
 }
 
@@ -413,7 +445,8 @@ func (m *Monitor) Verify(ctx context.Context, req *lagpb.VerifyRequest) (*lagpb.
 	for _, r := range reports {
 		cv := &lagpb.CollectionVerification{Database: r.Database, Collection: r.Collection,
 			SourceCount: r.SourceCount, TargetCount: r.TargetCount,
-			SourceDistinctKeys: r.SourceDistinct, TargetDistinctKeys: r.TargetDistinct, Time: timestamppb.Now()}
+			SourceDistinctKeys: r.SourceDistinct, TargetDistinctKeys: r.TargetDistinct, Time: timestamppb.Now(),
+			SourceDuplicateKeys: r.SourceDuplicateKeys, SourceDuplicateSampleKeys: r.SourceDuplicates}
 		for _, mm := range r.Mismatches {
 			cv.Mismatches = append(cv.Mismatches, &lagpb.RangeMismatch{StartKey: mm.Start, EndKey: mm.End, SampleKeys: mm.SampleKeys})
 		}

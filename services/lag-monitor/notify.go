@@ -31,11 +31,12 @@ import (
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/stage"
 	"github.com/zdm-io/zdm/pkg/telemetry"
+	"github.com/zdm-io/zdm/pkg/verify"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
 
-// Config configures the lag monitor's notifications.
+// Config configures the lag monitor's notifications and repairs.
 type Config struct {
 	// SMTPAddr is the mail server, host:port; empty sends no email.
 	SMTPAddr string
@@ -51,10 +52,17 @@ type Config struct {
 	SMTPCAFile string
 	// WebhookSecret keys the X-Zdm-Signature HMAC of webhook bodies.
 	WebhookSecret string
+	// RepairMaxDeleteShare is the largest share (0 to 1) of a key range's
+	// target keys that the final verification's repair deletes; past it,
+	// it deletes none and the migration fails with REPAIR_REFUSED.
+	// Default verify.DefaultMaxDeleteShare (1 %).
+	RepairMaxDeleteShare float64
 }
 
 // DefaultConfig returns the defaults.
-func DefaultConfig() Config { return Config{SMTPFrom: "zdm@localhost", SMTPStartTLS: true} }
+func DefaultConfig() Config {
+	return Config{SMTPFrom: "zdm@localhost", SMTPStartTLS: true, RepairMaxDeleteShare: verify.DefaultMaxDeleteShare}
+}
 
 // RegisterFlags defines the lag monitor's flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -66,10 +74,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.SMTPStartTLS, "notify-smtp-starttls", d.SMTPStartTLS, "require STARTTLS on the SMTP connection")
 	fs.StringVar(&c.SMTPCAFile, "notify-smtp-ca-file", d.SMTPCAFile, "PEM file of the CAs that sign the SMTP server's certificate; empty trusts the system's")
 	fs.StringVar(&c.WebhookSecret, "notify-webhook-secret", d.WebhookSecret, "secret of the X-Zdm-Signature HMAC-SHA256 of webhook bodies. Prefer ZDM_NOTIFY_WEBHOOK_SECRET to the flag")
+	fs.Float64Var(&c.RepairMaxDeleteShare, "repair-max-delete-share", d.RepairMaxDeleteShare,
+		"largest share (0 to 1) of a key range's target keys that the final verification's repair deletes; past it, it deletes none and the migration fails")
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
+	if c.RepairMaxDeleteShare < 0 || c.RepairMaxDeleteShare > 1 {
+		return fmt.Errorf("--repair-max-delete-share %g: want a share from 0 to 1, for example 0.01 for 1 %%", c.RepairMaxDeleteShare)
+	}
 	if _, _, err := net.SplitHostPort(c.SMTPAddr); c.SMTPAddr != "" && err != nil {
 		return fmt.Errorf("--notify-smtp-addr %q: want host:port, for example smtp.example.com:587", c.SMTPAddr)
 	}

@@ -509,9 +509,20 @@ type Migration struct {
 	// The span that created the migration (16 hex digits), parent of the
 	// spans that start outside any other step of the migration: an API call
 	// on it, a sweep, a notification.
-	TraceSpanId   string `protobuf:"bytes,26,opt,name=trace_span_id,json=traceSpanId,proto3" json:"trace_span_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TraceSpanId string `protobuf:"bytes,26,opt,name=trace_span_id,json=traceSpanId,proto3" json:"trace_span_id,omitempty"`
+	// What the repair of a ZERO_DOWNTIME migration's final verification did,
+	// one entry per key range it changed, in the order it ran; set by a
+	// verification that failed as well (a refused repair names what it did
+	// before it stopped).
+	Repairs []*RangeRepair `protobuf:"bytes,27,rep,name=repairs,proto3" json:"repairs,omitempty"`
+	// Keys the source holds more than one row for, per collection, as the
+	// last verification found them (racing upserts on Milvus 2.3 can leave
+	// two rows for one key). A finding, not a difference: the target holds
+	// one row for each, nothing repairs them and the migration does not
+	// fail for them. See docs/operations.md.
+	SourceDuplicates []*DuplicateKeys `protobuf:"bytes,28,rep,name=source_duplicates,json=sourceDuplicates,proto3" json:"source_duplicates,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
@@ -726,6 +737,222 @@ func (x *Migration) GetTraceSpanId() string {
 	return ""
 }
 
+func (x *Migration) GetRepairs() []*RangeRepair {
+	if x != nil {
+		return x.Repairs
+	}
+	return nil
+}
+
+func (x *Migration) GetSourceDuplicates() []*DuplicateKeys {
+	if x != nil {
+		return x.SourceDuplicates
+	}
+	return nil
+}
+
+// RangeRepair is what a repair did to one primary-key range of the
+// target: it copied again the source rows the target lacked or held
+// differently, and deleted the keys the source lacks.
+type RangeRepair struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Database.
+	Database string `protobuf:"bytes,1,opt,name=database,proto3" json:"database,omitempty"`
+	// Collection.
+	Collection string `protobuf:"bytes,2,opt,name=collection,proto3" json:"collection,omitempty"`
+	// Partition repaired; empty for the whole collection.
+	Partition string `protobuf:"bytes,3,opt,name=partition,proto3" json:"partition,omitempty"`
+	// First key of the range, as text; empty when open.
+	StartKey string `protobuf:"bytes,4,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
+	// Key after the range, as text; empty when open.
+	EndKey string `protobuf:"bytes,5,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	// Source rows written to the target.
+	RowsUpserted int64 `protobuf:"varint,6,opt,name=rows_upserted,json=rowsUpserted,proto3" json:"rows_upserted,omitempty"`
+	// Target keys deleted.
+	KeysDeleted int64 `protobuf:"varint,7,opt,name=keys_deleted,json=keysDeleted,proto3" json:"keys_deleted,omitempty"`
+	// Up to ten of the keys written, smallest first.
+	SampleUpsertedKeys []string `protobuf:"bytes,8,rep,name=sample_upserted_keys,json=sampleUpsertedKeys,proto3" json:"sample_upserted_keys,omitempty"`
+	// Up to ten of the keys deleted, smallest first.
+	SampleDeletedKeys []string `protobuf:"bytes,9,rep,name=sample_deleted_keys,json=sampleDeletedKeys,proto3" json:"sample_deleted_keys,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RangeRepair) Reset() {
+	*x = RangeRepair{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeRepair) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeRepair) ProtoMessage() {}
+
+func (x *RangeRepair) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeRepair.ProtoReflect.Descriptor instead.
+func (*RangeRepair) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RangeRepair) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *RangeRepair) GetCollection() string {
+	if x != nil {
+		return x.Collection
+	}
+	return ""
+}
+
+func (x *RangeRepair) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *RangeRepair) GetStartKey() string {
+	if x != nil {
+		return x.StartKey
+	}
+	return ""
+}
+
+func (x *RangeRepair) GetEndKey() string {
+	if x != nil {
+		return x.EndKey
+	}
+	return ""
+}
+
+func (x *RangeRepair) GetRowsUpserted() int64 {
+	if x != nil {
+		return x.RowsUpserted
+	}
+	return 0
+}
+
+func (x *RangeRepair) GetKeysDeleted() int64 {
+	if x != nil {
+		return x.KeysDeleted
+	}
+	return 0
+}
+
+func (x *RangeRepair) GetSampleUpsertedKeys() []string {
+	if x != nil {
+		return x.SampleUpsertedKeys
+	}
+	return nil
+}
+
+func (x *RangeRepair) GetSampleDeletedKeys() []string {
+	if x != nil {
+		return x.SampleDeletedKeys
+	}
+	return nil
+}
+
+// DuplicateKeys are the keys one collection holds more than one row for.
+type DuplicateKeys struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Database.
+	Database string `protobuf:"bytes,1,opt,name=database,proto3" json:"database,omitempty"`
+	// Collection.
+	Collection string `protobuf:"bytes,2,opt,name=collection,proto3" json:"collection,omitempty"`
+	// How many keys are held more than once.
+	Keys int64 `protobuf:"varint,3,opt,name=keys,proto3" json:"keys,omitempty"`
+	// count(*) minus the distinct keys: the rows beyond one per key.
+	ExtraRows int64 `protobuf:"varint,4,opt,name=extra_rows,json=extraRows,proto3" json:"extra_rows,omitempty"`
+	// Up to ten of those keys, smallest first.
+	SampleKeys    []string `protobuf:"bytes,5,rep,name=sample_keys,json=sampleKeys,proto3" json:"sample_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DuplicateKeys) Reset() {
+	*x = DuplicateKeys{}
+	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DuplicateKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DuplicateKeys) ProtoMessage() {}
+
+func (x *DuplicateKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DuplicateKeys.ProtoReflect.Descriptor instead.
+func (*DuplicateKeys) Descriptor() ([]byte, []int) {
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DuplicateKeys) GetDatabase() string {
+	if x != nil {
+		return x.Database
+	}
+	return ""
+}
+
+func (x *DuplicateKeys) GetCollection() string {
+	if x != nil {
+		return x.Collection
+	}
+	return ""
+}
+
+func (x *DuplicateKeys) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *DuplicateKeys) GetExtraRows() int64 {
+	if x != nil {
+		return x.ExtraRows
+	}
+	return 0
+}
+
+func (x *DuplicateKeys) GetSampleKeys() []string {
+	if x != nil {
+		return x.SampleKeys
+	}
+	return nil
+}
+
 // SwitchoverAttempt is one Switchover of a migration.
 type SwitchoverAttempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -751,7 +978,7 @@ type SwitchoverAttempt struct {
 
 func (x *SwitchoverAttempt) Reset() {
 	*x = SwitchoverAttempt{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	mi := &file_zdm_v1_migration_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +990,7 @@ func (x *SwitchoverAttempt) String() string {
 func (*SwitchoverAttempt) ProtoMessage() {}
 
 func (x *SwitchoverAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[1]
+	mi := &file_zdm_v1_migration_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +1003,7 @@ func (x *SwitchoverAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverAttempt.ProtoReflect.Descriptor instead.
 func (*SwitchoverAttempt) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{1}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SwitchoverAttempt) GetAttempt() int32 {
@@ -854,7 +1081,7 @@ type NotificationDelivery struct {
 
 func (x *NotificationDelivery) Reset() {
 	*x = NotificationDelivery{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	mi := &file_zdm_v1_migration_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1093,7 @@ func (x *NotificationDelivery) String() string {
 func (*NotificationDelivery) ProtoMessage() {}
 
 func (x *NotificationDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[2]
+	mi := &file_zdm_v1_migration_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1106,7 @@ func (x *NotificationDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotificationDelivery.ProtoReflect.Descriptor instead.
 func (*NotificationDelivery) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{2}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NotificationDelivery) GetNotice() string {
@@ -962,7 +1189,7 @@ type ClusterProblem struct {
 
 func (x *ClusterProblem) Reset() {
 	*x = ClusterProblem{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[3]
+	mi := &file_zdm_v1_migration_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1201,7 @@ func (x *ClusterProblem) String() string {
 func (*ClusterProblem) ProtoMessage() {}
 
 func (x *ClusterProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[3]
+	mi := &file_zdm_v1_migration_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1214,7 @@ func (x *ClusterProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterProblem.ProtoReflect.Descriptor instead.
 func (*ClusterProblem) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{3}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ClusterProblem) GetRole() ClusterRole {
@@ -1063,7 +1290,7 @@ type MigrationOptions struct {
 
 func (x *MigrationOptions) Reset() {
 	*x = MigrationOptions{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[4]
+	mi := &file_zdm_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1302,7 @@ func (x *MigrationOptions) String() string {
 func (*MigrationOptions) ProtoMessage() {}
 
 func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[4]
+	mi := &file_zdm_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1315,7 @@ func (x *MigrationOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationOptions.ProtoReflect.Descriptor instead.
 func (*MigrationOptions) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MigrationOptions) GetLagThreshold() *durationpb.Duration {
@@ -1139,7 +1366,7 @@ type Throttle struct {
 
 func (x *Throttle) Reset() {
 	*x = Throttle{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[5]
+	mi := &file_zdm_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1378,7 @@ func (x *Throttle) String() string {
 func (*Throttle) ProtoMessage() {}
 
 func (x *Throttle) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[5]
+	mi := &file_zdm_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1391,7 @@ func (x *Throttle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Throttle.ProtoReflect.Descriptor instead.
 func (*Throttle) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Throttle) GetMaxRowsPerSecond() int64 {
@@ -1194,7 +1421,7 @@ type Notifications struct {
 
 func (x *Notifications) Reset() {
 	*x = Notifications{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[6]
+	mi := &file_zdm_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1433,7 @@ func (x *Notifications) String() string {
 func (*Notifications) ProtoMessage() {}
 
 func (x *Notifications) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[6]
+	mi := &file_zdm_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1446,7 @@ func (x *Notifications) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notifications.ProtoReflect.Descriptor instead.
 func (*Notifications) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Notifications) GetEmails() []string {
@@ -1255,7 +1482,7 @@ type Stage struct {
 
 func (x *Stage) Reset() {
 	*x = Stage{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[7]
+	mi := &file_zdm_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1494,7 @@ func (x *Stage) String() string {
 func (*Stage) ProtoMessage() {}
 
 func (x *Stage) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[7]
+	mi := &file_zdm_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1507,7 @@ func (x *Stage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stage.ProtoReflect.Descriptor instead.
 func (*Stage) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Stage) GetKind() StageKind {
@@ -1352,7 +1579,7 @@ type CollectionProgress struct {
 
 func (x *CollectionProgress) Reset() {
 	*x = CollectionProgress{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[8]
+	mi := &file_zdm_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1591,7 @@ func (x *CollectionProgress) String() string {
 func (*CollectionProgress) ProtoMessage() {}
 
 func (x *CollectionProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[8]
+	mi := &file_zdm_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1604,7 @@ func (x *CollectionProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectionProgress.ProtoReflect.Descriptor instead.
 func (*CollectionProgress) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CollectionProgress) GetDatabase() string {
@@ -1482,7 +1709,7 @@ type Lag struct {
 
 func (x *Lag) Reset() {
 	*x = Lag{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[9]
+	mi := &file_zdm_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1721,7 @@ func (x *Lag) String() string {
 func (*Lag) ProtoMessage() {}
 
 func (x *Lag) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[9]
+	mi := &file_zdm_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1734,7 @@ func (x *Lag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lag.ProtoReflect.Descriptor instead.
 func (*Lag) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Lag) GetLag() *durationpb.Duration {
@@ -1558,7 +1785,7 @@ type Transition struct {
 
 func (x *Transition) Reset() {
 	*x = Transition{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[10]
+	mi := &file_zdm_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1797,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[10]
+	mi := &file_zdm_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1810,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Transition) GetFromState() MigrationState {
@@ -1643,7 +1870,7 @@ type MigrationError struct {
 
 func (x *MigrationError) Reset() {
 	*x = MigrationError{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[11]
+	mi := &file_zdm_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1882,7 @@ func (x *MigrationError) String() string {
 func (*MigrationError) ProtoMessage() {}
 
 func (x *MigrationError) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[11]
+	mi := &file_zdm_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1895,7 @@ func (x *MigrationError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationError.ProtoReflect.Descriptor instead.
 func (*MigrationError) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MigrationError) GetCode() string {
@@ -1735,7 +1962,7 @@ type CreateMigrationRequest struct {
 
 func (x *CreateMigrationRequest) Reset() {
 	*x = CreateMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[12]
+	mi := &file_zdm_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1974,7 @@ func (x *CreateMigrationRequest) String() string {
 func (*CreateMigrationRequest) ProtoMessage() {}
 
 func (x *CreateMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[12]
+	mi := &file_zdm_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1987,7 @@ func (x *CreateMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CreateMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateMigrationRequest) GetMigrationId() string {
@@ -1809,7 +2036,7 @@ type CreateMigrationResponse struct {
 
 func (x *CreateMigrationResponse) Reset() {
 	*x = CreateMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[13]
+	mi := &file_zdm_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +2048,7 @@ func (x *CreateMigrationResponse) String() string {
 func (*CreateMigrationResponse) ProtoMessage() {}
 
 func (x *CreateMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[13]
+	mi := &file_zdm_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +2061,7 @@ func (x *CreateMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CreateMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateMigrationResponse) GetMigration() *Migration {
@@ -1855,7 +2082,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[14]
+	mi := &file_zdm_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2094,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[14]
+	mi := &file_zdm_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2107,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetMigrationRequest) GetMigrationId() string {
@@ -1901,7 +2128,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[15]
+	mi := &file_zdm_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2140,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[15]
+	mi := &file_zdm_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2153,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1956,7 +2183,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[16]
+	mi := &file_zdm_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2195,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[16]
+	mi := &file_zdm_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2208,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListMigrationsRequest) GetPageSize() int32 {
@@ -2025,7 +2252,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[17]
+	mi := &file_zdm_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2264,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[17]
+	mi := &file_zdm_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2277,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -2081,7 +2308,7 @@ type WatchMigrationRequest struct {
 
 func (x *WatchMigrationRequest) Reset() {
 	*x = WatchMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[18]
+	mi := &file_zdm_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2320,7 @@ func (x *WatchMigrationRequest) String() string {
 func (*WatchMigrationRequest) ProtoMessage() {}
 
 func (x *WatchMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[18]
+	mi := &file_zdm_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2333,7 @@ func (x *WatchMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationRequest.ProtoReflect.Descriptor instead.
 func (*WatchMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{18}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchMigrationRequest) GetMigrationId() string {
@@ -2134,7 +2361,7 @@ type WatchMigrationResponse struct {
 
 func (x *WatchMigrationResponse) Reset() {
 	*x = WatchMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[19]
+	mi := &file_zdm_v1_migration_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2146,7 +2373,7 @@ func (x *WatchMigrationResponse) String() string {
 func (*WatchMigrationResponse) ProtoMessage() {}
 
 func (x *WatchMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[19]
+	mi := &file_zdm_v1_migration_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2159,7 +2386,7 @@ func (x *WatchMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMigrationResponse.ProtoReflect.Descriptor instead.
 func (*WatchMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{19}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchMigrationResponse) GetMigration() *Migration {
@@ -2182,7 +2409,7 @@ type StopSyncRequest struct {
 
 func (x *StopSyncRequest) Reset() {
 	*x = StopSyncRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[20]
+	mi := &file_zdm_v1_migration_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2421,7 @@ func (x *StopSyncRequest) String() string {
 func (*StopSyncRequest) ProtoMessage() {}
 
 func (x *StopSyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[20]
+	mi := &file_zdm_v1_migration_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2434,7 @@ func (x *StopSyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSyncRequest.ProtoReflect.Descriptor instead.
 func (*StopSyncRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{20}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StopSyncRequest) GetMigrationId() string {
@@ -2235,7 +2462,7 @@ type StopSyncResponse struct {
 
 func (x *StopSyncResponse) Reset() {
 	*x = StopSyncResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[21]
+	mi := &file_zdm_v1_migration_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2474,7 @@ func (x *StopSyncResponse) String() string {
 func (*StopSyncResponse) ProtoMessage() {}
 
 func (x *StopSyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[21]
+	mi := &file_zdm_v1_migration_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2487,7 @@ func (x *StopSyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSyncResponse.ProtoReflect.Descriptor instead.
 func (*StopSyncResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{21}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StopSyncResponse) GetMigration() *Migration {
@@ -2286,7 +2513,7 @@ type SwitchoverRequest struct {
 
 func (x *SwitchoverRequest) Reset() {
 	*x = SwitchoverRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[22]
+	mi := &file_zdm_v1_migration_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2525,7 @@ func (x *SwitchoverRequest) String() string {
 func (*SwitchoverRequest) ProtoMessage() {}
 
 func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[22]
+	mi := &file_zdm_v1_migration_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2538,7 @@ func (x *SwitchoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverRequest.ProtoReflect.Descriptor instead.
 func (*SwitchoverRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{22}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SwitchoverRequest) GetMigrationId() string {
@@ -2339,7 +2566,7 @@ type SwitchoverResponse struct {
 
 func (x *SwitchoverResponse) Reset() {
 	*x = SwitchoverResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[23]
+	mi := &file_zdm_v1_migration_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2578,7 @@ func (x *SwitchoverResponse) String() string {
 func (*SwitchoverResponse) ProtoMessage() {}
 
 func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[23]
+	mi := &file_zdm_v1_migration_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2591,7 @@ func (x *SwitchoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwitchoverResponse.ProtoReflect.Descriptor instead.
 func (*SwitchoverResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{23}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SwitchoverResponse) GetMigration() *Migration {
@@ -2387,7 +2614,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[24]
+	mi := &file_zdm_v1_migration_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2399,7 +2626,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[24]
+	mi := &file_zdm_v1_migration_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2412,7 +2639,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{24}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelMigrationRequest) GetMigrationId() string {
@@ -2440,7 +2667,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[25]
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2679,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[25]
+	mi := &file_zdm_v1_migration_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2692,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{25}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -2488,7 +2715,7 @@ type PauseMigrationRequest struct {
 
 func (x *PauseMigrationRequest) Reset() {
 	*x = PauseMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[26]
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2727,7 @@ func (x *PauseMigrationRequest) String() string {
 func (*PauseMigrationRequest) ProtoMessage() {}
 
 func (x *PauseMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[26]
+	mi := &file_zdm_v1_migration_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2740,7 @@ func (x *PauseMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseMigrationRequest.ProtoReflect.Descriptor instead.
 func (*PauseMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{26}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PauseMigrationRequest) GetMigrationId() string {
@@ -2541,7 +2768,7 @@ type PauseMigrationResponse struct {
 
 func (x *PauseMigrationResponse) Reset() {
 	*x = PauseMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	mi := &file_zdm_v1_migration_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2780,7 @@ func (x *PauseMigrationResponse) String() string {
 func (*PauseMigrationResponse) ProtoMessage() {}
 
 func (x *PauseMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[27]
+	mi := &file_zdm_v1_migration_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2793,7 @@ func (x *PauseMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseMigrationResponse.ProtoReflect.Descriptor instead.
 func (*PauseMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{27}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PauseMigrationResponse) GetMigration() *Migration {
@@ -2587,7 +2814,7 @@ type ResumeMigrationRequest struct {
 
 func (x *ResumeMigrationRequest) Reset() {
 	*x = ResumeMigrationRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	mi := &file_zdm_v1_migration_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2826,7 @@ func (x *ResumeMigrationRequest) String() string {
 func (*ResumeMigrationRequest) ProtoMessage() {}
 
 func (x *ResumeMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[28]
+	mi := &file_zdm_v1_migration_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2839,7 @@ func (x *ResumeMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeMigrationRequest.ProtoReflect.Descriptor instead.
 func (*ResumeMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{28}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResumeMigrationRequest) GetMigrationId() string {
@@ -2634,7 +2861,7 @@ type ResumeMigrationResponse struct {
 
 func (x *ResumeMigrationResponse) Reset() {
 	*x = ResumeMigrationResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[29]
+	mi := &file_zdm_v1_migration_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2873,7 @@ func (x *ResumeMigrationResponse) String() string {
 func (*ResumeMigrationResponse) ProtoMessage() {}
 
 func (x *ResumeMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[29]
+	mi := &file_zdm_v1_migration_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2886,7 @@ func (x *ResumeMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeMigrationResponse.ProtoReflect.Descriptor instead.
 func (*ResumeMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{29}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeMigrationResponse) GetMigration() *Migration {
@@ -2682,7 +2909,7 @@ type SetThrottleRequest struct {
 
 func (x *SetThrottleRequest) Reset() {
 	*x = SetThrottleRequest{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[30]
+	mi := &file_zdm_v1_migration_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2694,7 +2921,7 @@ func (x *SetThrottleRequest) String() string {
 func (*SetThrottleRequest) ProtoMessage() {}
 
 func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[30]
+	mi := &file_zdm_v1_migration_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2707,7 +2934,7 @@ func (x *SetThrottleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetThrottleRequest.ProtoReflect.Descriptor instead.
 func (*SetThrottleRequest) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{30}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetThrottleRequest) GetMigrationId() string {
@@ -2735,7 +2962,7 @@ type SetThrottleResponse struct {
 
 func (x *SetThrottleResponse) Reset() {
 	*x = SetThrottleResponse{}
-	mi := &file_zdm_v1_migration_proto_msgTypes[31]
+	mi := &file_zdm_v1_migration_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2747,7 +2974,7 @@ func (x *SetThrottleResponse) String() string {
 func (*SetThrottleResponse) ProtoMessage() {}
 
 func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_zdm_v1_migration_proto_msgTypes[31]
+	mi := &file_zdm_v1_migration_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2760,7 +2987,7 @@ func (x *SetThrottleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetThrottleResponse.ProtoReflect.Descriptor instead.
 func (*SetThrottleResponse) Descriptor() ([]byte, []int) {
-	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{31}
+	return file_zdm_v1_migration_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetThrottleResponse) GetMigration() *Migration {
@@ -2774,7 +3001,8 @@ var File_zdm_v1_migration_proto protoreflect.FileDescriptor
 
 const file_zdm_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\t\n" +
+	"\x16zdm/v1/migration.proto\x12\x06zdm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\n" +
+	"\n" +
 	"\tMigration\x12!\n" +
 	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.zdm.v1.MigrationTypeR\x04type\x12,\n" +
@@ -2807,7 +3035,31 @@ const file_zdm_v1_migration_proto_rawDesc = "" +
 	"switchover\x12B\n" +
 	"\rnotifications\x18\x18 \x03(\v2\x1c.zdm.v1.NotificationDeliveryR\rnotifications\x12\x19\n" +
 	"\btrace_id\x18\x19 \x01(\tR\atraceId\x12\"\n" +
-	"\rtrace_span_id\x18\x1a \x01(\tR\vtraceSpanId\"\xcd\x02\n" +
+	"\rtrace_span_id\x18\x1a \x01(\tR\vtraceSpanId\x12-\n" +
+	"\arepairs\x18\x1b \x03(\v2\x13.zdm.v1.RangeRepairR\arepairs\x12B\n" +
+	"\x11source_duplicates\x18\x1c \x03(\v2\x15.zdm.v1.DuplicateKeysR\x10sourceDuplicates\"\xc7\x02\n" +
+	"\vRangeRepair\x12\x1a\n" +
+	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
+	"\n" +
+	"collection\x18\x02 \x01(\tR\n" +
+	"collection\x12\x1c\n" +
+	"\tpartition\x18\x03 \x01(\tR\tpartition\x12\x1b\n" +
+	"\tstart_key\x18\x04 \x01(\tR\bstartKey\x12\x17\n" +
+	"\aend_key\x18\x05 \x01(\tR\x06endKey\x12#\n" +
+	"\rrows_upserted\x18\x06 \x01(\x03R\frowsUpserted\x12!\n" +
+	"\fkeys_deleted\x18\a \x01(\x03R\vkeysDeleted\x120\n" +
+	"\x14sample_upserted_keys\x18\b \x03(\tR\x12sampleUpsertedKeys\x12.\n" +
+	"\x13sample_deleted_keys\x18\t \x03(\tR\x11sampleDeletedKeys\"\x9f\x01\n" +
+	"\rDuplicateKeys\x12\x1a\n" +
+	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
+	"\n" +
+	"collection\x18\x02 \x01(\tR\n" +
+	"collection\x12\x12\n" +
+	"\x04keys\x18\x03 \x01(\x03R\x04keys\x12\x1d\n" +
+	"\n" +
+	"extra_rows\x18\x04 \x01(\x03R\textraRows\x12\x1f\n" +
+	"\vsample_keys\x18\x05 \x03(\tR\n" +
+	"sampleKeys\"\xcd\x02\n" +
 	"\x11SwitchoverAttempt\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12A\n" +
 	"\x0fmax_write_pause\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rmaxWritePause\x129\n" +
@@ -3036,7 +3288,7 @@ func file_zdm_v1_migration_proto_rawDescGZIP() []byte {
 }
 
 var file_zdm_v1_migration_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_zdm_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_zdm_v1_migration_proto_goTypes = []any{
 	(MigrationType)(0),              // 0: zdm.v1.MigrationType
 	(MigrationState)(0),             // 1: zdm.v1.MigrationState
@@ -3045,125 +3297,129 @@ var file_zdm_v1_migration_proto_goTypes = []any{
 	(ClusterRole)(0),                // 4: zdm.v1.ClusterRole
 	(CollectionPhase)(0),            // 5: zdm.v1.CollectionPhase
 	(*Migration)(nil),               // 6: zdm.v1.Migration
-	(*SwitchoverAttempt)(nil),       // 7: zdm.v1.SwitchoverAttempt
-	(*NotificationDelivery)(nil),    // 8: zdm.v1.NotificationDelivery
-	(*ClusterProblem)(nil),          // 9: zdm.v1.ClusterProblem
-	(*MigrationOptions)(nil),        // 10: zdm.v1.MigrationOptions
-	(*Throttle)(nil),                // 11: zdm.v1.Throttle
-	(*Notifications)(nil),           // 12: zdm.v1.Notifications
-	(*Stage)(nil),                   // 13: zdm.v1.Stage
-	(*CollectionProgress)(nil),      // 14: zdm.v1.CollectionProgress
-	(*Lag)(nil),                     // 15: zdm.v1.Lag
-	(*Transition)(nil),              // 16: zdm.v1.Transition
-	(*MigrationError)(nil),          // 17: zdm.v1.MigrationError
-	(*CreateMigrationRequest)(nil),  // 18: zdm.v1.CreateMigrationRequest
-	(*CreateMigrationResponse)(nil), // 19: zdm.v1.CreateMigrationResponse
-	(*GetMigrationRequest)(nil),     // 20: zdm.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 21: zdm.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 22: zdm.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 23: zdm.v1.ListMigrationsResponse
-	(*WatchMigrationRequest)(nil),   // 24: zdm.v1.WatchMigrationRequest
-	(*WatchMigrationResponse)(nil),  // 25: zdm.v1.WatchMigrationResponse
-	(*StopSyncRequest)(nil),         // 26: zdm.v1.StopSyncRequest
-	(*StopSyncResponse)(nil),        // 27: zdm.v1.StopSyncResponse
-	(*SwitchoverRequest)(nil),       // 28: zdm.v1.SwitchoverRequest
-	(*SwitchoverResponse)(nil),      // 29: zdm.v1.SwitchoverResponse
-	(*CancelMigrationRequest)(nil),  // 30: zdm.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 31: zdm.v1.CancelMigrationResponse
-	(*PauseMigrationRequest)(nil),   // 32: zdm.v1.PauseMigrationRequest
-	(*PauseMigrationResponse)(nil),  // 33: zdm.v1.PauseMigrationResponse
-	(*ResumeMigrationRequest)(nil),  // 34: zdm.v1.ResumeMigrationRequest
-	(*ResumeMigrationResponse)(nil), // 35: zdm.v1.ResumeMigrationResponse
-	(*SetThrottleRequest)(nil),      // 36: zdm.v1.SetThrottleRequest
-	(*SetThrottleResponse)(nil),     // 37: zdm.v1.SetThrottleResponse
-	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 39: google.protobuf.Duration
+	(*RangeRepair)(nil),             // 7: zdm.v1.RangeRepair
+	(*DuplicateKeys)(nil),           // 8: zdm.v1.DuplicateKeys
+	(*SwitchoverAttempt)(nil),       // 9: zdm.v1.SwitchoverAttempt
+	(*NotificationDelivery)(nil),    // 10: zdm.v1.NotificationDelivery
+	(*ClusterProblem)(nil),          // 11: zdm.v1.ClusterProblem
+	(*MigrationOptions)(nil),        // 12: zdm.v1.MigrationOptions
+	(*Throttle)(nil),                // 13: zdm.v1.Throttle
+	(*Notifications)(nil),           // 14: zdm.v1.Notifications
+	(*Stage)(nil),                   // 15: zdm.v1.Stage
+	(*CollectionProgress)(nil),      // 16: zdm.v1.CollectionProgress
+	(*Lag)(nil),                     // 17: zdm.v1.Lag
+	(*Transition)(nil),              // 18: zdm.v1.Transition
+	(*MigrationError)(nil),          // 19: zdm.v1.MigrationError
+	(*CreateMigrationRequest)(nil),  // 20: zdm.v1.CreateMigrationRequest
+	(*CreateMigrationResponse)(nil), // 21: zdm.v1.CreateMigrationResponse
+	(*GetMigrationRequest)(nil),     // 22: zdm.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 23: zdm.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 24: zdm.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 25: zdm.v1.ListMigrationsResponse
+	(*WatchMigrationRequest)(nil),   // 26: zdm.v1.WatchMigrationRequest
+	(*WatchMigrationResponse)(nil),  // 27: zdm.v1.WatchMigrationResponse
+	(*StopSyncRequest)(nil),         // 28: zdm.v1.StopSyncRequest
+	(*StopSyncResponse)(nil),        // 29: zdm.v1.StopSyncResponse
+	(*SwitchoverRequest)(nil),       // 30: zdm.v1.SwitchoverRequest
+	(*SwitchoverResponse)(nil),      // 31: zdm.v1.SwitchoverResponse
+	(*CancelMigrationRequest)(nil),  // 32: zdm.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 33: zdm.v1.CancelMigrationResponse
+	(*PauseMigrationRequest)(nil),   // 34: zdm.v1.PauseMigrationRequest
+	(*PauseMigrationResponse)(nil),  // 35: zdm.v1.PauseMigrationResponse
+	(*ResumeMigrationRequest)(nil),  // 36: zdm.v1.ResumeMigrationRequest
+	(*ResumeMigrationResponse)(nil), // 37: zdm.v1.ResumeMigrationResponse
+	(*SetThrottleRequest)(nil),      // 38: zdm.v1.SetThrottleRequest
+	(*SetThrottleResponse)(nil),     // 39: zdm.v1.SetThrottleResponse
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
 }
 var file_zdm_v1_migration_proto_depIdxs = []int32{
 	0,  // 0: zdm.v1.Migration.type:type_name -> zdm.v1.MigrationType
 	1,  // 1: zdm.v1.Migration.state:type_name -> zdm.v1.MigrationState
-	10, // 2: zdm.v1.Migration.options:type_name -> zdm.v1.MigrationOptions
-	13, // 3: zdm.v1.Migration.stages:type_name -> zdm.v1.Stage
-	14, // 4: zdm.v1.Migration.collections:type_name -> zdm.v1.CollectionProgress
-	15, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
-	16, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
-	17, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
-	38, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
-	38, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
-	38, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
-	39, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
+	12, // 2: zdm.v1.Migration.options:type_name -> zdm.v1.MigrationOptions
+	15, // 3: zdm.v1.Migration.stages:type_name -> zdm.v1.Stage
+	16, // 4: zdm.v1.Migration.collections:type_name -> zdm.v1.CollectionProgress
+	17, // 5: zdm.v1.Migration.lag:type_name -> zdm.v1.Lag
+	18, // 6: zdm.v1.Migration.history:type_name -> zdm.v1.Transition
+	19, // 7: zdm.v1.Migration.error:type_name -> zdm.v1.MigrationError
+	40, // 8: zdm.v1.Migration.create_time:type_name -> google.protobuf.Timestamp
+	40, // 9: zdm.v1.Migration.update_time:type_name -> google.protobuf.Timestamp
+	40, // 10: zdm.v1.Migration.end_time:type_name -> google.protobuf.Timestamp
+	41, // 11: zdm.v1.Migration.switchover_write_pause:type_name -> google.protobuf.Duration
 	1,  // 12: zdm.v1.Migration.paused_from_state:type_name -> zdm.v1.MigrationState
-	9,  // 13: zdm.v1.Migration.cluster_problems:type_name -> zdm.v1.ClusterProblem
-	7,  // 14: zdm.v1.Migration.switchover:type_name -> zdm.v1.SwitchoverAttempt
-	8,  // 15: zdm.v1.Migration.notifications:type_name -> zdm.v1.NotificationDelivery
-	39, // 16: zdm.v1.SwitchoverAttempt.max_write_pause:type_name -> google.protobuf.Duration
-	38, // 17: zdm.v1.SwitchoverAttempt.start_time:type_name -> google.protobuf.Timestamp
-	38, // 18: zdm.v1.SwitchoverAttempt.switch_time:type_name -> google.protobuf.Timestamp
-	38, // 19: zdm.v1.NotificationDelivery.time:type_name -> google.protobuf.Timestamp
-	4,  // 20: zdm.v1.ClusterProblem.role:type_name -> zdm.v1.ClusterRole
-	38, // 21: zdm.v1.ClusterProblem.since:type_name -> google.protobuf.Timestamp
-	38, // 22: zdm.v1.ClusterProblem.last_error_time:type_name -> google.protobuf.Timestamp
-	38, // 23: zdm.v1.ClusterProblem.fail_time:type_name -> google.protobuf.Timestamp
-	39, // 24: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
-	39, // 25: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
-	11, // 26: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
-	12, // 27: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
-	2,  // 28: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
-	3,  // 29: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
-	38, // 30: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
-	38, // 31: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 32: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
-	39, // 33: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
-	39, // 34: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
-	39, // 35: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
-	38, // 36: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
-	38, // 37: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
-	38, // 38: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
-	1,  // 39: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
-	1,  // 40: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
-	38, // 41: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
-	2,  // 42: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
-	38, // 43: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
-	0,  // 44: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
-	10, // 45: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
-	6,  // 46: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 47: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
-	1,  // 48: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
-	6,  // 49: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
-	6,  // 50: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 51: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
-	39, // 52: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
-	6,  // 53: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 54: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 55: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
-	6,  // 56: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
-	11, // 57: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
-	6,  // 58: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
-	18, // 59: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
-	20, // 60: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
-	22, // 61: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
-	24, // 62: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
-	26, // 63: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
-	28, // 64: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
-	30, // 65: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
-	32, // 66: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
-	34, // 67: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
-	36, // 68: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
-	19, // 69: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
-	21, // 70: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
-	23, // 71: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
-	25, // 72: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
-	27, // 73: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
-	29, // 74: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
-	31, // 75: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
-	33, // 76: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
-	35, // 77: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
-	37, // 78: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
-	69, // [69:79] is the sub-list for method output_type
-	59, // [59:69] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	11, // 13: zdm.v1.Migration.cluster_problems:type_name -> zdm.v1.ClusterProblem
+	9,  // 14: zdm.v1.Migration.switchover:type_name -> zdm.v1.SwitchoverAttempt
+	10, // 15: zdm.v1.Migration.notifications:type_name -> zdm.v1.NotificationDelivery
+	7,  // 16: zdm.v1.Migration.repairs:type_name -> zdm.v1.RangeRepair
+	8,  // 17: zdm.v1.Migration.source_duplicates:type_name -> zdm.v1.DuplicateKeys
+	41, // 18: zdm.v1.SwitchoverAttempt.max_write_pause:type_name -> google.protobuf.Duration
+	40, // 19: zdm.v1.SwitchoverAttempt.start_time:type_name -> google.protobuf.Timestamp
+	40, // 20: zdm.v1.SwitchoverAttempt.switch_time:type_name -> google.protobuf.Timestamp
+	40, // 21: zdm.v1.NotificationDelivery.time:type_name -> google.protobuf.Timestamp
+	4,  // 22: zdm.v1.ClusterProblem.role:type_name -> zdm.v1.ClusterRole
+	40, // 23: zdm.v1.ClusterProblem.since:type_name -> google.protobuf.Timestamp
+	40, // 24: zdm.v1.ClusterProblem.last_error_time:type_name -> google.protobuf.Timestamp
+	40, // 25: zdm.v1.ClusterProblem.fail_time:type_name -> google.protobuf.Timestamp
+	41, // 26: zdm.v1.MigrationOptions.lag_threshold:type_name -> google.protobuf.Duration
+	41, // 27: zdm.v1.MigrationOptions.max_sync_duration:type_name -> google.protobuf.Duration
+	13, // 28: zdm.v1.MigrationOptions.throttle:type_name -> zdm.v1.Throttle
+	14, // 29: zdm.v1.MigrationOptions.notifications:type_name -> zdm.v1.Notifications
+	2,  // 30: zdm.v1.Stage.kind:type_name -> zdm.v1.StageKind
+	3,  // 31: zdm.v1.Stage.state:type_name -> zdm.v1.StageState
+	40, // 32: zdm.v1.Stage.start_time:type_name -> google.protobuf.Timestamp
+	40, // 33: zdm.v1.Stage.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 34: zdm.v1.CollectionProgress.phase:type_name -> zdm.v1.CollectionPhase
+	41, // 35: zdm.v1.CollectionProgress.eta:type_name -> google.protobuf.Duration
+	41, // 36: zdm.v1.CollectionProgress.lag:type_name -> google.protobuf.Duration
+	41, // 37: zdm.v1.Lag.lag:type_name -> google.protobuf.Duration
+	40, // 38: zdm.v1.Lag.applied_watermark:type_name -> google.protobuf.Timestamp
+	40, // 39: zdm.v1.Lag.measure_time:type_name -> google.protobuf.Timestamp
+	40, // 40: zdm.v1.Lag.threshold_reached_time:type_name -> google.protobuf.Timestamp
+	1,  // 41: zdm.v1.Transition.from_state:type_name -> zdm.v1.MigrationState
+	1,  // 42: zdm.v1.Transition.to_state:type_name -> zdm.v1.MigrationState
+	40, // 43: zdm.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	2,  // 44: zdm.v1.MigrationError.stage:type_name -> zdm.v1.StageKind
+	40, // 45: zdm.v1.MigrationError.time:type_name -> google.protobuf.Timestamp
+	0,  // 46: zdm.v1.CreateMigrationRequest.type:type_name -> zdm.v1.MigrationType
+	12, // 47: zdm.v1.CreateMigrationRequest.options:type_name -> zdm.v1.MigrationOptions
+	6,  // 48: zdm.v1.CreateMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 49: zdm.v1.GetMigrationResponse.migration:type_name -> zdm.v1.Migration
+	1,  // 50: zdm.v1.ListMigrationsRequest.states:type_name -> zdm.v1.MigrationState
+	6,  // 51: zdm.v1.ListMigrationsResponse.migrations:type_name -> zdm.v1.Migration
+	6,  // 52: zdm.v1.WatchMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 53: zdm.v1.StopSyncResponse.migration:type_name -> zdm.v1.Migration
+	41, // 54: zdm.v1.SwitchoverRequest.max_write_pause:type_name -> google.protobuf.Duration
+	6,  // 55: zdm.v1.SwitchoverResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 56: zdm.v1.CancelMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 57: zdm.v1.PauseMigrationResponse.migration:type_name -> zdm.v1.Migration
+	6,  // 58: zdm.v1.ResumeMigrationResponse.migration:type_name -> zdm.v1.Migration
+	13, // 59: zdm.v1.SetThrottleRequest.throttle:type_name -> zdm.v1.Throttle
+	6,  // 60: zdm.v1.SetThrottleResponse.migration:type_name -> zdm.v1.Migration
+	20, // 61: zdm.v1.MigrationService.CreateMigration:input_type -> zdm.v1.CreateMigrationRequest
+	22, // 62: zdm.v1.MigrationService.GetMigration:input_type -> zdm.v1.GetMigrationRequest
+	24, // 63: zdm.v1.MigrationService.ListMigrations:input_type -> zdm.v1.ListMigrationsRequest
+	26, // 64: zdm.v1.MigrationService.WatchMigration:input_type -> zdm.v1.WatchMigrationRequest
+	28, // 65: zdm.v1.MigrationService.StopSync:input_type -> zdm.v1.StopSyncRequest
+	30, // 66: zdm.v1.MigrationService.Switchover:input_type -> zdm.v1.SwitchoverRequest
+	32, // 67: zdm.v1.MigrationService.CancelMigration:input_type -> zdm.v1.CancelMigrationRequest
+	34, // 68: zdm.v1.MigrationService.PauseMigration:input_type -> zdm.v1.PauseMigrationRequest
+	36, // 69: zdm.v1.MigrationService.ResumeMigration:input_type -> zdm.v1.ResumeMigrationRequest
+	38, // 70: zdm.v1.MigrationService.SetThrottle:input_type -> zdm.v1.SetThrottleRequest
+	21, // 71: zdm.v1.MigrationService.CreateMigration:output_type -> zdm.v1.CreateMigrationResponse
+	23, // 72: zdm.v1.MigrationService.GetMigration:output_type -> zdm.v1.GetMigrationResponse
+	25, // 73: zdm.v1.MigrationService.ListMigrations:output_type -> zdm.v1.ListMigrationsResponse
+	27, // 74: zdm.v1.MigrationService.WatchMigration:output_type -> zdm.v1.WatchMigrationResponse
+	29, // 75: zdm.v1.MigrationService.StopSync:output_type -> zdm.v1.StopSyncResponse
+	31, // 76: zdm.v1.MigrationService.Switchover:output_type -> zdm.v1.SwitchoverResponse
+	33, // 77: zdm.v1.MigrationService.CancelMigration:output_type -> zdm.v1.CancelMigrationResponse
+	35, // 78: zdm.v1.MigrationService.PauseMigration:output_type -> zdm.v1.PauseMigrationResponse
+	37, // 79: zdm.v1.MigrationService.ResumeMigration:output_type -> zdm.v1.ResumeMigrationResponse
+	39, // 80: zdm.v1.MigrationService.SetThrottle:output_type -> zdm.v1.SetThrottleResponse
+	71, // [71:81] is the sub-list for method output_type
+	61, // [61:71] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_zdm_v1_migration_proto_init() }
@@ -3177,7 +3433,7 @@ func file_zdm_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_zdm_v1_migration_proto_rawDesc), len(file_zdm_v1_migration_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

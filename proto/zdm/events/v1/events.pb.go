@@ -124,6 +124,9 @@ const (
 	StageError_STAGE_ERROR_CHANGE_STREAM_FULL StageError = 12
 	// No gateway in front of the source armed capture in time.
 	StageError_STAGE_ERROR_NO_GATEWAY StageError = 13
+	// The final verification's repair would have deleted more of a range's
+	// target keys than --repair-max-delete-share allows; it deleted none.
+	StageError_STAGE_ERROR_REPAIR_REFUSED StageError = 14
 )
 
 // Enum value maps for StageError.
@@ -143,6 +146,7 @@ var (
 		11: "STAGE_ERROR_UNKNOWN_STAGE",
 		12: "STAGE_ERROR_CHANGE_STREAM_FULL",
 		13: "STAGE_ERROR_NO_GATEWAY",
+		14: "STAGE_ERROR_REPAIR_REFUSED",
 	}
 	StageError_value = map[string]int32{
 		"STAGE_ERROR_UNSPECIFIED":           0,
@@ -159,6 +163,7 @@ var (
 		"STAGE_ERROR_UNKNOWN_STAGE":         11,
 		"STAGE_ERROR_CHANGE_STREAM_FULL":    12,
 		"STAGE_ERROR_NO_GATEWAY":            13,
+		"STAGE_ERROR_REPAIR_REFUSED":        14,
 	}
 )
 
@@ -573,9 +578,14 @@ type StageCompleted struct {
 	// For a verification after a switchover: the result, recorded whatever
 	// it is (clients already write to the target, so the migration
 	// completes either way).
-	Verification  string `protobuf:"bytes,15,opt,name=verification,proto3" json:"verification,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Verification string `protobuf:"bytes,15,opt,name=verification,proto3" json:"verification,omitempty"`
+	// For a ZERO_DOWNTIME verification: what its repair did, per range
+	// (also when the stage failed).
+	Repairs []*v1.RangeRepair `protobuf:"bytes,16,rep,name=repairs,proto3" json:"repairs,omitempty"`
+	// For a verification: the keys the source holds more than once.
+	SourceDuplicates []*v1.DuplicateKeys `protobuf:"bytes,17,rep,name=source_duplicates,json=sourceDuplicates,proto3" json:"source_duplicates,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StageCompleted) Reset() {
@@ -704,6 +714,20 @@ func (x *StageCompleted) GetVerification() string {
 		return x.Verification
 	}
 	return ""
+}
+
+func (x *StageCompleted) GetRepairs() []*v1.RangeRepair {
+	if x != nil {
+		return x.Repairs
+	}
+	return nil
+}
+
+func (x *StageCompleted) GetSourceDuplicates() []*v1.DuplicateKeys {
+	if x != nil {
+		return x.SourceDuplicates
+	}
+	return nil
 }
 
 // KeyRange is a half-open range of primary keys [start, end). An unset
@@ -2962,7 +2986,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"collection\x18\x02 \x01(\tR\n" +
 	"collection\x12\x14\n" +
 	"\x05units\x18\x03 \x01(\x03R\x05units\x12\x12\n" +
-	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xbc\x04\n" +
+	"\x04rows\x18\x04 \x01(\x03R\x04rows\"\xaf\x05\n" +
 	"\x0eStageCompleted\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12'\n" +
@@ -2981,7 +3005,9 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"gatewayIds\x12\x1f\n" +
 	"\vheld_writes\x18\x0e \x01(\x03R\n" +
 	"heldWrites\x12\"\n" +
-	"\fverification\x18\x0f \x01(\tR\fverificationJ\x04\b\x05\x10\x06R\n" +
+	"\fverification\x18\x0f \x01(\tR\fverification\x12-\n" +
+	"\arepairs\x18\x10 \x03(\v2\x13.zdm.v1.RangeRepairR\arepairs\x12B\n" +
+	"\x11source_duplicates\x18\x11 \x03(\v2\x15.zdm.v1.DuplicateKeysR\x10sourceDuplicatesJ\x04\b\x05\x10\x06R\n" +
 	"error_code\"\xca\x02\n" +
 	"\bKeyRange\x12B\n" +
 	"\n" +
@@ -3188,7 +3214,7 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x12STAGE_ACTION_PAUSE\x10\x02\x12\x17\n" +
 	"\x13STAGE_ACTION_RESUME\x10\x03\x12\x17\n" +
 	"\x13STAGE_ACTION_CANCEL\x10\x04\x12\x1f\n" +
-	"\x1bSTAGE_ACTION_UPDATE_OPTIONS\x10\x05*\xd5\x03\n" +
+	"\x1bSTAGE_ACTION_UPDATE_OPTIONS\x10\x05*\xf5\x03\n" +
 	"\n" +
 	"StageError\x12\x1b\n" +
 	"\x17STAGE_ERROR_UNSPECIFIED\x10\x00\x12\x1c\n" +
@@ -3205,7 +3231,8 @@ const file_zdm_events_v1_events_proto_rawDesc = "" +
 	"\x12\x1d\n" +
 	"\x19STAGE_ERROR_UNKNOWN_STAGE\x10\v\x12\"\n" +
 	"\x1eSTAGE_ERROR_CHANGE_STREAM_FULL\x10\f\x12\x1a\n" +
-	"\x16STAGE_ERROR_NO_GATEWAY\x10\r*{\n" +
+	"\x16STAGE_ERROR_NO_GATEWAY\x10\r\x12\x1e\n" +
+	"\x1aSTAGE_ERROR_REPAIR_REFUSED\x10\x0e*{\n" +
 	"\tOperation\x12\x19\n" +
 	"\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10OPERATION_INSERT\x10\x01\x12\x14\n" +
@@ -3264,11 +3291,13 @@ var file_zdm_events_v1_events_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
 	(v1.MigrationType)(0),           // 33: zdm.v1.MigrationType
 	(*durationpb.Duration)(nil),     // 34: google.protobuf.Duration
-	(v1.ClusterRole)(0),             // 35: zdm.v1.ClusterRole
-	(*v1.NotificationDelivery)(nil), // 36: zdm.v1.NotificationDelivery
-	(*v1.Migration)(nil),            // 37: zdm.v1.Migration
-	(*v1.Transition)(nil),           // 38: zdm.v1.Transition
-	(*v1.Throttle)(nil),             // 39: zdm.v1.Throttle
+	(*v1.RangeRepair)(nil),          // 35: zdm.v1.RangeRepair
+	(*v1.DuplicateKeys)(nil),        // 36: zdm.v1.DuplicateKeys
+	(v1.ClusterRole)(0),             // 37: zdm.v1.ClusterRole
+	(*v1.NotificationDelivery)(nil), // 38: zdm.v1.NotificationDelivery
+	(*v1.Migration)(nil),            // 39: zdm.v1.Migration
+	(*v1.Transition)(nil),           // 40: zdm.v1.Transition
+	(*v1.Throttle)(nil),             // 41: zdm.v1.Throttle
 }
 var file_zdm_events_v1_events_proto_depIdxs = []int32{
 	30, // 0: zdm.events.v1.StageCommand.stage:type_name -> zdm.v1.StageKind
@@ -3282,46 +3311,48 @@ var file_zdm_events_v1_events_proto_depIdxs = []int32{
 	32, // 8: zdm.events.v1.StageCompleted.time:type_name -> google.protobuf.Timestamp
 	1,  // 9: zdm.events.v1.StageCompleted.code:type_name -> zdm.events.v1.StageError
 	34, // 10: zdm.events.v1.StageCompleted.write_pause:type_name -> google.protobuf.Duration
-	28, // 11: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
-	29, // 12: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
-	7,  // 13: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
-	7,  // 14: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
-	32, // 15: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
-	10, // 16: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
-	35, // 17: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
-	30, // 18: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
-	7,  // 19: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
-	32, // 20: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
-	32, // 21: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
-	32, // 22: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
-	15, // 23: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
-	16, // 24: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
-	2,  // 25: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
-	14, // 26: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
-	32, // 27: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
-	17, // 28: zdm.events.v1.ChangeBatch.changes:type_name -> zdm.events.v1.ChangeEvent
-	32, // 29: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
-	32, // 30: zdm.events.v1.ResolvedTimestamp.hold_time:type_name -> google.protobuf.Timestamp
-	32, // 31: zdm.events.v1.ResolvedTimestamp.release_time:type_name -> google.protobuf.Timestamp
-	32, // 32: zdm.events.v1.SwitchoverDecision.time:type_name -> google.protobuf.Timestamp
-	32, // 33: zdm.events.v1.GatewayChange.time:type_name -> google.protobuf.Timestamp
-	36, // 34: zdm.events.v1.NotificationReport.delivery:type_name -> zdm.v1.NotificationDelivery
-	32, // 35: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
-	32, // 36: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
-	34, // 37: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
-	32, // 38: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
-	34, // 39: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
-	32, // 40: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
-	24, // 41: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
-	32, // 42: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
-	37, // 43: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
-	38, // 44: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
-	39, // 45: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	35, // 11: zdm.events.v1.StageCompleted.repairs:type_name -> zdm.v1.RangeRepair
+	36, // 12: zdm.events.v1.StageCompleted.source_duplicates:type_name -> zdm.v1.DuplicateKeys
+	28, // 13: zdm.events.v1.KeyRange.int_bounds:type_name -> zdm.events.v1.KeyRange.IntBounds
+	29, // 14: zdm.events.v1.KeyRange.string_bounds:type_name -> zdm.events.v1.KeyRange.StringBounds
+	7,  // 15: zdm.events.v1.WorkUnit.range:type_name -> zdm.events.v1.KeyRange
+	7,  // 16: zdm.events.v1.WorkUnitCheckpoint.done:type_name -> zdm.events.v1.KeyRange
+	32, // 17: zdm.events.v1.WorkUnitCheckpoint.time:type_name -> google.protobuf.Timestamp
+	10, // 18: zdm.events.v1.WorkUnitCheckpoint.last_key:type_name -> zdm.events.v1.PrimaryKey
+	37, // 19: zdm.events.v1.WorkFailed.cluster:type_name -> zdm.v1.ClusterRole
+	30, // 20: zdm.events.v1.WorkFailed.stage:type_name -> zdm.v1.StageKind
+	7,  // 21: zdm.events.v1.WorkFailed.range:type_name -> zdm.events.v1.KeyRange
+	32, // 22: zdm.events.v1.WorkFailed.time:type_name -> google.protobuf.Timestamp
+	32, // 23: zdm.events.v1.WorkUnitDone.time:type_name -> google.protobuf.Timestamp
+	32, // 24: zdm.events.v1.Progress.time:type_name -> google.protobuf.Timestamp
+	15, // 25: zdm.events.v1.PrimaryKeys.int_keys:type_name -> zdm.events.v1.Int64Keys
+	16, // 26: zdm.events.v1.PrimaryKeys.string_keys:type_name -> zdm.events.v1.StringKeys
+	2,  // 27: zdm.events.v1.ChangeEvent.operation:type_name -> zdm.events.v1.Operation
+	14, // 28: zdm.events.v1.ChangeEvent.primary_keys:type_name -> zdm.events.v1.PrimaryKeys
+	32, // 29: zdm.events.v1.ChangeEvent.publish_time:type_name -> google.protobuf.Timestamp
+	17, // 30: zdm.events.v1.ChangeBatch.changes:type_name -> zdm.events.v1.ChangeEvent
+	32, // 31: zdm.events.v1.ResolvedTimestamp.time:type_name -> google.protobuf.Timestamp
+	32, // 32: zdm.events.v1.ResolvedTimestamp.hold_time:type_name -> google.protobuf.Timestamp
+	32, // 33: zdm.events.v1.ResolvedTimestamp.release_time:type_name -> google.protobuf.Timestamp
+	32, // 34: zdm.events.v1.SwitchoverDecision.time:type_name -> google.protobuf.Timestamp
+	32, // 35: zdm.events.v1.GatewayChange.time:type_name -> google.protobuf.Timestamp
+	38, // 36: zdm.events.v1.NotificationReport.delivery:type_name -> zdm.v1.NotificationDelivery
+	32, // 37: zdm.events.v1.AppliedPosition.watermark_time:type_name -> google.protobuf.Timestamp
+	32, // 38: zdm.events.v1.AppliedPosition.time:type_name -> google.protobuf.Timestamp
+	34, // 39: zdm.events.v1.CollectionLag.lag:type_name -> google.protobuf.Duration
+	32, // 40: zdm.events.v1.CollectionLag.applied_watermark:type_name -> google.protobuf.Timestamp
+	34, // 41: zdm.events.v1.LagReport.lag:type_name -> google.protobuf.Duration
+	32, // 42: zdm.events.v1.LagReport.applied_watermark:type_name -> google.protobuf.Timestamp
+	24, // 43: zdm.events.v1.LagReport.collections:type_name -> zdm.events.v1.CollectionLag
+	32, // 44: zdm.events.v1.LagReport.time:type_name -> google.protobuf.Timestamp
+	39, // 45: zdm.events.v1.MigrationEvent.migration:type_name -> zdm.v1.Migration
+	40, // 46: zdm.events.v1.MigrationEvent.transition:type_name -> zdm.v1.Transition
+	41, // 47: zdm.events.v1.CopyControl.throttle:type_name -> zdm.v1.Throttle
+	48, // [48:48] is the sub-list for method output_type
+	48, // [48:48] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_zdm_events_v1_events_proto_init() }

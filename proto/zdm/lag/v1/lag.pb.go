@@ -280,9 +280,15 @@ type CollectionVerification struct {
 	// Ranges whose checksums differ.
 	Mismatches []*RangeMismatch `protobuf:"bytes,7,rep,name=mismatches,proto3" json:"mismatches,omitempty"`
 	// When verified.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Time *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=time,proto3" json:"time,omitempty"`
+	// Keys the source holds more than one row for (source_count minus
+	// source_distinct_keys counts their extra rows). Not a mismatch: the
+	// target holds one row for each.
+	SourceDuplicateKeys int64 `protobuf:"varint,9,opt,name=source_duplicate_keys,json=sourceDuplicateKeys,proto3" json:"source_duplicate_keys,omitempty"`
+	// Up to ten of them, smallest first.
+	SourceDuplicateSampleKeys []string `protobuf:"bytes,10,rep,name=source_duplicate_sample_keys,json=sourceDuplicateSampleKeys,proto3" json:"source_duplicate_sample_keys,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *CollectionVerification) Reset() {
@@ -371,6 +377,20 @@ func (x *CollectionVerification) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CollectionVerification) GetSourceDuplicateKeys() int64 {
+	if x != nil {
+		return x.SourceDuplicateKeys
+	}
+	return 0
+}
+
+func (x *CollectionVerification) GetSourceDuplicateSampleKeys() []string {
+	if x != nil {
+		return x.SourceDuplicateSampleKeys
+	}
+	return nil
+}
+
 // RangeMismatch is one primary-key range that differs.
 type RangeMismatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -455,7 +475,7 @@ const file_zdm_lag_v1_lag_proto_rawDesc = "" +
 	"\x06target\x18\x05 \x01(\v2\x19.zdm.v1.ClusterConnectionR\x06target\"l\n" +
 	"\x0eVerifyResponse\x12\x14\n" +
 	"\x05match\x18\x01 \x01(\bR\x05match\x12D\n" +
-	"\vcollections\x18\x02 \x03(\v2\".zdm.lag.v1.CollectionVerificationR\vcollections\"\xe9\x02\n" +
+	"\vcollections\x18\x02 \x03(\v2\".zdm.lag.v1.CollectionVerificationR\vcollections\"\xde\x03\n" +
 	"\x16CollectionVerification\x12\x1a\n" +
 	"\bdatabase\x18\x01 \x01(\tR\bdatabase\x12\x1e\n" +
 	"\n" +
@@ -468,7 +488,10 @@ const file_zdm_lag_v1_lag_proto_rawDesc = "" +
 	"\n" +
 	"mismatches\x18\a \x03(\v2\x19.zdm.lag.v1.RangeMismatchR\n" +
 	"mismatches\x12.\n" +
-	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"f\n" +
+	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x122\n" +
+	"\x15source_duplicate_keys\x18\t \x01(\x03R\x13sourceDuplicateKeys\x12?\n" +
+	"\x1csource_duplicate_sample_keys\x18\n" +
+	" \x03(\tR\x19sourceDuplicateSampleKeys\"f\n" +
 	"\rRangeMismatch\x12\x1b\n" +
 	"\tstart_key\x18\x01 \x01(\tR\bstartKey\x12\x17\n" +
 	"\aend_key\x18\x02 \x01(\tR\x06endKey\x12\x1f\n" +
