@@ -49,6 +49,13 @@ type Table struct {
 	// ReadTs, when set, is the source timestamp every read must see up
 	// to (see ReadTimestamp); zero reads with Strong consistency.
 	ReadTs uint64
+	// Exact asks for pages proven complete (see QueryKeys), for a table
+	// that no one writes to while it is read: a page whose count(*) and
+	// keys cannot be reconciled is read again and then is an error. Reads
+	// at ReadTs are not snapshots (each query sees the writes applied when
+	// it runs, half an upsert included), so while writes go on a page
+	// that cannot be reconciled is taken as its queries found it.
+	Exact bool
 }
 
 // ReadTimestamp allocates a timestamp on c for Table.ReadTs: reads with it
@@ -138,23 +145,24 @@ func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 // limited query (milvus-lite 3 returns rows from each segment in turn;
 // Milvus 2.3 returns fewer keys than the limit when the range holds a key
 // twice) are found, and the end of the range is where count(*) says no
-// row is left. A page that cannot be proven complete is an error wrapping
-// ErrIncompleteRead.
+// row is left. For an Exact table, a page that cannot be proven complete
+// is read again, then is an error wrapping ErrIncompleteRead; otherwise
+// such a page (writes landed between its queries) is what its queries
+// found.
 func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
 	for try := 1; ; try++ {
 		s := &keyScan{ctx: ctx, c: src, t: t, r: r, budget: scanBudget}
 		p, err := s.page(after, limit)
-		// Strong reads (no read timestamp) see writes land between the
-		// queries of one page; read it again.
-		if errors.Is(err, ErrIncompleteRead) && t.ReadTs == 0 && try < strongTries {
+		if errors.Is(err, ErrIncompleteRead) && t.Exact && try < exactTries {
 			continue
 		}
 		return p, err
 	}
 }
 
-// strongTries is how often a page read without a read timestamp is tried.
-const strongTries = 3
+// exactTries is how often a page of an Exact table is read before it is
+// an error.
+const exactTries = 3
 
 // CompareKeys orders keys, for slices.SortFunc.
 func CompareKeys(a, b Key) int {

@@ -54,6 +54,7 @@ func Repair(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvus
 	t.Partition = m.Partition
 	out := Repaired{Database: t.Database, Collection: t.Collection, Partition: m.Partition, Start: m.Start, End: m.End}
 	st, tt := t, t
+	st.Exact, tt.Exact = true, true
 	var err error
 	if st.ReadTs, err = milvusx.ReadTimestamp(ctx, src); err != nil {
 		return out, fmt.Errorf("source: %w", err)

@@ -85,8 +85,11 @@ func CollectionExcept(ctx context.Context, src, tgt milvuspb.MilvusServiceClient
 		rangeRows = DefaultRangeRows
 	}
 	r := &Report{Database: t.Database, Collection: t.Collection}
-	// Each side reads at a timestamp of its own, taken now.
+	// Each side reads at a timestamp of its own, taken now. Both are
+	// quiet, but for a target clients write to after a switchover (its
+	// keys written since are left out, in except).
 	st, tt := t, t
+	st.Exact, tt.Exact = true, except == nil
 	var err error
 	if st.ReadTs, err = milvusx.ReadTimestamp(ctx, src); err != nil {
 		return nil, fmt.Errorf("source: %w", err)
