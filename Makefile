@@ -112,7 +112,7 @@ RIG_TESTS := ^TestIntegrationRig(RestartsDeadServer|DownThenUp)$$
 .PHONY: test-integration
 test-integration: $(GOTESTSUM) $(JAEGER) ## Integration and end-to-end tests (needs the rig: make testenv-up).
 	$(WITH_TESTENV) $(GOTEST) -race -count=1 -timeout 10m -run '$(RIG_TESTS)' ./pkg/ztest
-	$(WITH_TESTENV) $(GOTEST) -race -count=1 -timeout 20m -run '^Test(Integration|E2E)' -skip '$(RIG_TESTS)' $(PKGS)
+	$(WITH_TESTENV) $(GOTEST) -race -count=1 -timeout 25m -run '^Test(Integration|E2E)' -skip '$(RIG_TESTS)' $(PKGS)
 
 .PHONY: bench
 bench: ## Benchmarks; each figure is also given as a ratio to its baseline from the same run.

@@ -114,6 +114,8 @@ type Page struct {
 	// row for, smallest first (racing upserts on Milvus 2.3 leave two
 	// rows for one key); a query returns one row for each.
 	Duplicates []Key
+	// Held is how many rows the table holds for each of Duplicates.
+	Held map[Key]int64
 }
 
 // QueryPage returns the next page of r above after: about limit rows,
@@ -152,6 +154,9 @@ func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
 	for try := 1; ; try++ {
 		s := &keyScan{ctx: ctx, c: src, t: t, r: r, budget: scanBudget}
+		if !t.Exact {
+			s.budget = writtenBudget
+		}
 		p, err := s.page(after, limit)
 		if errors.Is(err, ErrIncompleteRead) && t.Exact && try < exactTries {
 			continue

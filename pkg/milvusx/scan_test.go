@@ -115,6 +115,7 @@ func readKeys(t *testing.T, ctx context.Context, c milvuspb.MilvusServiceClient,
 		}
 		for _, k := range p.Duplicates {
 			dups = append(dups, k.Int)
+			require.Equal(t, int64(2), p.Held[k], "rows of key %d", k.Int)
 		}
 		if !p.More {
 			return keys, dups, pages

@@ -55,6 +55,7 @@ func TestIntegrationVerifyReadsEveryKeyAndRepairsSafely(t *testing.T) {
 	require.Equal(t, int64(20000), r.SourceDistinct, "every source key, above any page or result window")
 	require.Equal(t, int64(cut+1), r.TargetDistinct)
 	require.Equal(t, int64(len(twice)), r.SourceDuplicateKeys)
+	require.Equal(t, int64(len(twice)), r.SourceExtraRows, "one extra row per key held twice")
 	require.Equal(t, []string{"3", "4095", "4096", "8190", "8191", "9000", "12000", "12663", "12664", "15000"}, r.SourceDuplicates)
 	var differ []int64
 	for _, m := range r.Mismatches {

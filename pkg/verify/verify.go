@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/milvus-io/milvus-proto/go-api/v2/milvuspb"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/zdm-io/zdm/pkg/milvusx"
 )
@@ -32,6 +34,9 @@ type Report struct {
 	// key, the target holds one, and nothing repairs them.
 	SourceDuplicates    []string
 	SourceDuplicateKeys int64
+	// SourceExtraRows are the source's rows beyond one for each of those
+	// keys.
+	SourceExtraRows int64
 }
 
 // Mismatch is one primary-key range [Start, End) that differs, with up to
@@ -149,6 +154,7 @@ func compareTable(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, st
 			}
 			r.SourceDuplicateKeys++
 		}
+		r.SourceExtraRows += srcSide.extra
 		if m, ok := compare(rng, srcSide, tgtSide); !ok {
 			m.Partition, m.Range = st.Partition, rng
 			r.Mismatches = append(r.Mismatches, m)
@@ -168,6 +174,7 @@ type digest = [32]byte
 type side struct {
 	digests map[milvusx.Key]digest
 	dups    []milvusx.Key
+	extra   int64 // rows beyond one of the keys in dups
 	rows    int64
 }
 
@@ -215,6 +222,7 @@ func digests(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Tabl
 			out.rows++
 			if dups[r.k] {
 				out.dups = append(out.dups, r.k)
+				out.extra += page.Held[r.k] - 1
 			}
 		}
 		if !page.More {
@@ -289,4 +297,44 @@ func sample(keys []milvusx.Key) []string {
 // consistency).
 func Count(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table) (int64, error) {
 	return milvusx.CountRows(ctx, c, t, "")
+}
+
+// HeldTwice returns the keys of table t that c holds more than one row
+// for, smallest first, reading every key with each page proven (see
+// milvusx.QueryKeys and Table.Exact); t.ReadTs is used as it is. While
+// writes go on, a page read three times without its counts reconciled
+// is an error wrapping milvusx.ErrIncompleteRead.
+func HeldTwice(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table) ([]milvusx.Key, error) {
+	t.Exact = true
+	var out []milvusx.Key
+	var after *milvusx.Key
+	for {
+		p, err := milvusx.QueryKeys(ctx, c, t, milvusx.Range{}, after, milvusx.MaxQueryRows-1)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Duplicates...)
+		if !p.More {
+			return out, nil
+		}
+		after = &p.Last
+	}
+}
+
+// ExtraRows returns the rows c holds beyond one for each of keys (keys
+// held twice, see HeldTwice), counting each key at t.ReadTs, eight at a
+// time: a key held once or no longer held adds nothing.
+func ExtraRows(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table, keys []milvusx.Key) (int64, error) {
+	var extra atomic.Int64
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, k := range keys {
+		g.Go(func() error {
+			n, err := milvusx.CountRows(ctx, c, t, milvusx.InFilter(t.PK.GetName(), []milvusx.Key{k}))
+			extra.Add(max(n-1, 0))
+			return err
+		})
+	}
+	err := g.Wait()
+	return extra.Load(), err
 }

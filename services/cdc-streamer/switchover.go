@@ -359,6 +359,23 @@ type switchover struct {
 	// colls are the source's collections, listed when the switchover
 	// began (DDL waits for it like any write).
 	colls []string
+	// twice is the last finished scan of the source for keys held twice
+	// (see twiceScan); scanned is the attempt it was started for, and
+	// scan delivers a scan running in the background.
+	twice   *heldTwice
+	scanned int32
+	scan    chan *heldTwice
+}
+
+// heldTwice are the keys the source holds more than one row for, by
+// collection ("database.collection"), with the tables to count them in.
+// Racing upserts on Milvus 2.3 leave such keys, and count(*) counts each
+// of their rows while the target holds one: the count check takes the
+// extra rows off the source's count.
+type heldTwice struct {
+	keys   map[string][]milvusx.Key
+	tables map[string]milvusx.Table
+	err    error
 }
 
 // counts are count(*) of every collection of one side.
@@ -409,12 +426,20 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 		}
 		need = max(need, g.GetLastStreamSequence())
 	}
+	s.collectScan()
+	if s.scanned != sw.GetAttempt() && s.scan == nil {
+		if err := s.startScan(ctx, m); err != nil {
+			return err
+		}
+		s.scanned = sw.GetAttempt()
+	}
 	deadline := first.Add(maxPause)
 	if holding == 0 {
-		// Writes are not held yet: the applier catches up first, and
-		// tells the replicas to hold once it has.
+		// Writes are not held yet: the applier catches up first (and the
+		// source's keys held twice are read), and tells the replicas to
+		// hold once it has.
 		deadline = first.Add(catchUpWait + maxPause)
-		if len(live) > 0 && applied+uint64(caughtUp) >= need && backlog <= uint64(caughtUp) && s.signalled != sw.GetAttempt() {
+		if len(live) > 0 && applied+uint64(caughtUp) >= need && backlog <= uint64(caughtUp) && s.scan == nil && s.signalled != sw.GetAttempt() {
 			if _, err := s.a.switchovers.Create(ctx, natsbus.HoldKey(id, sw.GetAttempt()), []byte(s.a.id)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 				return err
 			}
@@ -440,9 +465,13 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 			cancel()
 			return abort(err.Error())
 		}
+		twice := s.twice
 		go func() {
 			defer cancel()
 			n, err := countAll(cctx, s.src, s.colls)
+			if err == nil {
+				err = twice.subtract(cctx, s.src, n)
+			}
 			if err != nil {
 				err = fmt.Errorf("count check: source: %w", err)
 			}
@@ -520,12 +549,91 @@ func (s *switchover) listSource(ctx context.Context, m *zdmpb.Migration) error {
 	return nil
 }
 
+// startScan reads, in the background, every key of m's source for keys
+// held twice (outside the write pause: it reads the whole source); the
+// result arrives on s.scan.
+func (s *switchover) startScan(ctx context.Context, m *zdmpb.Migration) error {
+	if err := s.listSource(ctx, m); err != nil {
+		return err
+	}
+	src, colls, done := s.src, slices.Clone(s.colls), make(chan *heldTwice, 1)
+	s.scan = done
+	go func() { done <- scanTwice(ctx, src, colls) }()
+	return nil
+}
+
+// collectScan takes a finished scan into s.twice.
+func (s *switchover) collectScan() {
+	if s.scan == nil {
+		return
+	}
+	select {
+	case t := <-s.scan:
+		s.scan = nil
+		if t.err != nil {
+			s.a.log.Warn("switchover: reading the source for keys held twice failed", slog.Any("error", t.err))
+			return
+		}
+		s.twice = t
+	default:
+	}
+}
+
+// scanTwice reads every key of colls on src for keys held twice.
+func scanTwice(ctx context.Context, src *milvusx.Client, colls []string) *heldTwice {
+	out := &heldTwice{keys: map[string][]milvusx.Key{}, tables: map[string]milvusx.Table{}}
+	for _, coll := range colls {
+		db, name, _ := strings.Cut(coll, ".")
+		t, err := milvusx.DescribeTable(ctx, src.Raw, db, name)
+		if err == nil {
+			t.ReadTs, err = milvusx.ReadTimestamp(ctx, src.Raw)
+		}
+		var keys []milvusx.Key
+		if err == nil {
+			keys, err = verify.HeldTwice(ctx, src.Raw, t)
+		}
+		if err != nil {
+			return &heldTwice{err: fmt.Errorf("%s: %w", coll, err)}
+		}
+		if len(keys) > 0 {
+			out.keys[coll], out.tables[coll] = keys, t
+		}
+	}
+	return out
+}
+
+// subtract takes off counts (count(*) of the source, quiet while writes
+// are held) the rows beyond one of every key known held twice, counted
+// now; nil knows none.
+func (h *heldTwice) subtract(ctx context.Context, src *milvusx.Client, counts map[string]int64) error {
+	if h == nil {
+		return nil
+	}
+	ts, err := milvusx.ReadTimestamp(ctx, src.Raw)
+	if err != nil {
+		return err
+	}
+	for coll, keys := range h.keys {
+		if _, ok := counts[coll]; !ok {
+			continue
+		}
+		t := h.tables[coll]
+		t.ReadTs = ts
+		extra, err := verify.ExtraRows(ctx, src.Raw, t, keys)
+		if err != nil {
+			return fmt.Errorf("%s: %w", coll, err)
+		}
+		counts[coll] -= extra
+	}
+	return nil
+}
+
 // compareCounts names every collection whose counts differ.
 func compareCounts(source, target map[string]int64) error {
 	var errs []error
 	for _, c := range slices.Sorted(maps.Keys(source)) {
 		if target[c] != source[c] {
-			errs = append(errs, fmt.Errorf("count check: %s holds %d rows on the source and %d on the target", c, source[c], target[c]))
+			errs = append(errs, fmt.Errorf("count check: %s holds %d rows on the source (not counting a second row of a key it holds twice) and %d on the target", c, source[c], target[c]))
 		}
 	}
 	return errors.Join(errs...)

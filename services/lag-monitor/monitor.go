@@ -245,7 +245,7 @@ func duplicates(reports []*verify.Report) []*zdmpb.DuplicateKeys {
 	for _, r := range reports {
 		if r.SourceDuplicateKeys > 0 {
 			out = append(out, &zdmpb.DuplicateKeys{Database: r.Database, Collection: r.Collection, Keys: r.SourceDuplicateKeys,
-				ExtraRows: r.SourceCount - r.SourceDistinct, SampleKeys: r.SourceDuplicates})
+				ExtraRows: r.SourceExtraRows, SampleKeys: r.SourceDuplicates})
 		}
 	}
 	return out

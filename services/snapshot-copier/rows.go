@@ -215,8 +215,14 @@ func readPages(ctx context.Context, src milvuspb.MilvusServiceClient, t milvusx.
 	limit := firstPageRows(t.Schema, batchBytes)
 	for {
 		page, err := milvusx.QueryPage(ctx, src, t, r, after, limit)
-		if err != nil || len(page.Keys) == 0 {
+		if err != nil || len(page.Keys) == 0 && !page.More {
 			return err
+		}
+		if len(page.Keys) == 0 {
+			// Every row of the page was being rewritten as it was read:
+			// replay brings them; go on above it.
+			after = &page.Last
+			continue
 		}
 		size := 0
 		for _, f := range page.Fields {
