@@ -31,16 +31,18 @@ import (
 // applier.go):
 //
 //  0. The migration becomes SWITCHING_OVER with attempt N. Writes go on
-//     while the applier catches up with the change stream; once it has
-//     (or after catchUpWait at the latest) it says so with the hold key
-//     in bucket zdm_switchovers. The pause then lasts one small drain and
-//     the count check, not the whole lag.
+//     while the applier catches up with the change stream and reads the
+//     source for keys it holds twice (heldTwice); once it has (or after
+//     catchUpWait at the latest) it says so with the hold key in bucket
+//     zdm_switchovers. The pause then lasts one small drain and the count
+//     check, not the whole lag nor a read of the whole source.
 //  1. The replica holds every new write (begin waits; reads go on to the
 //     source), waits for the writes in flight to be answered and
 //     published, and says so at once in its gateways entry (hold_attempt
 //     N, with its last stream sequence).
 //  2. The applier drains to the last sequence of every live replica,
-//     compares count(*) of each collection on both sides, and creates the
+//     compares count(*) of each collection on both sides (the source's
+//     without the second rows of keys it holds twice), and creates the
 //     decision "switch" in bucket zdm_switchovers.
 //  3. A replica still holding when max_write_pause has passed since its
 //     hold began creates the decision "abort" instead. The decision is
