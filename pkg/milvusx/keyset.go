@@ -49,12 +49,15 @@ type Table struct {
 	// ReadTs, when set, is the source timestamp every read must see up
 	// to (see ReadTimestamp); zero reads with Strong consistency.
 	ReadTs uint64
-	// Exact asks for pages proven complete (see QueryKeys), for a table
-	// that no one writes to while it is read: a page whose count(*) and
-	// keys cannot be reconciled is read again and then is an error. Reads
-	// at ReadTs are not snapshots (each query sees the writes applied when
-	// it runs, half an upsert included), so while writes go on a page
-	// that cannot be reconciled is taken as its queries found it.
+	// Exact asks for pages proven complete by count(*) (see keyScan),
+	// with the keys held twice named, for a table no one writes to while
+	// it is read (verification, repair): a page whose counts and keys
+	// cannot be reconciled is read again and then is an error. Reads at
+	// ReadTs are not snapshots (each query sees the writes applied when it
+	// runs, half an upsert included), so a table written to meanwhile (the
+	// copy, the plan) is read without the proof: a full page is checked by
+	// a second keys-only query, and the range still ends only where
+	// count(*) finds no row above the page.
 	Exact bool
 }
 
@@ -140,23 +143,18 @@ func QueryPage(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r
 	return kp, err
 }
 
-// QueryKeys returns the keys of the next page of r above after: every
-// key of r in (after, Last], each once, in ascending order, about limit of
-// them. It trusts no single reply to be complete: each page is proven by
-// count(*) over its range (see keyScan), so keys a server leaves out of a
-// limited query (milvus-lite 3 returns rows from each segment in turn;
-// Milvus 2.3 returns fewer keys than the limit when the range holds a key
-// twice) are found, and the end of the range is where count(*) says no
-// row is left. For an Exact table, a page that cannot be proven complete
-// is read again, then is an error wrapping ErrIncompleteRead; otherwise
-// such a page (writes landed between its queries) is what its queries
-// found.
+// QueryKeys returns the keys of the next page of r above after: the keys
+// of r in (after, Last], each once, in ascending order, about limit of
+// them. It trusts no single reply to be complete: milvus-lite 3 returns a
+// limited query's rows from each segment in turn, and Milvus 2.3 returns
+// fewer keys than the limit when the range holds a key twice, so the end
+// of the range is where count(*) says no row is left, never a short page.
+// For an Exact table each page is proven by count(*) (see keyScan) and
+// its keys held twice named; a page that cannot be proven is read again,
+// then is an error wrapping ErrIncompleteRead.
 func QueryKeys(ctx context.Context, src milvuspb.MilvusServiceClient, t Table, r Range, after *Key, limit int) (Page, error) {
 	for try := 1; ; try++ {
 		s := &keyScan{ctx: ctx, c: src, t: t, r: r, budget: scanBudget}
-		if !t.Exact {
-			s.budget = writtenBudget
-		}
 		p, err := s.page(after, limit)
 		if errors.Is(err, ErrIncompleteRead) && t.Exact && try < exactTries {
 			continue

@@ -18,13 +18,8 @@ var ErrIncompleteRead = errors.New("range not read completely")
 
 // scanBudget bounds the queries one page may take while it proves itself
 // complete: about 2·log2(page) per duplicated key, far above what any
-// page has needed. Past it the page is not proven (see Table.Exact).
+// page has needed.
 const scanBudget = 20000
-
-// writtenBudget bounds the queries of a page of a table that is not
-// Exact: while writes go on the counts move under the split, which could
-// otherwise chase them key by key.
-const writtenBudget = 64
 
 // keyScan reads pages of keys of one range of a table and proves each
 // complete by count(*), which counts every row, duplicates included,
@@ -55,6 +50,9 @@ type keyScan struct {
 func (s *keyScan) page(after *Key, limit int) (Page, error) {
 	// Milvus caps every query at MaxQueryRows.
 	limit = max(min(limit, MaxQueryRows-1), 1)
+	if !s.t.Exact {
+		return s.loosePage(after, limit)
+	}
 	var upTo *Key // inclusive upper bound while narrowing
 	for {
 		keys, err := s.keys(after, upTo, limit)
@@ -74,9 +72,6 @@ func (s *keyScan) page(after *Key, limit int) (Page, error) {
 			if keys, err = s.keys(after, upTo, int(min(n, MaxQueryRows-1))); err != nil {
 				return Page{}, err
 			}
-			if len(keys) == 0 && !s.t.Exact && upTo == nil {
-				return Page{}, nil // rows seen by one query and not the next: writes go on
-			}
 			if len(keys) == 0 {
 				return Page{}, fmt.Errorf("%w: %s.%s: count(*) finds %d rows above %s that no query returns",
 					ErrIncompleteRead, s.t.Database, s.t.Collection, n, keyText(after))
@@ -94,13 +89,8 @@ func (s *keyScan) page(after *Key, limit int) (Page, error) {
 			upTo = &keys[len(keys)/2-1]
 			continue
 		}
-		found := keys
 		if keys, err = s.exact(after, keys, n, false); err != nil {
-			if !errors.Is(err, ErrIncompleteRead) || s.t.Exact {
-				return Page{}, err
-			}
-			// Writes landed between the queries: take what they found.
-			keys, s.dups, s.held = found, nil, nil
+			return Page{}, err
 		}
 		more := upTo != nil
 		if !more {
@@ -112,6 +102,52 @@ func (s *keyScan) page(after *Key, limit int) (Page, error) {
 		}
 		slices.SortFunc(s.dups, CompareKeys)
 		return Page{Keys: keys, Last: last, More: more, Duplicates: s.dups, Held: s.held}, nil
+	}
+}
+
+// loosePage reads a page of a table that writes go on to (not Exact),
+// where counts move under the reads and a proof would chase them: a full
+// page of keys is accepted when a second keys-only query finds no other
+// key at or below its largest (milvus-lite 3 returns rows segment by
+// segment), else it is narrowed; and the range ends only where count(*)
+// finds no row above the page, never at a page shorter than its limit
+// (Milvus 2.3 returns fewer keys than the limit when a key is held
+// twice).
+func (s *keyScan) loosePage(after *Key, limit int) (Page, error) {
+	var upTo *Key // inclusive upper bound while narrowing
+	for {
+		keys, err := s.keys(after, upTo, limit)
+		if err != nil {
+			return Page{}, err
+		}
+		if len(keys) == 0 {
+			if upTo != nil {
+				return Page{}, fmt.Errorf("%w: %s.%s: no key at or below %s that a query found before", ErrIncompleteRead, s.t.Database, s.t.Collection, upTo)
+			}
+			return Page{}, nil
+		}
+		last := keys[len(keys)-1]
+		if len(keys) < limit {
+			more := upTo != nil
+			if !more {
+				n, err := s.count(&last, nil)
+				if err != nil {
+					return Page{}, err
+				}
+				more = n > 0
+			}
+			return Page{Keys: keys, Last: last, More: more}, nil
+		}
+		check, err := s.keys(after, &last, limit+1)
+		if err != nil {
+			return Page{}, err
+		}
+		if len(check) <= len(keys) {
+			return Page{Keys: keys, Last: last, More: true}, nil
+		}
+		// Keys at or below last are missing: narrow to the lower half of
+		// those the check found there and ask again.
+		upTo = &check[max(len(check)/2-1, 0)]
 	}
 }
 
