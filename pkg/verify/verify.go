@@ -2,6 +2,7 @@ package verify
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -299,17 +300,26 @@ func Count(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table)
 	return milvusx.CountRows(ctx, c, t, "")
 }
 
+// heldTwiceTries is how often HeldTwice reads a page that writes keep
+// from being proven.
+const heldTwiceTries = 10
+
 // HeldTwice returns the keys of table t that c holds more than one row
 // for, smallest first, reading every key with each page proven (see
 // milvusx.QueryKeys and Table.Exact); t.ReadTs is used as it is. While
-// writes go on, a page read three times without its counts reconciled
-// is an error wrapping milvusx.ErrIncompleteRead.
+// writes go on, a page read heldTwiceTries times without its counts
+// reconciled is an error wrapping milvusx.ErrIncompleteRead.
 func HeldTwice(ctx context.Context, c milvuspb.MilvusServiceClient, t milvusx.Table) ([]milvusx.Key, error) {
 	t.Exact = true
 	var out []milvusx.Key
 	var after *milvusx.Key
 	for {
 		p, err := milvusx.QueryKeys(ctx, c, t, milvusx.Range{}, after, milvusx.MaxQueryRows-1)
+		// A write can land between the queries of a page: read it again,
+		// a page at a time, rather than the whole table.
+		for try := 1; errors.Is(err, milvusx.ErrIncompleteRead) && try < heldTwiceTries; try++ {
+			p, err = milvusx.QueryKeys(ctx, c, t, milvusx.Range{}, after, milvusx.MaxQueryRows-1)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -367,6 +367,8 @@ type switchover struct {
 	twice   *heldTwice
 	scanned int32
 	scan    chan *heldTwice
+	// scanErr is why the last scan failed; nil once one succeeds.
+	scanErr error
 }
 
 // heldTwice are the keys the source holds more than one row for, by
@@ -508,6 +510,9 @@ func (s *switchover) step(ctx context.Context, m *zdmpb.Migration, gws []*events
 		}
 		if err == nil {
 			err = compareCounts(src.counts, dst.counts)
+			if err != nil && s.scanErr != nil {
+				err = fmt.Errorf("%w; the last read of the source for keys held twice failed: %w", err, s.scanErr)
+			}
 		}
 		cancel()
 		if err != nil {
@@ -574,9 +579,10 @@ func (s *switchover) collectScan() {
 		s.scan = nil
 		if t.err != nil {
 			s.a.log.Warn("switchover: reading the source for keys held twice failed", slog.Any("error", t.err))
+			s.scanErr = t.err
 			return
 		}
-		s.twice = t
+		s.twice, s.scanErr = t, nil
 	default:
 	}
 }
