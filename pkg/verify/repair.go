@@ -125,7 +125,7 @@ func Repair(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvus
 	slices.SortFunc(extra, milvusx.CompareKeys)
 	if float64(len(extra)) > maxDeleteShare*float64(len(held.digests)) {
 		return out, fmt.Errorf("%w: %s.%s keys [%s, %s): the source lacks %d of the target's %d keys there (more than %g%%), e.g. %v; "+
-			"nothing was deleted (%d source rows were written)", ErrTooManyDeletes, t.Database, t.Collection, orOpen(m.Start), orOpen(m.End),
+			"nothing was deleted (%d source rows were written)", ErrTooManyDeletes, t.Database, t.Collection, Bound(m.Start), Bound(m.End),
 			len(extra), len(held.digests), maxDeleteShare*100, sample(extra), out.Upserted)
 	}
 	for chunk := range slices.Chunk(extra, deleteBatch) {
@@ -140,7 +140,8 @@ func Repair(ctx context.Context, src, tgt milvuspb.MilvusServiceClient, t milvus
 	return out, nil
 }
 
-func orOpen(s string) string {
+// Bound shows a range bound as text: "…" for an open one ("").
+func Bound(s string) string {
 	if s == "" {
 		return "…"
 	}

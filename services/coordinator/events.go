@@ -20,6 +20,7 @@ import (
 	"github.com/zdm-io/zdm/pkg/auth"
 	"github.com/zdm-io/zdm/pkg/natsbus"
 	"github.com/zdm-io/zdm/pkg/telemetry"
+	"github.com/zdm-io/zdm/pkg/verify"
 	eventspb "github.com/zdm-io/zdm/proto/zdm/events/v1"
 	zdmpb "github.com/zdm-io/zdm/proto/zdm/v1"
 )
@@ -311,7 +312,7 @@ func repairSummary(repairs []*zdmpb.RangeRepair) string {
 		if i >= maxSummaryRanges {
 			continue
 		}
-		p := fmt.Sprintf("%s.%s keys [%s, %s): %d rows written", r.GetDatabase(), r.GetCollection(), orOpen(r.GetStartKey()), orOpen(r.GetEndKey()), r.GetRowsUpserted())
+		p := fmt.Sprintf("%s.%s keys [%s, %s): %d rows written", r.GetDatabase(), r.GetCollection(), verify.Bound(r.GetStartKey()), verify.Bound(r.GetEndKey()), r.GetRowsUpserted())
 		if k := r.GetSampleUpsertedKeys(); len(k) > 0 {
 			p += " (" + strings.Join(k, ", ") + ")"
 		}
@@ -336,10 +337,3 @@ func duplicatesSummary(dups []*zdmpb.DuplicateKeys) string {
 
 // maxSummaryRanges bounds the ranges a history entry names.
 const maxSummaryRanges = 5
-
-func orOpen(s string) string {
-	if s == "" {
-		return "…"
-	}
-	return s
-}

@@ -224,7 +224,7 @@ func (m *Monitor) repair(ctx context.Context, src, tgt *milvusx.Client, reports 
 					StartKey: rr.Start, EndKey: rr.End, RowsUpserted: rr.Upserted, KeysDeleted: rr.Deleted,
 					SampleUpsertedKeys: rr.UpsertedSample, SampleDeletedKeys: rr.DeletedSample})
 				m.deps.Logger.InfoContext(ctx, "repaired a range the change stream missed", "collection", r.Database+"."+r.Collection,
-					"partition", rr.Partition, "start", orOpen(rr.Start), "end", orOpen(rr.End), "upserted", rr.Upserted, "deleted", rr.Deleted,
+					"partition", rr.Partition, "start", verify.Bound(rr.Start), "end", verify.Bound(rr.End), "upserted", rr.Upserted, "deleted", rr.Deleted,
 					"upserted_keys", rr.UpsertedSample, "deleted_keys", rr.DeletedSample)
 			}
 			if errors.Is(err, verify.ErrTooManyDeletes) {
@@ -465,16 +465,9 @@ func describe(r *verify.Report) string {
 			fmt.Fprintf(&b, ", and %d more ranges", len(r.Mismatches)-3)
 			break
 		}
-		fmt.Fprintf(&b, ", keys [%s, %s) differ (e.g. %s)", orOpen(mm.Start), orOpen(mm.End), strings.Join(mm.SampleKeys, ", "))
+		fmt.Fprintf(&b, ", keys [%s, %s) differ (e.g. %s)", verify.Bound(mm.Start), verify.Bound(mm.End), strings.Join(mm.SampleKeys, ", "))
 	}
 	return b.String()
-}
-
-func orOpen(s string) string {
-	if s == "" {
-		return "…"
-	}
-	return s
 }
 
 // Stages implements service.Staged: the lag monitor verifies.
